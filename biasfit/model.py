@@ -1,0 +1,39 @@
+"""The tutorial's network as an nn.Module backed by the native kernels."""
+import torch
+from torch import nn
+
+from . import ops
+
+# The tutorial's frozen weights, in the order of the native ops' `weights`.
+WEIGHT_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11")
+TUTORIAL_WEIGHTS = (1.7, -0.85, -40.8, 12.6, 0.0, 2.7)
+
+
+class BasicNN(nn.Module):
+    """relu(w01 relu(w00 x + b00) + w11 relu(w10 x + b10) + final_bias).
+
+    The six weights are frozen at the tutorial's values; final_bias (0.0 by
+    default) is the one trainable parameter. `model(x)` runs the native
+    predict kernel; `model.loss(x, y)` the fused loss-and-gradient kernel.
+    """
+
+    def __init__(self, final_bias: float = 0.0, dtype=None):
+        super().__init__()
+        # Built in `dtype` directly (default float32): BasicNN(dtype=torch.float64)
+        # holds 1.7 itself, where BasicNN().double() holds float32's 1.7 widened.
+        dtype = dtype or torch.get_default_dtype()
+        for name, value in zip(WEIGHT_NAMES, TUTORIAL_WEIGHTS):
+            setattr(self, name, nn.Parameter(torch.tensor(value, dtype=dtype), requires_grad=False))
+        self.final_bias = nn.Parameter(torch.tensor(float(final_bias), dtype=dtype),
+                                       requires_grad=True)
+
+    def weights(self) -> torch.Tensor:
+        """The six frozen weights as one tensor (w00, b00, w01, w10, b10, w11)."""
+        return torch.stack([getattr(self, name).detach() for name in WEIGHT_NAMES])
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return ops.predict(inputs, self.weights(), self.final_bias)
+
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """sum((model(inputs) - labels)^2), 0-d, differentiable in final_bias."""
+        return ops.fused_loss(inputs, labels, self.weights(), self.final_bias)

@@ -1,0 +1,155 @@
+"""fit and its engines: the tutorial's training loop.
+
+An epoch evaluates the loss and gradient over all points at the current bias;
+training stops before the step once the loss is below `tol`, else the
+optimizer steps. Two engines run that loop:
+
+- "autograd": model.loss (the fused native op) + backward + any torch.optim
+  optimizer, one Python iteration an epoch.
+- "fused": every epoch inside one native call (torch.ops.biasfit.fit_sgd),
+  with torch.optim.SGD's update rule; same epochs, losses and bias.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+from .model import TUTORIAL_WEIGHTS
+
+ENGINES = ("autograd", "fused")
+
+# csrc/fit.h's FitStatus.
+_CONVERGED, _EXHAUSTED, _LOSS_NONFINITE, _BIAS_NONFINITE = 1, 2, 3, 4
+
+
+@dataclass
+class FitResult:
+    """What a fit did: `epochs_run` is the epoch index it stopped at (the
+    tutorial's "Num steps", 34) or `epochs` if it never converged; `losses`
+    holds every epoch's total loss in order."""
+    epochs_run: int
+    final_bias: float
+    losses: list = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1] if self.losses else math.nan
+
+
+class DivergedError(FloatingPointError):
+    """The loss or the bias became inf or NaN during a fit."""
+
+    def __init__(self, epoch: int, what: str, value: float):
+        self.epoch = epoch
+        super().__init__(
+            f"biasfit: {what} became {value} at epoch {epoch}; lower lr, or check "
+            f"the data for inf/NaN")
+
+
+def _check_loop_args(lr, epochs, tol):
+    if not lr >= 0:  # also NaN
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+
+
+def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
+        callback=None, engine="autograd"):
+    """Train model.final_bias on (inputs, labels) with the tutorial's loop.
+
+    optimizer: any torch.optim optimizer over model.parameters() (default
+    SGD(lr=lr)); engine="fused" takes SGD only. callback(epoch, loss, bias) is
+    called for every epoch (after the native call, for the fused engine).
+    Raises DivergedError if the loss or bias becomes inf or NaN.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    _check_loop_args(lr, epochs, tol)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    if engine == "fused":
+        return _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback)
+
+    losses = []
+    for epoch in range(epochs):
+        optimizer.zero_grad()
+        loss = model.loss(inputs, labels)
+        loss.backward()
+        value = loss.item()
+        bias = model.final_bias.item()
+        losses.append(value)
+        if callback is not None:
+            callback(epoch, value, bias)
+        if not math.isfinite(value):
+            raise DivergedError(epoch, "the loss", value)
+        if value < tol:
+            return FitResult(epoch, bias, losses, True)
+        optimizer.step()
+        if not math.isfinite(model.final_bias.item()):
+            raise DivergedError(epoch, "final_bias", model.final_bias.item())
+    return FitResult(epochs, model.final_bias.item(), losses, False)
+
+
+def _sgd_hyperparameters(optimizer):
+    if type(optimizer) is not torch.optim.SGD:
+        raise TypeError(
+            f"engine='fused' trains with torch.optim.SGD only, got "
+            f"{type(optimizer).__name__}; use engine='autograd' for other optimizers")
+    if len(optimizer.param_groups) != 1 or any(optimizer.state.values()):
+        raise ValueError(
+            "engine='fused' needs a fresh SGD with one parameter group "
+            "(it starts its momentum buffer from scratch)")
+    group = optimizer.param_groups[0]
+    return {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov",
+                                  "weight_decay", "maximize")}
+
+
+def _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback):
+    hyper = _sgd_hyperparameters(optimizer)
+    bias = model.final_bias
+    result = fit_fused(inputs, labels, weights=model.weights(), bias=bias.detach(),
+                       epochs=epochs, tol=tol, callback=callback, **hyper)
+    with torch.no_grad():
+        bias.fill_(result.final_bias)
+    return result
+
+
+def tutorial_weights(like: torch.Tensor) -> torch.Tensor:
+    """The tutorial's six frozen weights in `like`'s dtype and device."""
+    return torch.tensor(TUTORIAL_WEIGHTS, dtype=like.dtype, device=like.device)
+
+
+def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
+              dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+              epochs=100, tol=1e-4, callback=None):
+    """The whole fit in one native call, with torch.optim.SGD's update rule.
+
+    weights: the six frozen values (default: the tutorial's, in inputs' dtype);
+    bias: the starting final_bias (float or 0-d tensor). Returns a FitResult
+    equal to fit(..., engine="autograd") with the same SGD settings.
+    """
+    _check_loop_args(lr, epochs, tol)
+    if weights is None:
+        weights = tutorial_weights(inputs)
+    if not isinstance(bias, torch.Tensor):
+        bias = torch.tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
+    final, losses, biases, info = torch.ops.biasfit.fit_sgd(
+        inputs, labels, weights, bias, float(lr), float(momentum), float(dampening),
+        bool(nesterov), float(weight_decay), bool(maximize), int(epochs), float(tol))
+    epoch, status = info.tolist()
+    seen = epoch if status == _EXHAUSTED else epoch + 1
+    loss_list = losses[:seen].tolist()
+    if callback is not None:
+        for e, (loss, b) in enumerate(zip(loss_list, biases[:seen].tolist())):
+            callback(e, loss, b)
+    if status == _LOSS_NONFINITE:
+        raise DivergedError(epoch, "the loss", loss_list[-1])
+    if status == _BIAS_NONFINITE:
+        raise DivergedError(epoch, "final_bias", final.item())
+    return FitResult(epoch, final.item(), loss_list, status == _CONVERGED)
+
+

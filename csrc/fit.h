@@ -1,0 +1,76 @@
+// The tutorial's epoch loop, minus the pass over the data: what a trainer does
+// with one epoch's summed loss and gradient. Shared by the CPU and CUDA
+// trainers so both stop, step and fail at the same epoch as biasfit.fit's
+// autograd engine:
+//
+//   loss = epoch loss (rounded to T, as the autograd engine's loss tensor)
+//   if loss is inf/NaN: fail at this epoch
+//   if loss < tol:      converged, stop before stepping
+//   bias = SGD step with the epoch's gradient
+//   if bias is inf/NaN: fail at this epoch
+#pragma once
+
+#include <cstdint>
+
+#include "network.h"
+#include "sgd.h"
+
+namespace biasfit {
+
+// Values of the status the trainers report; biasfit/train.py mirrors them.
+enum FitStatus : int64_t {
+  kRunning = 0,
+  kConverged = 1,     // loss < tol at epoch `epoch`, no step taken there
+  kExhausted = 2,     // every epoch ran and stepped
+  kLossNonFinite = 3, // the loss of epoch `epoch` was inf or NaN
+  kBiasNonFinite = 4, // the step of epoch `epoch` made the bias inf or NaN
+};
+
+struct FitOptions {
+  SgdOptions sgd;
+  int64_t epochs;
+  double tol;
+};
+
+template <typename T>
+BIASFIT_HD bool is_finite(T v) {
+  return v == v && v - v == T(0);  // false for NaN and for +-inf
+}
+
+template <typename T>
+struct FitState {
+  T bias;
+  SgdState<T> sgd;
+  int64_t epoch;   // epochs completed so far (= steps taken while running)
+  int64_t status;
+
+  BIASFIT_HD static FitState start(T bias, int64_t epochs) {
+    return {bias, SgdState<T>{T(0), false}, 0,
+            epochs > 0 ? int64_t(kRunning) : int64_t(kExhausted)};
+  }
+
+  // Consumes one epoch's sums; records its loss and the bias it was taken at.
+  BIASFIT_HD void end_epoch(const LossGrad& sum, const FitOptions& o,
+                            T* losses, T* biases) {
+    const T loss = T(sum.loss);
+    losses[epoch] = loss;
+    biases[epoch] = bias;
+    if (!is_finite(loss)) {
+      status = kLossNonFinite;
+      return;
+    }
+    if (double(loss) < o.tol) {
+      status = kConverged;
+      return;
+    }
+    bias = sgd.step(bias, T(sum.grad), o.sgd);
+    if (!is_finite(bias)) {
+      status = kBiasNonFinite;
+      return;
+    }
+    ++epoch;
+    if (epoch == o.epochs) status = kExhausted;
+  }
+};
+
+}  // namespace biasfit

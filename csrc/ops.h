@@ -1,0 +1,26 @@
+// What every backend implements, and the input checks they all run first.
+// The schemas themselves are in ops.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace biasfit {
+
+// Checks that raise a clear Python error naming the offending argument.
+void check_predict_args(const at::Tensor& inputs, const at::Tensor& weights,
+                        const at::Tensor& bias);
+void check_loss_args(const at::Tensor& inputs, const at::Tensor& labels,
+                     const at::Tensor& weights, const at::Tensor& bias);
+void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
+                    const at::Tensor& weights, const at::Tensor& bias,
+                    double lr, double momentum, double dampening,
+                    bool nesterov, double weight_decay, int64_t epochs,
+                    double tol);
+
+// Result of fit_sgd: (final bias, losses[epochs], biases[epochs],
+// info = [epoch, status]).
+using FitOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+}  // namespace biasfit

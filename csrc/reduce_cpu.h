@@ -1,0 +1,74 @@
+// The deterministic sum over points on the CPU.
+//
+// Points are cut into fixed chunks of kChunk; inside a chunk, point i adds into
+// lane i % kLanes (independent accumulators, which the compiler keeps in vector
+// registers), and the lanes are combined in a fixed tree. Chunk sums are stored
+// by chunk index and added in index order. Threads only decide who computes
+// which chunk, never the order of any addition, so every thread count gives
+// the same bits.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "network.h"
+
+namespace biasfit {
+
+constexpr int64_t kChunk = int64_t(1) << 14;
+constexpr int kLanes = 8;
+
+inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
+
+// point(i) -> LossGrad for i in [begin, end).
+template <typename PointFn>
+LossGrad chunk_sum(int64_t begin, int64_t end, const PointFn& point) {
+  double loss[kLanes] = {}, grad[kLanes] = {};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      const LossGrad p = point(i + k);
+      loss[k] += p.loss;
+      grad[k] += p.grad;
+    }
+  }
+  for (int k = 0; i < end; ++i, ++k) {
+    const LossGrad p = point(i);
+    loss[k] += p.loss;
+    grad[k] += p.grad;
+  }
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int k = 0; k < width; ++k) {
+      loss[k] += loss[k + width];
+      grad[k] += grad[k + width];
+    }
+  }
+  return {loss[0], grad[0]};
+}
+
+// Sum of point(i) over [0, n). `partials` is scratch space, reused across
+// calls by the trainer so an epoch allocates nothing.
+template <typename PointFn>
+LossGrad deterministic_sum(int64_t n, const PointFn& point,
+                           std::vector<LossGrad>& partials) {
+  const int64_t chunks = num_chunks(n);
+  if (chunks == 1) return chunk_sum(0, n, point);
+  partials.resize(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      const int64_t begin = c * kChunk;
+      const int64_t end = begin + kChunk < n ? begin + kChunk : n;
+      partials[c] = chunk_sum(begin, end, point);
+    }
+  });
+  LossGrad total{0.0, 0.0};
+  for (const LossGrad& p : partials) {
+    total.loss += p.loss;
+    total.grad += p.grad;
+  }
+  return total;
+}
+
+}  // namespace biasfit

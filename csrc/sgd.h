@@ -1,0 +1,43 @@
+// torch.optim.SGD's update for one scalar parameter, shared by the CPU and
+// CUDA trainers. It follows torch/optim/sgd.py (_single_tensor_sgd) line by
+// line and computes in the parameter's type T, with each hyperparameter
+// rounded to T first as the tensor ops do with their Python-float alpha, so
+// the fused trainer rounds like the standard optimizer step.
+#pragma once
+
+#include "network.h"
+
+namespace biasfit {
+
+struct SgdOptions {
+  double lr;
+  double momentum;
+  double dampening;
+  double weight_decay;
+  bool nesterov;
+  bool maximize;
+};
+
+template <typename T>
+struct SgdState {
+  T buf;         // momentum buffer
+  bool has_buf;  // torch creates the buffer on the first step
+
+  // Returns the parameter after one step with gradient `grad`.
+  BIASFIT_HD T step(T param, T grad, const SgdOptions& o) {
+    if (o.maximize) grad = -grad;
+    if (o.weight_decay != 0) grad = grad + T(o.weight_decay) * param;
+    if (o.momentum != 0) {
+      if (!has_buf) {
+        buf = grad;
+        has_buf = true;
+      } else {
+        buf = buf * T(o.momentum) + T(1 - o.dampening) * grad;
+      }
+      grad = o.nesterov ? grad + T(o.momentum) * buf : buf;
+    }
+    return param + T(-o.lr) * grad;
+  }
+};
+
+}  // namespace biasfit

@@ -1,0 +1,71 @@
+"""Builds biasfit._C with torch.utils.cpp_extension against the installed torch.
+
+Environment overrides:
+  BIASFIT_CUDA=0|1     force a CPU-only build, or insist on the CUDA sources
+                       (default: build them when nvcc and a CUDA torch exist)
+  TORCH_CUDA_ARCH_LIST the GPU architectures (default: sm_80, sm_90, plus PTX
+                       of the newest so later GPUs can JIT it)
+  BIASFIT_DEBUG=1      -O0 -g instead of -O3
+"""
+import os
+from pathlib import Path
+
+import torch
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).parent
+CSRC = ROOT / "csrc"
+
+
+def want_cuda() -> bool:
+    forced = os.environ.get("BIASFIT_CUDA")
+    have = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if forced is None:
+        return have
+    if forced == "1" and not have:
+        raise RuntimeError(
+            "BIASFIT_CUDA=1 but no CUDA build can be made here: torch "
+            f"{torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME="
+            f"{cpp_extension.CUDA_HOME}")
+    return forced == "1"
+
+
+def write_build_info(with_cuda: bool) -> None:
+    # Read by biasfit/_native.py to refuse an extension built for another torch.
+    (ROOT / "biasfit" / "_build_info.py").write_text(
+        "# Written by setup.py at build time.\n"
+        f"TORCH_VERSION = {torch.__version__!r}\n"
+        f"WITH_CUDA = {with_cuda!r}\n")
+
+
+def extension():
+    with_cuda = want_cuda()
+    write_build_info(with_cuda)
+    debug = os.environ.get("BIASFIT_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    # No FMA contraction: each point must round as eager PyTorch's separate
+    # multiply and add do (see csrc/network.h).
+    cxx = opt + ["-std=c++17", "-fopenmp", "-ffp-contract=off"]
+    sources = ["csrc/ops.cpp", "csrc/cpu.cpp"]
+    macros = []
+    kwargs = {}
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        sources.append("csrc/cuda.cu")
+        macros.append(("BIASFIT_WITH_CUDA", None))
+        kwargs["extra_compile_args"] = {
+            "cxx": cxx, "nvcc": opt + ["-std=c++17", "--fmad=false"]}
+        ext_type = cpp_extension.CUDAExtension
+    else:
+        kwargs["extra_compile_args"] = {"cxx": cxx}
+        ext_type = cpp_extension.CppExtension
+    return ext_type(
+        "biasfit._C", sources, define_macros=macros,
+        extra_link_args=["-fopenmp"], **kwargs)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
