@@ -1,0 +1,23 @@
+"""Shared fixtures: every kernel test runs on each available device."""
+import pytest
+import torch
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA GPU on this machine")),
+]
+
+# Named tolerances per dtype (relative), used wherever a native result is
+# compared with the pure-PyTorch reference.
+RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    dev = request.param
+    if dev == "cuda":
+        import biasfit
+        if not biasfit.WITH_CUDA:
+            pytest.skip("biasfit was built without CUDA")
+    return torch.device(dev)
