@@ -36,6 +36,12 @@ def _fit_sgd_fake(inputs, labels, weights, bias, lr, momentum, dampening,
             inputs.new_empty((2,), dtype=torch.int64))
 
 
+@torch.library.register_fake("biasfit::sgd_step")
+def _sgd_step_fake(param, grad, momentum_buffer, lr, momentum, dampening,
+                   nesterov, weight_decay, maximize):
+    return torch.empty_like(param), torch.empty_like(param)
+
+
 # -- autograd: only final_bias is trained; the weights are frozen ---------------
 
 def _fused_loss_setup(ctx, inputs, output):

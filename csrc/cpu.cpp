@@ -129,6 +129,31 @@ FitOutputs fit_sgd_cpu(const at::Tensor& inputs, const at::Tensor& labels,
   return {final_bias, losses, biases, info};
 }
 
+std::tuple<at::Tensor, at::Tensor> sgd_step_cpu(
+    const at::Tensor& param, const at::Tensor& grad,
+    const std::optional<at::Tensor>& momentum_buffer, double lr,
+    double momentum, double dampening, bool nesterov, double weight_decay,
+    bool maximize) {
+  check_sgd_step_args(param, grad, momentum_buffer);
+  check_sgd_options(lr, momentum, dampening, nesterov, weight_decay);
+  const SgdOptions opt{lr, momentum, dampening, weight_decay, nesterov,
+                       maximize};
+  at::Tensor new_param, new_buf;
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "biasfit::sgd_step", [&] {
+    const bool has_buf = momentum_buffer.has_value();
+    SgdState<scalar_t> state{
+        has_buf ? load_bias<scalar_t>(momentum_buffer->contiguous())
+                : scalar_t(0),
+        has_buf};
+    const scalar_t p = state.step(load_bias<scalar_t>(param.contiguous()),
+                                  load_bias<scalar_t>(grad.contiguous()), opt);
+    new_param = at::scalar_tensor(p, param.options()).reshape(param.sizes());
+    new_buf = at::scalar_tensor(state.buf, param.options())
+                  .reshape(param.sizes());
+  });
+  return {new_param, new_buf};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(biasfit, CPU, m) {
@@ -136,6 +161,7 @@ TORCH_LIBRARY_IMPL(biasfit, CPU, m) {
   m.impl("fused_loss", &fused_loss_cpu);
   m.impl("predict_bias_grad", &predict_bias_grad_cpu);
   m.impl("fit_sgd", &fit_sgd_cpu);
+  m.impl("sgd_step", &sgd_step_cpu);
 }
 
 }  // namespace biasfit

@@ -58,6 +58,13 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
                     bool nesterov, double weight_decay, int64_t epochs,
                     double tol) {
   check_loss_args(inputs, labels, weights, bias);
+  check_sgd_options(lr, momentum, dampening, nesterov, weight_decay);
+  TORCH_CHECK_VALUE(epochs >= 0, "biasfit: epochs must be >= 0, got ", epochs);
+  TORCH_CHECK_VALUE(tol >= 0, "biasfit: tol must be >= 0, got ", tol);
+}
+
+void check_sgd_options(double lr, double momentum, double dampening,
+                       bool nesterov, double weight_decay) {
   // `!(x >= 0)` also rejects NaN.
   TORCH_CHECK_VALUE(lr >= 0, "biasfit: lr must be >= 0, got ", lr);
   TORCH_CHECK_VALUE(momentum >= 0, "biasfit: momentum must be >= 0, got ",
@@ -69,8 +76,22 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
   TORCH_CHECK_VALUE(!nesterov || (momentum > 0 && dampening == 0),
                     "biasfit: nesterov requires momentum > 0 and dampening "
                     "== 0, got momentum=", momentum, ", dampening=", dampening);
-  TORCH_CHECK_VALUE(epochs >= 0, "biasfit: epochs must be >= 0, got ", epochs);
-  TORCH_CHECK_VALUE(tol >= 0, "biasfit: tol must be >= 0, got ", tol);
+}
+
+void check_sgd_step_args(const at::Tensor& param, const at::Tensor& grad,
+                         const std::optional<at::Tensor>& momentum_buffer) {
+  check_tensor(param, "param");
+  TORCH_CHECK_VALUE(param.numel() == 1, "biasfit: param must hold one value, "
+                    "got ", param.numel());
+  check_same(grad, "grad", param, "param");
+  TORCH_CHECK_VALUE(grad.numel() == 1, "biasfit: grad must hold one value, "
+                    "got ", grad.numel());
+  if (momentum_buffer.has_value()) {
+    check_same(*momentum_buffer, "momentum_buffer", param, "param");
+    TORCH_CHECK_VALUE(momentum_buffer->numel() == 1, "biasfit: "
+                      "momentum_buffer must hold one value, got ",
+                      momentum_buffer->numel());
+  }
 }
 
 TORCH_LIBRARY(biasfit, m) {
@@ -90,6 +111,14 @@ TORCH_LIBRARY(biasfit, m) {
         "float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize, int epochs, float tol) -> "
         "(Tensor bias, Tensor losses, Tensor biases, Tensor info)");
+  // One torch.optim.SGD step of a one-value parameter by csrc/sgd.h, the
+  // fused trainer's own rule: an epoch loop run from Python (the sharded
+  // trainer in biasfit/distributed.py) steps with the same bits as fit_sgd.
+  // momentum_buffer: None before the first step. CPU tensors.
+  m.def("sgd_step(Tensor param, Tensor grad, Tensor? momentum_buffer, "
+        "float lr, float momentum, float dampening, bool nesterov, "
+        "float weight_decay, bool maximize) -> "
+        "(Tensor param, Tensor momentum_buffer)");
 }
 
 #ifndef BIASFIT_WITH_CUDA

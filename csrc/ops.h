@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 namespace biasfit {
@@ -18,6 +19,10 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
                     double lr, double momentum, double dampening,
                     bool nesterov, double weight_decay, int64_t epochs,
                     double tol);
+void check_sgd_options(double lr, double momentum, double dampening,
+                       bool nesterov, double weight_decay);
+void check_sgd_step_args(const at::Tensor& param, const at::Tensor& grad,
+                         const std::optional<at::Tensor>& momentum_buffer);
 
 // Result of fit_sgd: (final bias, losses[epochs], biases[epochs],
 // info = [epoch, status]).
