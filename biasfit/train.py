@@ -8,13 +8,17 @@ optimizer steps. Two engines run that loop:
   optimizer, one Python iteration an epoch.
 - "fused": every epoch inside one native call (torch.ops.biasfit.fit_sgd),
   with torch.optim.SGD's update rule; same epochs, losses and bias.
+
+Under torch.distributed (e.g. torchrun) each rank's data is its shard and
+both engines run the epoch loop in Python, summing every rank's loss and
+gradient each epoch: see biasfit/distributed.py.
 """
 import math
 from dataclasses import dataclass, field
 
 import torch
 
-
+from . import distributed
 from .model import TUTORIAL_WEIGHTS
 
 ENGINES = ("autograd", "fused")
@@ -74,13 +78,35 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
     if engine == "fused":
         return _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback)
 
+    def local_sums():
+        loss = model.loss(inputs, labels)
+        loss.backward()
+        return loss.detach(), model.final_bias.grad
+
+    settings = {"optimizer": type(optimizer).__name__, "groups": [
+        {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]}
+    return _run_epochs(local_sums, model.final_bias, optimizer, epochs, tol, callback,
+                       (inputs, labels), settings)
+
+
+def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, settings):
+    """The epoch loop around local_sums() -> (loss, grad) of this process's
+    data at `param`. Under torch.distributed every rank's sums are added
+    (biasfit/distributed.py), and every rank steps and stops alike."""
+    sharded = distributed.is_distributed()
+    if sharded:
+        distributed.check_shards(*data, dict(
+            settings, bias=param.item(), epochs=epochs, tol=tol))
     losses = []
     for epoch in range(epochs):
         optimizer.zero_grad()
-        loss = model.loss(inputs, labels)
-        loss.backward()
+        if sharded:
+            loss, grad = distributed.sum_over_ranks(local_sums, epoch)
+        else:
+            loss, grad = local_sums()
+        param.grad = grad
         value = loss.item()
-        bias = model.final_bias.item()
+        bias = param.item()
         losses.append(value)
         if callback is not None:
             callback(epoch, value, bias)
@@ -89,9 +115,9 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         if value < tol:
             return FitResult(epoch, bias, losses, True)
         optimizer.step()
-        if not math.isfinite(model.final_bias.item()):
-            raise DivergedError(epoch, "final_bias", model.final_bias.item())
-    return FitResult(epochs, model.final_bias.item(), losses, False)
+        if not math.isfinite(param.item()):
+            raise DivergedError(epoch, "final_bias", param.item())
+    return FitResult(epochs, param.item(), losses, False)
 
 
 def _sgd_hyperparameters(optimizer):
@@ -137,6 +163,12 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
         weights = tutorial_weights(inputs)
     if not isinstance(bias, torch.Tensor):
         bias = torch.tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
+    if distributed.is_distributed():
+        hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                 "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
+        local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
+        return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
+                           dict(hyper, weights=weights.tolist()))
     final, losses, biases, info = torch.ops.biasfit.fit_sgd(
         inputs, labels, weights, bias, float(lr), float(momentum), float(dampening),
         bool(nesterov), float(weight_decay), bool(maximize), int(epochs), float(tol))

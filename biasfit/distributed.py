@@ -1,0 +1,227 @@
+"""Data-parallel fitting: every process of a torch.distributed group holds a
+shard of the data, and all of them train one final_bias.
+
+When a process group is initialized (for example under `torchrun`),
+biasfit.fit treats each rank's inputs and labels as its shard. Every epoch
+each rank computes its shard's loss and d(loss)/d(bias), and ONE collective,
+an all_gather of every rank's (loss, grad, ok) row, hands every rank the
+whole table, which each sums in rank order in float64. all_reduce would not
+do: the order in which gloo or NCCL add the ranks' values is theirs and may
+depend on timing, and then ranks could step differently or stop at
+different epochs. The `ok` entry carries a failure on one rank to all of
+them in that same collective, so every rank stops at the same epoch with an
+error naming the failed rank instead of waiting forever in the next epoch.
+
+Before the first epoch, check_shards gathers a description of every rank's
+shard and settings, so a bad shard (empty, labels of another shape, a dtype
+or starting bias different from rank 0's) stops every rank with the same
+message.
+
+Neither catches a rank that dies or hangs outside the epoch's computation:
+its peers then fail in their collective when the backend sees the closed
+connection or, at the latest, after the process group's timeout
+(init_from_env sets DEFAULT_TIMEOUT; pass `timeout=` to
+torch.distributed.init_process_group when initializing it yourself).
+"""
+import datetime
+import math
+import os
+
+import torch
+import torch.distributed as dist
+
+# Long enough for a slow epoch on a large shard, short enough that a lost
+# rank does not hold the others for torch's default of 30 minutes.
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
+
+
+class DistributedFitError(RuntimeError):
+    """A rank could not take part in a sharded fit; `ranks` are the ones
+    that failed (empty when unknown: a peer vanished or timed out)."""
+
+    def __init__(self, message: str, ranks=()):
+        self.ranks = tuple(ranks)
+        super().__init__(message)
+
+
+def is_distributed() -> bool:
+    """True when a torch.distributed process group is initialized: fit then
+    trains on the union of every rank's data."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_from_env(backend=None, timeout=DEFAULT_TIMEOUT) -> bool:
+    """Joins the process group that torchrun describes in the environment
+    (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT) when WORLD_SIZE > 1.
+
+    backend: default "nccl" when CUDA is available, else "gloo". Returns
+    whether this process is now part of a group.
+    """
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=timeout)
+    return True
+
+
+def shard_rows(n: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s rows of n as one contiguous block: the first
+    n % world_size ranks take one row more than the others."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def _ranks(ranks) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+
+
+def _collective(fn, *args, what: str):
+    try:
+        fn(*args)
+    except Exception as e:  # gloo and NCCL raise several types for a lost peer
+        raise DistributedFitError(
+            f"biasfit: rank {dist.get_rank()}: the {what} collective failed, so "
+            f"this rank stops. Another rank probably exited or did not answer "
+            f"within the process group's timeout: {e}") from e
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _shard_problem(inputs, labels):
+    for name, t in (("inputs", inputs), ("labels", labels)):
+        if not isinstance(t, torch.Tensor):
+            return f"{name} is a {type(t).__name__}, not a tensor"
+        if t.dtype not in (torch.float32, torch.float64):
+            return f"{name} has dtype {t.dtype}; expected float32 or float64"
+    if labels.dtype != inputs.dtype:
+        return f"labels has dtype {labels.dtype} but inputs has dtype {inputs.dtype}"
+    if labels.shape != inputs.shape:
+        return (f"labels has shape {tuple(labels.shape)} but inputs has shape "
+                f"{tuple(inputs.shape)}")
+    if inputs.numel() == 0:
+        return "its shard is empty (0 rows); start at most as many ranks as rows"
+    return None
+
+
+def check_shards(inputs, labels, settings: dict) -> int:
+    """Before the first epoch: every rank's shard must be usable, of one
+    dtype, and every rank must fit with the same settings (starting bias,
+    optimizer, epochs, tol...). Raises the same DistributedFitError on every
+    rank otherwise. Returns the total number of rows."""
+    world = dist.get_world_size()
+    problem = _shard_problem(inputs, labels)
+    mine = {"problem": problem,
+            "rows": 0 if problem else inputs.numel(),
+            "dtype": None if problem else str(inputs.dtype),
+            "settings": repr(sorted(settings.items()))}
+    everyone = [None] * world
+    _collective(dist.all_gather_object, everyone, mine, what="shard check")
+    bad = [r for r, info in enumerate(everyone) if info["problem"]]
+    if bad:
+        details = "; ".join(f"rank {r}: {everyone[r]['problem']}" for r in bad)
+        raise DistributedFitError(
+            f"biasfit: bad data shard on {_ranks(bad)} of {world} ({details}); "
+            f"every rank stops", bad)
+    for key, what in (("dtype", "data of dtype"), ("settings", "settings")):
+        differ = [r for r, info in enumerate(everyone) if info[key] != everyone[0][key]]
+        if differ:
+            raise DistributedFitError(
+                f"biasfit: {_ranks(differ)} of {world} would fit with {what} "
+                f"{everyone[differ[0]][key]} but rank 0 with {everyone[0][key]}; "
+                f"every rank must fit the same way, so every rank stops", differ)
+    return sum(info["rows"] for info in everyone)
+
+
+def sum_over_ranks(local_sums, epoch: int):
+    """One epoch's (loss, grad) summed over every rank's shard, identical
+    bits on every rank.
+
+    local_sums() -> this rank's (loss, grad) tensors. Their sums are added in
+    float64, in rank order, and returned in the data's dtype and device, as
+    the single-process loss and gradient are. An exception in local_sums on
+    any rank makes every rank raise DistributedFitError naming it.
+    """
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = _collective_device()
+    failure = None
+    try:
+        loss, grad = local_sums()
+        row = torch.stack([loss.detach().double().reshape(()),
+                           grad.detach().double().reshape(()),
+                           torch.ones((), dtype=torch.float64, device=loss.device)])
+    except Exception as e:  # reported to every rank below, then re-raised here
+        failure = e
+        row = torch.tensor([math.nan, math.nan, 0.0], dtype=torch.float64)
+    row = row.to(device)
+    parts = [torch.empty_like(row) for _ in range(world)]
+    _collective(dist.all_gather, parts, row, what=f"epoch {epoch}")
+    table = torch.stack(parts).tolist()
+    failed = [r for r, (_, _, ok) in enumerate(table) if ok != 1.0]
+    if failed:
+        own = f": {type(failure).__name__}: {failure}" if failure is not None else ""
+        raise DistributedFitError(
+            f"biasfit: {_ranks(failed)} of {world} failed in epoch {epoch}, so "
+            f"every rank stops (rank {rank} here{own})", failed) from failure
+    total_loss, total_grad = table[0][0], table[0][1]
+    for part_loss, part_grad, _ in table[1:]:
+        total_loss += part_loss
+        total_grad += part_grad
+    as_data = {"dtype": loss.dtype, "device": loss.device}
+    return torch.tensor(total_loss, **as_data), torch.tensor(total_grad, **as_data)
+
+
+class NativeSGD:
+    """torch.optim.SGD's update of one parameter, computed by csrc/sgd.h as
+    the native trainer (fit_sgd) computes it, so an epoch loop driven from
+    Python steps with fit_sgd's bits. torch.optim.SGD itself can differ in
+    the last bit: its add_(grad, alpha=-lr) is a fused multiply-add on CPUs
+    that have one, and sgd.h rounds the product first as eager code does.
+    """
+
+    def __init__(self, param, *, lr, momentum, dampening, nesterov,
+                 weight_decay, maximize):
+        self.param = param
+        self.hyper = (float(lr), float(momentum), float(dampening), bool(nesterov),
+                      float(weight_decay), bool(maximize))
+        self.momentum_buffer = None
+
+    def zero_grad(self):
+        self.param.grad = None
+
+    def step(self):
+        cpu = torch.device("cpu")
+        new, buf = torch.ops.biasfit.sgd_step(
+            self.param.detach().to(cpu), self.param.grad.to(cpu),
+            self.momentum_buffer, *self.hyper)
+        if self.hyper[1] != 0:  # momentum: torch keeps a buffer from step 1
+            self.momentum_buffer = buf
+        with torch.no_grad():
+            self.param.copy_(new)
+
+
+def fused_parts(inputs, labels, weights, bias, hyper: dict):
+    """The fused engine's epoch in Python for a sharded fit: (local_sums,
+    param, optimizer) for train._run_epochs, around the native one-pass op
+    (fit_sgd runs every epoch natively and cannot all-gather between them)."""
+    param = bias.detach().clone()
+
+    def local_sums():
+        return torch.ops.biasfit.fused_loss(inputs, labels, weights, param)
+
+    return local_sums, param, NativeSGD(param, **hyper)
