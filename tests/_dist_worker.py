@@ -1,0 +1,136 @@
+"""One rank of the process groups that tests/test_distributed.py starts.
+
+Run as a script with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT): `python _dist_worker.py CASES.json OUT.json`. It joins a gloo
+group, runs every case in turn on its shard (a case with a "kind" breaks
+rank spec["rank"] in that way), and writes one result (or the error it
+raised) per case: cases that fail cleanly leave the group usable. test_distributed.py imports the
+same make_data/run_fit to compute the single-process reference.
+"""
+import datetime
+import json
+import os
+import sys
+import time
+
+import torch
+
+import biasfit
+from biasfit import distributed
+
+
+def make_data(spec):
+    """The whole data set of a case, the same on every rank and in pytest."""
+    dtype = getattr(torch, spec.get("dtype", "float64"))
+    if spec["data"] == "tutorial":
+        x, y = biasfit.tutorial_data()
+        return x.to(dtype), y.to(dtype)
+    gen = torch.Generator().manual_seed(spec["seed"])
+    x = torch.rand(spec["n"], generator=gen, dtype=torch.float64)
+    # A bump like the tutorial's (0 at the ends, 1 in the middle) plus
+    # noise, so the loss keeps a floor and losses compare in relative terms.
+    y = 1 - (2 * x - 1).abs() + 0.05 * torch.randn(spec["n"], generator=gen,
+                                                   dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def shard(spec, rank, world, x, y):
+    sizes = spec.get("sizes", {}).get(str(world))
+    if sizes is None:
+        rows = distributed.shard_rows(len(x), rank, world)
+    else:
+        start = sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+    return x[rows], y[rows]
+
+
+def make_optimizer(spec, model):
+    name, kwargs = spec.get("optimizer", ["SGD", {}])
+    return getattr(torch.optim, name)(model.parameters(), **kwargs)
+
+
+def run_fit(spec, x, y, model=None):
+    model = model or biasfit.BasicNN(dtype=x.dtype)
+    result = biasfit.fit(model, x, y, optimizer=make_optimizer(spec, model),
+                         epochs=spec.get("epochs", 100), tol=spec.get("tol", 1e-4),
+                         engine=spec["engine"])
+    return {"epochs_run": result.epochs_run, "final_bias": result.final_bias,
+            "losses": result.losses, "converged": result.converged,
+            "model_bias": model.final_bias.item()}
+
+
+class FailingNN(biasfit.BasicNN):
+    """Does `action` instead of computing the loss at call number `at`."""
+
+    def __init__(self, action, at, dtype):
+        super().__init__(dtype=dtype)
+        self.action, self.at, self.calls = action, at, 0
+
+    def loss(self, inputs, labels):
+        self.calls += 1
+        if self.calls == self.at:
+            if self.action == "raise":
+                raise RuntimeError("injected failure")
+            if self.action == "exit":
+                os._exit(3)
+            if self.action == "hang":
+                time.sleep(600)
+        return super().loss(inputs, labels)
+
+
+def failing_case(spec, rank, world):
+    """Rank `spec['rank']` gets a broken shard, setting or model."""
+    x, y = shard(spec, rank, world, *make_data(spec))
+    model = None
+    if rank == spec["rank"]:
+        kind = spec["kind"]
+        if kind == "short_labels":
+            y = y[:-1]
+        elif kind == "dtype":
+            x, y = x.float(), y.float()
+        elif kind == "empty":
+            x, y = x[:0], y[:0]
+        elif kind == "lr":
+            spec = dict(spec, optimizer=["SGD", {"lr": 0.2}])
+        elif kind == "nan":
+            x = x.clone()
+            x[0] = float("nan")
+        else:
+            model = FailingNN(kind, spec.get("at", 3), x.dtype)
+    return run_fit(spec, x, y, model)
+
+
+def fit_case(spec, rank, world):
+    return run_fit(spec, *shard(spec, rank, world, *make_data(spec)))
+
+
+def main():
+    cases_file, out_file = sys.argv[1:]
+    torch.set_num_threads(1)  # several ranks share this machine's cores
+    # Generous while the ranks start (they import torch at different
+    # speeds on a busy machine), then the test's own timeout for the fits.
+    torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    torch.distributed.barrier()
+    timeout = datetime.timedelta(seconds=float(os.environ["BIASFIT_TEST_PG_TIMEOUT"]))
+    torch.distributed.distributed_c10d._set_pg_timeout(timeout)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    with open(cases_file) as f:
+        cases = json.load(f)
+    results = []
+    for spec in cases:
+        try:
+            run = failing_case if "kind" in spec else fit_case
+            results.append(run(spec, rank, world))
+        except Exception as e:  # the test reads what every rank raised
+            results.append({"error": type(e).__name__, "message": str(e)})
+        # Written after every case: a rank that a later case kills or hangs
+        # still leaves its earlier results.
+        with open(out_file, "w") as f:
+            json.dump(results, f)
+    # A peer that died leaves this group unusable; do not wait on it.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

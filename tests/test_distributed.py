@@ -1,0 +1,288 @@
+"""Sharded fits in process groups of 1, 2 and 3 ranks (gloo on loopback)
+equal the single-process fit on the whole data; a failing rank stops all.
+
+Every group runs tests/_dist_worker.py once per rank as a subprocess, with
+torchrun's environment variables, and runs all its cases in one go (process
+start-up is most of the cost). A group that hangs is killed after
+GROUP_TIMEOUT seconds and fails its test.
+"""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import _dist_worker as worker
+from biasfit import distributed
+from conftest import RTOL
+
+WORKER = Path(__file__).with_name("_dist_worker.py")
+GROUP_TIMEOUT = 120
+N = 2 * 2**14 + 1234  # crosses the native sum's 2^14-point chunks
+
+# The sharded result must equal the single-process one this closely: the
+# shards' sums are added in another order than the whole data's.
+SHARDED_RTOL = {"float64": 1e-12, "float32": RTOL[torch.float32]}
+
+
+def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None):
+    spec = {"id": name, "data": "random", "n": N, "seed": 7, "dtype": dtype,
+            "engine": engine, "optimizer": optimizer, "tol": tol}
+    if sizes:
+        spec["sizes"] = sizes
+    return spec
+
+
+# Uneven shards, one of them cut inside a native chunk.
+UNEVEN = {"2": [N // 4, N - N // 4], "3": [1000, 2**14 + 7, N - 1007 - 2**14]}
+LR = 0.2 / N  # the summed loss's gradient grows with N
+
+FIT_CASES = [
+    {"id": "tutorial-autograd", "data": "tutorial", "dtype": "float32", "engine": "autograd",
+     "optimizer": ["SGD", {"lr": 0.1}]},
+    {"id": "tutorial-fused", "data": "tutorial", "dtype": "float32", "engine": "fused",
+     "optimizer": ["SGD", {"lr": 0.1}]},
+    random_case("sgd-autograd", "autograd", ["SGD", {"lr": LR}]),
+    random_case("sgd-fused", "fused", ["SGD", {"lr": LR}]),
+    random_case("momentum-autograd", "autograd",
+                ["SGD", {"lr": LR, "momentum": 0.5, "nesterov": True}], tol="midway",
+                sizes=UNEVEN),
+    random_case("momentum-fused", "fused",
+                ["SGD", {"lr": LR / 2, "momentum": 0.7, "dampening": 0.1,
+                         "weight_decay": 1e-3}],
+                tol="midway", sizes=UNEVEN),
+    random_case("adam-autograd", "autograd", ["Adam", {"lr": 0.5}], tol="midway",
+                sizes=UNEVEN),
+    random_case("float32-autograd", "autograd", ["SGD", {"lr": LR, "momentum": 0.5}],
+                dtype="float32", sizes=UNEVEN),
+    random_case("float32-fused", "fused", ["SGD", {"lr": LR, "momentum": 0.5}],
+                dtype="float32", sizes=UNEVEN),
+]
+CASE_IDS = [c["id"] for c in FIT_CASES]
+
+
+def midway_tol(spec):
+    """A tol that the single-process fit first crosses mid-run, by a wide
+    margin, so the sharded fit must stop at the same epoch to pass."""
+    losses = worker.run_fit(dict(spec, tol=0.0), *worker.make_data(spec))["losses"]
+    floor = min(losses)
+    for k in range(1, len(losses)):
+        before = min(losses[:k])
+        if losses[k] < 0.99 * before and losses[k] < 1.1 * floor:
+            return math.sqrt(before * losses[k])
+    raise AssertionError(f"{spec['id']}: the loss never drops near its floor")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The references are the same bits on any number of threads; one is
+    # faster here, where waking a second costs more than these sums take.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fit_cases():
+    return [dict(c, tol=midway_tol(c)) if c.get("tol") == "midway" else c for c in FIT_CASES]
+
+
+@pytest.fixture(scope="module")
+def single_process(groups, fit_cases):
+    # Asks for `groups` first so that the ranks start while this computes.
+    return {c["id"]: worker.run_fit(c, *worker.make_data(c)) for c in fit_cases}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Group:
+    """`world` ranks of the worker, started at once; results() waits for
+    them. wait_for: the ranks that must exit on their own (default all);
+    the others are killed once those have."""
+
+    def __init__(self, tmp_path, world, cases, pg_timeout=30.0, wait_for=None):
+        self.world, self.wait_for = world, range(world) if wait_for is None else wait_for
+        cases_file = tmp_path / "cases.json"
+        cases_file.write_text(json.dumps(cases))
+        env = dict(os.environ, WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(free_port()), GLOO_SOCKET_IFNAME="lo",
+                   BIASFIT_TEST_PG_TIMEOUT=str(pg_timeout), OMP_NUM_THREADS="1")
+        self.outs = [tmp_path / f"rank{rank}.json" for rank in range(world)]
+        self.procs = [subprocess.Popen(
+            [sys.executable, str(WORKER), str(cases_file), str(out)],
+            env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for rank, out in enumerate(self.outs)]
+        self.deadline = time.monotonic() + GROUP_TIMEOUT
+        self._results = None
+
+    def results(self):
+        """[rank][case] results; None for a rank that wrote none."""
+        if self._results is None:
+            try:
+                for rank in self.wait_for:
+                    try:
+                        self.procs[rank].wait(timeout=max(0, self.deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        pytest.fail(f"rank {rank} of {self.world} still running after "
+                                    f"{GROUP_TIMEOUT} s: the group hangs")
+            finally:
+                self.stop()
+            logs = [p.stdout.read().decode(errors="replace") for p in self.procs]
+            self._results = [json.loads(o.read_text()) if o.exists() else None
+                             for o in self.outs]
+            for rank in self.wait_for:
+                assert self._results[rank] is not None, \
+                    f"rank {rank} wrote no results:\n{logs[rank]}"
+        return self._results
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+def assert_fit_equal(got, want, rtol):
+    assert "error" not in got, got
+    assert got["epochs_run"] == want["epochs_run"]
+    assert got["converged"] == want["converged"]
+    assert got["model_bias"] == got["final_bias"]
+    torch.testing.assert_close(torch.tensor(got["losses"], dtype=torch.float64),
+                               torch.tensor(want["losses"], dtype=torch.float64),
+                               rtol=rtol, atol=0)
+    assert got["final_bias"] == pytest.approx(want["final_bias"], rel=rtol, abs=0)
+
+
+@pytest.fixture(scope="module")
+def groups(tmp_path_factory, fit_cases):
+    """Every process group of this file, started together so that their
+    start-up (importing torch) overlaps. The group of 2 also runs
+    FAIL_CASES after the fits. In "exit" and "hang", rank 1 exits or hangs
+    in epoch 2 and rank 0 must give up within the 3 s timeout."""
+    def tmp(name):
+        return tmp_path_factory.mktemp(name)
+    vanish = {action: Group(tmp(action), 2, [dict(FAIL_BASE, kind=action, engine="autograd")],
+                            pg_timeout=3.0, wait_for=[0])
+              for action in ("exit", "hang")}
+    started = {2: Group(tmp("world2"), 2, fit_cases + FAIL_CASES),
+               3: Group(tmp("world3"), 3, fit_cases), **vanish}
+    yield started
+    for group in started.values():
+        group.stop()
+
+
+@pytest.fixture(scope="module")
+def sharded(groups):
+    """world size -> [rank][case] results."""
+    return lambda world: groups[world].results()
+
+
+def test_one_rank_gives_the_single_process_bits(tmp_path, fit_cases, single_process):
+    # A group of one, in this process: one row to sum, so any difference
+    # comes from the sharded loop itself (e.g. an SGD step that rounds
+    # unlike the native trainer's).
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
+                            rank=0, world_size=1)
+    try:
+        assert distributed.is_distributed()
+        for spec in fit_cases:
+            got = worker.fit_case(spec, 0, 1)
+            assert got == single_process[spec["id"]], spec["id"]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("index", range(len(FIT_CASES)), ids=CASE_IDS)
+def test_sharded_fit_equals_single_process_fit(sharded, single_process, world, index):
+    spec = FIT_CASES[index]
+    per_rank = [results[index] for results in sharded(world)]
+    for rank, got in enumerate(per_rank):
+        assert got == per_rank[0], f"rank {rank} ended unlike rank 0"
+    assert_fit_equal(per_rank[0], single_process[spec["id"]], SHARDED_RTOL[spec["dtype"]])
+
+
+def test_tutorial_sharded_fit_is_the_tutorial_result(sharded):
+    got = sharded(3)[0][CASE_IDS.index("tutorial-fused")]
+    assert got["epochs_run"] == 34 and got["converged"]
+    assert round(got["final_bias"], 4) == -16.0019
+
+
+FAIL_BASE = {"data": "random", "n": 1000, "seed": 3, "dtype": "float64",
+             "optimizer": ["SGD", {"lr": 1e-4}], "rank": 1}
+FAIL_CASES = [
+    dict(FAIL_BASE, kind="short_labels", engine="fused",
+         expect=["DistributedFitError", "rank 1", "labels has shape (499,) but inputs has shape (500,)"]),
+    dict(FAIL_BASE, kind="dtype", engine="autograd",
+         expect=["DistributedFitError", "rank 1", "torch.float32"]),
+    dict(FAIL_BASE, kind="empty", engine="fused",
+         expect=["DistributedFitError", "rank 1", "empty"]),
+    dict(FAIL_BASE, kind="lr", engine="autograd",
+         expect=["DistributedFitError", "rank 1", "'lr': 0.2"]),
+    dict(FAIL_BASE, kind="raise", engine="autograd",
+         expect=["DistributedFitError", "rank 1", "epoch 2"]),
+    # A NaN in one shard reaches every rank through the sum: all diverge.
+    dict(FAIL_BASE, kind="nan", engine="fused",
+         expect=["DivergedError", "the loss became nan at epoch 0"]),
+]
+
+
+@pytest.fixture(scope="module")
+def failures(sharded):
+    return [results[len(FIT_CASES):] for results in sharded(2)]
+
+
+@pytest.mark.parametrize("index", range(len(FAIL_CASES)),
+                         ids=[c["kind"] for c in FAIL_CASES])
+def test_a_failing_rank_stops_every_rank(failures, index):
+    kind, *fragments = FAIL_CASES[index]["expect"]
+    for rank, results in enumerate(failures):
+        got = results[index]
+        assert got.get("error") == kind, (rank, got)
+        for fragment in fragments:
+            assert fragment in got["message"], (rank, got["message"])
+
+
+def test_the_failing_rank_reports_its_own_error(failures):
+    index = [c["kind"] for c in FAIL_CASES].index("raise")
+    assert "injected failure" in failures[1][index]["message"]
+
+
+@pytest.mark.parametrize("action", ["exit", "hang"])
+def test_a_vanished_rank_makes_the_others_fail_not_hang(groups, action):
+    # Group.results fails the test if rank 0 is not done in GROUP_TIMEOUT.
+    (got,) = groups[action].results()[0]
+    assert got.get("error") == "DistributedFitError", got
+    assert "collective failed" in got["message"]
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (3, 3), (2, 3), (0, 2), (7, 1)])
+def test_shard_rows_cover_every_row_once_in_order(n, world):
+    rows = [distributed.shard_rows(n, r, world) for r in range(world)]
+    assert [i for s in rows for i in range(n)[s]] == list(range(n))
+    sizes = [s.stop - s.start for s in rows]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("args, name", [((5, 2, 2), "rank"), ((5, -1, 2), "rank"),
+                                        ((5, 0, 0), "world_size"), ((-1, 0, 2), "n")])
+def test_shard_rows_rejects_bad_arguments(args, name):
+    with pytest.raises(ValueError, match=name):
+        distributed.shard_rows(*args)
+
+
+def test_not_distributed_without_a_process_group():
+    assert not distributed.is_distributed()
