@@ -148,14 +148,15 @@ def check_shards(inputs, labels, settings: dict) -> int:
     return sum(info["rows"] for info in everyone)
 
 
-def sum_over_ranks(local_sums, epoch: int):
+def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor):
     """One epoch's (loss, grad) summed over every rank's shard, identical
     bits on every rank.
 
     local_sums() -> this rank's (loss, grad) tensors. Their sums are added in
-    float64, in rank order, and returned in the data's dtype and device, as
-    the single-process loss and gradient are. An exception in local_sums on
-    any rank makes every rank raise DistributedFitError naming it.
+    float64, in rank order, and returned in the dtype and on the device of
+    `like` (the trained parameter), as the single-process loss and gradient
+    are. An exception in local_sums on any rank makes every rank raise
+    DistributedFitError naming it.
     """
     rank, world = dist.get_rank(), dist.get_world_size()
     device = _collective_device()
@@ -182,7 +183,7 @@ def sum_over_ranks(local_sums, epoch: int):
     for part_loss, part_grad, _ in table[1:]:
         total_loss += part_loss
         total_grad += part_grad
-    as_data = {"dtype": loss.dtype, "device": loss.device}
+    as_data = {"dtype": like.dtype, "device": like.device}
     return torch.tensor(total_loss, **as_data), torch.tensor(total_grad, **as_data)
 
 
@@ -222,6 +223,10 @@ def fused_parts(inputs, labels, weights, bias, hyper: dict):
     param = bias.detach().clone()
 
     def local_sums():
-        return torch.ops.biasfit.fused_loss(inputs, labels, weights, param)
+        # The float64 sums, so float32 shards add up as float32 data does in
+        # one process: rounded once, after the sum.
+        if inputs.device.type == "cpu":
+            return torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, param).unbind()
+        return torch.ops.biasfit.fused_loss(inputs, labels, weights, param)  # no CUDA kernel yet
 
     return local_sums, param, NativeSGD(param, **hyper)

@@ -101,7 +101,7 @@ def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, setti
     for epoch in range(epochs):
         optimizer.zero_grad()
         if sharded:
-            loss, grad = distributed.sum_over_ranks(local_sums, epoch)
+            loss, grad = distributed.sum_over_ranks(local_sums, epoch, param)
         else:
             loss, grad = local_sums()
         param.grad = grad

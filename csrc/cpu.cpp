@@ -52,10 +52,10 @@ LossGrad loss_grad_sum(const T* x, const T* y, int64_t n, const Weights<T>& w,
       scratch);
 }
 
-std::tuple<at::Tensor, at::Tensor> fused_loss_cpu(const at::Tensor& inputs,
-                                                  const at::Tensor& labels,
-                                                  const at::Tensor& weights,
-                                                  const at::Tensor& bias) {
+LossGrad checked_loss_grad_sum(const at::Tensor& inputs,
+                               const at::Tensor& labels,
+                               const at::Tensor& weights,
+                               const at::Tensor& bias) {
   check_loss_args(inputs, labels, weights, bias);
   const at::Tensor x = inputs.contiguous(), y = labels.contiguous();
   LossGrad sum{};
@@ -65,9 +65,28 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cpu(const at::Tensor& inputs,
                         x.numel(), load_weights<scalar_t>(weights),
                         load_bias<scalar_t>(bias), scratch);
   });
+  return sum;
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_loss_cpu(const at::Tensor& inputs,
+                                                  const at::Tensor& labels,
+                                                  const at::Tensor& weights,
+                                                  const at::Tensor& bias) {
+  const LossGrad sum = checked_loss_grad_sum(inputs, labels, weights, bias);
   // The sums are double; the results take the data's dtype like any op.
-  return {at::scalar_tensor(sum.loss, x.options()),
-          at::scalar_tensor(sum.grad, x.options())};
+  return {at::scalar_tensor(sum.loss, inputs.options()),
+          at::scalar_tensor(sum.grad, inputs.options())};
+}
+
+at::Tensor fused_loss_sums_cpu(const at::Tensor& inputs,
+                               const at::Tensor& labels,
+                               const at::Tensor& weights,
+                               const at::Tensor& bias) {
+  const LossGrad sum = checked_loss_grad_sum(inputs, labels, weights, bias);
+  at::Tensor out = at::empty({2}, inputs.options().dtype(at::kDouble));
+  out.data_ptr<double>()[0] = sum.loss;
+  out.data_ptr<double>()[1] = sum.grad;
+  return out;
 }
 
 at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
@@ -159,6 +178,7 @@ std::tuple<at::Tensor, at::Tensor> sgd_step_cpu(
 TORCH_LIBRARY_IMPL(biasfit, CPU, m) {
   m.impl("predict", &predict_cpu);
   m.impl("fused_loss", &fused_loss_cpu);
+  m.impl("fused_loss_sums", &fused_loss_sums_cpu);
   m.impl("predict_bias_grad", &predict_bias_grad_cpu);
   m.impl("fit_sgd", &fit_sgd_cpu);
   m.impl("sgd_step", &sgd_step_cpu);

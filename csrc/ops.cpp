@@ -100,6 +100,10 @@ TORCH_LIBRARY(biasfit, m) {
   // One pass: total squared error and its derivative w.r.t. bias (0-d each).
   m.def("fused_loss(Tensor inputs, Tensor labels, Tensor weights, "
         "Tensor bias) -> (Tensor loss, Tensor bias_grad)");
+  // fused_loss's two sums as float64 [loss, bias_grad], before rounding to
+  // the data's dtype: what a process adds to other processes' sums.
+  m.def("fused_loss_sums(Tensor inputs, Tensor labels, Tensor weights, "
+        "Tensor bias) -> Tensor");
   // sum(grad_out * d y_hat / d bias): predict's backward.
   m.def("predict_bias_grad(Tensor grad_out, Tensor inputs, Tensor weights, "
         "Tensor bias) -> Tensor");

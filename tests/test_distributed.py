@@ -27,8 +27,13 @@ GROUP_TIMEOUT = 120
 N = 2 * 2**14 + 1234  # crosses the native sum's 2^14-point chunks
 
 # The sharded result must equal the single-process one this closely: the
-# shards' sums are added in another order than the whole data's.
-SHARDED_RTOL = {"float64": 1e-12, "float32": RTOL[torch.float32]}
+# shards' sums are added in another order than the whole data's. The fused
+# engine adds float32 shards' float64 sums, so float32 fits hold the same
+# float32 values (1e-12 is far below float32's resolution); the autograd
+# engine's per-rank losses are float32 already, so they can be one float32
+# rounding apart.
+SHARDED_RTOL = {("float64", "autograd"): 1e-12, ("float64", "fused"): 1e-12,
+                ("float32", "fused"): 1e-12, ("float32", "autograd"): RTOL[torch.float32]}
 
 
 def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None):
@@ -212,7 +217,7 @@ def test_sharded_fit_equals_single_process_fit(sharded, single_process, world, i
     per_rank = [results[index] for results in sharded(world)]
     for rank, got in enumerate(per_rank):
         assert got == per_rank[0], f"rank {rank} ended unlike rank 0"
-    assert_fit_equal(per_rank[0], single_process[spec["id"]], SHARDED_RTOL[spec["dtype"]])
+    assert_fit_equal(per_rank[0], single_process[spec["id"]], SHARDED_RTOL[spec["dtype"], spec["engine"]])
 
 
 def test_tutorial_sharded_fit_is_the_tutorial_result(sharded):
