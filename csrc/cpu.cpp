@@ -3,8 +3,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/scalar_tensor.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "fit.h"
@@ -58,16 +56,19 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cpu(const at::Tensor& inputs,
                                                   const at::Tensor& bias) {
   check_loss_args(inputs, labels, weights, bias);
   const at::Tensor x = inputs.contiguous(), y = labels.contiguous();
-  LossGrad sum{};
+  at::Tensor loss = at::empty({}, x.options());
+  at::Tensor grad = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fused_loss", [&] {
     std::vector<LossGrad> scratch;
-    sum = loss_grad_sum(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                        x.numel(), load_weights<scalar_t>(weights),
-                        load_bias<scalar_t>(bias), scratch);
+    const LossGrad sum = loss_grad_sum(
+        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(),
+        load_weights<scalar_t>(weights), load_bias<scalar_t>(bias), scratch);
+    // The sums are double; the results take the data's dtype like any op
+    // (a float32 sum past FLT_MAX becomes inf, which fit reports).
+    *loss.data_ptr<scalar_t>() = scalar_t(sum.loss);
+    *grad.data_ptr<scalar_t>() = scalar_t(sum.grad);
   });
-  // The sums are double; the results take the data's dtype like any op.
-  return {at::scalar_tensor(sum.loss, x.options()),
-          at::scalar_tensor(sum.grad, x.options())};
+  return {loss, grad};
 }
 
 at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
@@ -80,7 +81,7 @@ at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
                     inputs.sizes());
   const at::Tensor x = inputs.contiguous();
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
-  double total = 0;
+  at::Tensor total = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::predict_bias_grad",
                              [&] {
     const Weights<scalar_t> w = load_weights<scalar_t>(weights);
@@ -88,11 +89,11 @@ at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = g.data_ptr<scalar_t>();
     std::vector<LossGrad> scratch;
-    total = deterministic_sum(x.numel(), [&](int64_t i) {
+    *total.data_ptr<scalar_t>() = scalar_t(deterministic_sum(x.numel(), [&](int64_t i) {
       return LossGrad{0.0, point_bias_grad(xp[i], gp[i], w, b)};
-    }, scratch).grad;
+    }, scratch).grad);
   });
-  return at::scalar_tensor(total, x.options());
+  return total;
 }
 
 FitOutputs fit_sgd_cpu(const at::Tensor& inputs, const at::Tensor& labels,
