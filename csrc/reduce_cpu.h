@@ -22,9 +22,10 @@ constexpr int kLanes = 8;
 
 inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-// point(i) -> LossGrad for i in [begin, end).
-template <typename PointFn>
-LossGrad chunk_sum(int64_t begin, int64_t end, const PointFn& point) {
+// Sum of point(i) for i in [begin, end), point(i) -> LossGrad. Inlined into
+// each per-instruction-set kernel in cpu.cpp.
+template <typename Point>
+BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end) {
   double loss[kLanes] = {}, grad[kLanes] = {};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
@@ -48,19 +49,19 @@ LossGrad chunk_sum(int64_t begin, int64_t end, const PointFn& point) {
   return {loss[0], grad[0]};
 }
 
-// Sum of point(i) over [0, n). `partials` is scratch space, reused across
-// calls by the trainer so an epoch allocates nothing.
-template <typename PointFn>
-LossGrad deterministic_sum(int64_t n, const PointFn& point,
+// Sum over [0, n) of chunk(begin, end), which sums one chunk. `partials` is
+// scratch space, reused across calls by the trainer so an epoch allocates
+// nothing.
+template <typename ChunkFn>
+LossGrad deterministic_sum(int64_t n, const ChunkFn& chunk,
                            std::vector<LossGrad>& partials) {
   const int64_t chunks = num_chunks(n);
-  if (chunks == 1) return chunk_sum(0, n, point);
+  if (chunks == 1) return chunk(0, n);
   partials.resize(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kChunk;
-      const int64_t end = begin + kChunk < n ? begin + kChunk : n;
-      partials[c] = chunk_sum(begin, end, point);
+      partials[c] = chunk(begin, begin + kChunk < n ? begin + kChunk : n);
     }
   });
   LossGrad total{0.0, 0.0};
