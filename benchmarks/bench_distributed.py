@@ -71,6 +71,7 @@ def follow():
         run = make_op(OPS[op], n, 1) if OPS[op] != "whole" else None
         for _ in range(calls if run else 0):
             run()
+    dist.barrier()  # gloo can abort a process that tears down mid-send
     dist.destroy_process_group()
 
 
@@ -89,6 +90,7 @@ def rank1():
     try:
         yield proc
         announce(-1, 0, 0)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
         torch.set_num_threads(threads)

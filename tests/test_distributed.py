@@ -170,6 +170,41 @@ def assert_fit_equal(got, want, rtol):
     assert got["final_bias"] == pytest.approx(want["final_bias"], rel=rtol, abs=0)
 
 
+class TorchRun:
+    """`torchrun --standalone --nproc-per-node=K ARGS...`, started now."""
+
+    def __init__(self, tmp_path, nproc, *args):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             f"--nproc-per-node={nproc}", *map(str, args)],
+            cwd=tmp_path, env=dict(os.environ, GLOO_SOCKET_IFNAME="lo"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.deadline = time.monotonic() + GROUP_TIMEOUT
+
+    def results(self):
+        """(exit status, stdout, stderr)"""
+        try:
+            out, err = self.proc.communicate(timeout=max(0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"torchrun still running after {GROUP_TIMEOUT} s")
+        return self.proc.returncode, out, err
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def readme_script(tmp_path):
+    """The README's train.py for torchrun, written to tmp_path."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Training on many processes and machines"):]
+    script = tmp_path / "train.py"
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    return script
+
+
 @pytest.fixture(scope="module")
 def groups(tmp_path_factory, fit_cases):
     """Every process group of this file, started together so that their
@@ -183,6 +218,8 @@ def groups(tmp_path_factory, fit_cases):
               for action in ("exit", "hang")}
     started = {2: Group(tmp("world2"), 2, fit_cases + FAIL_CASES),
                3: Group(tmp("world3"), 3, fit_cases), **vanish}
+    readme = tmp("readme")
+    started["readme"] = TorchRun(readme, 2, readme_script(readme))
     yield started
     for group in started.values():
         group.stop()
@@ -272,6 +309,13 @@ def test_a_vanished_rank_makes_the_others_fail_not_hang(groups, action):
     (got,) = groups[action].results()[0]
     assert got.get("error") == "DistributedFitError", got
     assert "collective failed" in got["message"]
+
+
+def test_the_readme_torchrun_script_trains_on_shards(groups):
+    # init_from_env, shard_rows and fit together, under torchrun itself.
+    status, out, err = groups["readme"].results()
+    assert status == 0, err
+    assert out.splitlines() == ["34 epochs, final_bias = -16.0019"]
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (3, 3), (2, 3), (0, 2), (7, 1)])
