@@ -13,6 +13,7 @@ Under torch.distributed (e.g. torchrun) each rank's data is its shard and
 both engines run the epoch loop in Python, summing every rank's loss and
 gradient each epoch: see biasfit/distributed.py.
 """
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -144,9 +145,16 @@ def _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback):
     return result
 
 
+@functools.lru_cache(maxsize=None)
+def _tutorial_weights(dtype, device):
+    # Cached: for the tutorial's 3 points, building this tensor on every call
+    # would cost a noticeable part of the whole fit.
+    return torch.tensor(TUTORIAL_WEIGHTS, dtype=dtype, device=device)
+
+
 def tutorial_weights(like: torch.Tensor) -> torch.Tensor:
-    """The tutorial's six frozen weights in `like`'s dtype and device."""
-    return torch.tensor(TUTORIAL_WEIGHTS, dtype=like.dtype, device=like.device)
+    """The tutorial's six frozen weights in `like`'s dtype and device (read-only)."""
+    return _tutorial_weights(like.dtype, like.device)
 
 
 def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
@@ -162,7 +170,7 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     if weights is None:
         weights = tutorial_weights(inputs)
     if not isinstance(bias, torch.Tensor):
-        bias = torch.tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
+        bias = torch.scalar_tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
     if distributed.is_distributed():
         hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
                  "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
@@ -175,7 +183,7 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     epoch, status = info.tolist()
     seen = epoch if status == _EXHAUSTED else epoch + 1
     loss_list = losses[:seen].tolist()
-    if callback is not None:
+    if callback is not None:  # replayed: the native loop has no Python in it
         for e, (loss, b) in enumerate(zip(loss_list, biases[:seen].tolist())):
             callback(e, loss, b)
     if status == _LOSS_NONFINITE:

@@ -28,6 +28,19 @@ struct PointLoss {  // squared error and its bias derivative
 };
 
 template <typename T>
+struct PointLossStrided {  // the same over 1-D views (slices, expand) uncopied
+  const T* x;
+  int64_t x_stride;
+  const T* y;
+  int64_t y_stride;
+  Weights<T> w;
+  T bias;
+  BIASFIT_HD LossGrad operator()(int64_t i) const {
+    return point_loss_grad(x[i * x_stride], y[i * y_stride], w, bias);
+  }
+};
+
+template <typename T>
 struct PointLossFromHidden {  // the same from a precomputed hidden(x[i])
   const T* h;
   const T* y;
@@ -115,14 +128,25 @@ LossGrad checked_loss_grad_sum(const at::Tensor& inputs,
                                const at::Tensor& weights,
                                const at::Tensor& bias) {
   check_loss_args(inputs, labels, weights, bias);
-  const at::Tensor x = inputs.contiguous(), y = labels.contiguous();
+  // Contiguous data takes the vectorized path; 1-D views are read in place
+  // (an expanded tensor of 2^31+ elements costs no memory); anything else is
+  // made contiguous first.
+  const bool strided = inputs.dim() == 1 &&
+                       !(inputs.is_contiguous() && labels.is_contiguous());
+  const at::Tensor x = strided ? inputs : inputs.contiguous();
+  const at::Tensor y = strided ? labels : labels.contiguous();
   LossGrad sum{};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fused_loss", [&] {
     std::vector<LossGrad> scratch;
-    const PointLoss<scalar_t> point{
-        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-        load_weights<scalar_t>(weights), load_bias<scalar_t>(bias)};
-    sum = sum_points(point, x.numel(), scratch);
+    const Weights<scalar_t> w = load_weights<scalar_t>(weights);
+    const scalar_t b = load_bias<scalar_t>(bias);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* yp = y.data_ptr<scalar_t>();
+    sum = strided ? sum_points(PointLossStrided<scalar_t>{xp, x.stride(0), yp,
+                                                          y.stride(0), w, b},
+                               x.numel(), scratch)
+                  : sum_points(PointLoss<scalar_t>{xp, yp, w, b}, x.numel(),
+                               scratch);
   });
   return sum;
 }
