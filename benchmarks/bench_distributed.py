@@ -28,7 +28,7 @@ from biasfit import distributed
 from biasfit.train import tutorial_weights
 
 OPS = ("compute", "reduce", "epoch", "whole")
-SIZES = (3, 2**16, 2**20)
+SIZES = (3, 2**16, 2**20, 2**23)
 ROUNDS, WARMUP = 40, 5
 SGD = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
        "weight_decay": 0.0, "maximize": False}
