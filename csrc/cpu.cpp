@@ -44,6 +44,14 @@ at::Tensor predict_cpu(const at::Tensor& inputs, const at::Tensor& weights,
   return out;
 }
 
+// A double sum as a 0-d tensor of the data's dtype. at::scalar_tensor(double,
+// float32) throws when the sum exceeds float's range; the cast gives inf, which
+// fit reports as a diverged loss (the fused trainer's losses behave the same).
+at::Tensor scalar_like(double value, const at::Tensor& like) {
+  return at::scalar_tensor(value, like.options().dtype(at::kDouble))
+      .to(like.scalar_type());
+}
+
 template <typename T>
 LossGrad loss_grad_sum(const T* x, const T* y, int64_t n, const Weights<T>& w,
                        T bias, std::vector<LossGrad>& scratch) {
@@ -66,8 +74,7 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cpu(const at::Tensor& inputs,
                         load_bias<scalar_t>(bias), scratch);
   });
   // The sums are double; the results take the data's dtype like any op.
-  return {at::scalar_tensor(sum.loss, x.options()),
-          at::scalar_tensor(sum.grad, x.options())};
+  return {scalar_like(sum.loss, x), scalar_like(sum.grad, x)};
 }
 
 at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
@@ -92,7 +99,7 @@ at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
       return LossGrad{0.0, point_bias_grad(xp[i], gp[i], w, b)};
     }, scratch).grad;
   });
-  return at::scalar_tensor(total, x.options());
+  return scalar_like(total, x);
 }
 
 FitOutputs fit_sgd_cpu(const at::Tensor& inputs, const at::Tensor& labels,
