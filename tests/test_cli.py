@@ -264,15 +264,24 @@ BAD = {
     "predict bad data": (["predict", "--model", "m.pt", "--data", "bad_number.csv",
                           "--x-col", "y"], 1, r"row 2 \(line 3\), column y: 'abc'"),
 }
-if HAVE_CUDA:  # then --device cuda works: checked in test_train_on_cuda_matches_cpu
-    BAD.pop("missing GPU", None)
-else:
+# Where --device cuda works, test_train_on_cuda_matches_cpu checks it instead.
+if not torch.cuda.is_available():
     BAD["missing GPU"] = (["train", "--device", "cuda"], 2, MISSING_GPU)
+elif not biasfit.WITH_CUDA:
+    BAD["missing GPU"] = (["train", "--device", "cuda"], 2, "built without CUDA support")
+
+
+# Every BAD case also runs in-process below (milliseconds each); these run as
+# the installed command too: one per kind of mistake, each subprocess ~2 s of CPU.
+IN_SUBPROCESS = ["missing file", "not text", "non-number", "wrong field count", "empty",
+                 "nan", "float32 overflow", "lengths differ", "unknown column",
+                 "diverges", "negative lr", "fractional epochs", "nesterov alone",
+                 "no command", "not a model", "predict nan", "missing GPU"]
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory):
-    """Every BAD case, run side by side in a folder holding the bad files."""
+def bad_folder(tmp_path_factory):
+    """A folder holding the bad files (and a good model, m.pt)."""
     folder = tmp_path_factory.mktemp("bad")
     for name, content in BAD_FILES.items():
         path = folder / name
@@ -283,20 +292,41 @@ def bad_runs(tmp_path_factory):
         else:
             np.save(folder / name, array)
     biasfit.checkpoint.save_model(folder / "m.pt", biasfit.BasicNN(-16.0), {})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bad_runs(bad_folder):
+    """The IN_SUBPROCESS cases, run side by side."""
+    cases = [case for case in IN_SUBPROCESS if case in BAD]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        futures = {case: pool.submit(run, *args, cwd=folder)
-                   for case, (args, _, _) in BAD.items()}
+        futures = {case: pool.submit(run, *BAD[case][0], cwd=bad_folder) for case in cases}
         return {case: future.result() for case, future in futures.items()}
 
 
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_clear_line(bad_runs, case):
-    args, code, message = BAD[case]
+def check_refusal(case, code, stdout, stderr):
+    _, want_code, message = BAD[case]
+    assert code == want_code, (stdout, stderr)
+    assert "Traceback" not in stderr + stdout
+    assert re.fullmatch(rf"biasfit( \w+)?: error: .*{message}.*\n", stderr), stderr
+    assert stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("case", [case for case in IN_SUBPROCESS if case in BAD])
+def test_bad_input_to_the_command_is_one_clear_line(bad_runs, case):
     proc = bad_runs[case]
-    assert proc.returncode == code, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert re.fullmatch(rf"biasfit( \w+)?: error: .*{message}.*\n", proc.stderr), proc.stderr
-    assert proc.stderr.count("\n") == 1
+    check_refusal(case, proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_to_main_is_one_clear_line(bad_folder, monkeypatch, capsys, case):
+    monkeypatch.chdir(bad_folder)
+    try:
+        code = cli.main(BAD[case][0])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    out = capsys.readouterr()
+    check_refusal(case, code, out.out, out.err)
 
 
 # -- the progress bar: only on a terminal, only for long fits ------------------------
