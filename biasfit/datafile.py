@@ -52,7 +52,8 @@ def load_xy(path, x_col=None, y_col=None, *, dtype=torch.float32, rank=None,
     table = _read(path)
     xi = _column(table, x_col, "x", 0)
     yi = _column(table, y_col, "y", 1)
-    return tuple(_values(table, [xi, yi], dtype, rank, world_size).unbind(1))
+    # Transposed first so that each returned tensor is contiguous.
+    return tuple(_values(table, [xi, yi], dtype, rank, world_size).T.contiguous())
 
 
 def load_x(path, x_col=None, *, dtype=torch.float32, rank=None, world_size=None):

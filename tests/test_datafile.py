@@ -42,6 +42,7 @@ def data_file(request, tmp_path):
 def test_every_format_reads_the_same_points(data_file, dtype):
     x, y = load_xy(data_file, dtype=dtype)
     assert x.dtype == y.dtype == dtype
+    assert x.is_contiguous() and y.is_contiguous()
     assert x.tolist() == X and y.tolist() == Y
     assert load_x(data_file, dtype=dtype).tolist() == X
 
