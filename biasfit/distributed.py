@@ -30,6 +30,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .datafile import shard_bounds
+
 # Long enough for a slow epoch on a large shard, short enough that a lost
 # rank does not hold the others for torch's default of 30 minutes.
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
@@ -71,16 +73,9 @@ def init_from_env(backend=None, timeout=DEFAULT_TIMEOUT) -> bool:
 
 def shard_rows(n: int, rank: int, world_size: int) -> slice:
     """Rank `rank`'s rows of n as one contiguous block: the first
-    n % world_size ranks take one row more than the others."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (rank < extra))
+    n % world_size ranks take one row more than the others (the blocks
+    biasfit.datafile.load_xy reads for a rank)."""
+    return slice(*shard_bounds(n, rank, world_size))
 
 
 def _ranks(ranks) -> str:

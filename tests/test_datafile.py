@@ -1,0 +1,119 @@
+"""biasfit.datafile in-process: formats, column choice, and rank shards.
+
+The command line's error messages for bad files are checked end to end in
+test_cli.py; here is what a caller of load_xy relies on.
+"""
+import numpy as np
+import pytest
+import torch
+
+from biasfit.datafile import DataFileError, load_x, load_xy, shard_bounds
+
+X = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+Y = [0.0, 1.0, 0.0, 0.25, -1.0, 2.0, 0.125]
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(params=["csv_header", "csv_plain", "whitespace", "tab", "npy", "npz"])
+def data_file(request, tmp_path):
+    """The same seven points in each format."""
+    kind = request.param
+    rows = list(zip(X, Y))
+    if kind == "csv_header":
+        return write(tmp_path / "d.csv", "x,y\n" + "".join(f"{a},{b}\n" for a, b in rows))
+    if kind == "csv_plain":
+        return write(tmp_path / "d.csv", "".join(f"{a},{b}\n" for a, b in rows))
+    if kind == "whitespace":
+        return write(tmp_path / "d.txt", "".join(f"  {a}   {b}\n\n" for a, b in rows))
+    if kind == "tab":
+        return write(tmp_path / "d.tsv", "".join(f"{a}\t{b}\n" for a, b in rows))
+    if kind == "npy":
+        np.save(tmp_path / "d.npy", np.array(rows))
+        return tmp_path / "d.npy"
+    np.savez(tmp_path / "d.npz", x=np.array(X), y=np.array(Y))
+    return tmp_path / "d.npz"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_format_reads_the_same_points(data_file, dtype):
+    x, y = load_xy(data_file, dtype=dtype)
+    assert x.dtype == y.dtype == dtype
+    assert x.is_contiguous() and y.is_contiguous()
+    assert x.tolist() == X and y.tolist() == Y
+    assert load_x(data_file, dtype=dtype).tolist() == X
+
+
+def test_columns_by_name_or_index(tmp_path):
+    path = write(tmp_path / "d.csv", "id,dose,effect\n7,0.5,1\n8,1,0\n")
+    x, y = load_xy(path, "dose", "effect")
+    assert x.tolist() == [0.5, 1.0] and y.tolist() == [1.0, 0.0]
+    x, y = load_xy(path, 2, "1")
+    assert x.tolist() == [1.0, 0.0] and y.tolist() == [0.5, 1.0]
+    with pytest.raises(DataFileError, match="3 column.*choose the x column with x_col"):
+        load_xy(path)
+    with pytest.raises(DataFileError, match="y_col 'dos' is not a column"):
+        load_xy(path, "dose", "dos")
+
+
+def test_file_named_as_csv_but_holding_npy_is_read_by_its_content(tmp_path):
+    np.save(tmp_path / "d.npy", np.array([[1.0, 2.0]]))
+    (tmp_path / "d.npy").rename(tmp_path / "d.csv")
+    assert [t.tolist() for t in load_xy(tmp_path / "d.csv")] == [[1.0], [2.0]]
+
+
+def test_errors_are_data_file_errors_and_value_errors(tmp_path):
+    path = write(tmp_path / "d.csv", "x,y\n1,2\n3,x\n")
+    with pytest.raises(ValueError, match=r"row 2 \(line 3\), column y: 'x' is not a number"):
+        load_xy(path)
+    assert issubclass(DataFileError, ValueError)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7, 10, 64])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_shards_are_contiguous_balanced_and_cover_every_row_once(n, world_size):
+    bounds = [shard_bounds(n, r, world_size) for r in range(world_size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(stop == nxt for (_, stop), (nxt, _) in zip(bounds, bounds[1:]))
+    sizes = [stop - start for start, stop in bounds]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    expected = [len(t) for t in torch.tensor_split(torch.arange(n), world_size)]
+    assert sizes == expected
+
+
+def test_load_xy_by_rank_returns_its_block_in_every_format(data_file):
+    world_size = 3
+    parts = [load_xy(data_file, rank=r, world_size=world_size) for r in range(world_size)]
+    assert [len(x) for x, _ in parts] == [3, 2, 2]
+    assert torch.cat([x for x, _ in parts]).tolist() == X
+    assert torch.cat([y for _, y in parts]).tolist() == Y
+
+
+def test_a_shard_does_not_parse_other_ranks_rows(tmp_path):
+    path = write(tmp_path / "d.csv", "x,y\n0,0\n1,1\n2,oops\n3,3\n")
+    x, y = load_xy(path, rank=0, world_size=2)
+    assert x.tolist() == [0.0, 1.0]
+    with pytest.raises(DataFileError, match=r"row 3 \(line 4\), column y"):
+        load_xy(path, rank=1, world_size=2)
+
+
+def test_more_ranks_than_rows_gives_empty_shards(tmp_path):
+    path = write(tmp_path / "d.csv", "0,1\n")
+    x, y = load_xy(path, rank=3, world_size=4)
+    assert x.shape == y.shape == (0,) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("rank, world_size", [(2, 2), (-1, 2), (0, 0), (None, 2), (0, 1.0)])
+def test_bad_rank_or_world_size_is_refused(tmp_path, rank, world_size):
+    path = write(tmp_path / "d.csv", "0,1\n")
+    with pytest.raises(ValueError, match="rank|world_size"):
+        load_xy(path, rank=rank, world_size=world_size)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "x,y\n"])
+def test_a_file_without_data_rows_is_empty(tmp_path, text):
+    with pytest.raises(DataFileError, match="is empty: no rows of data"):
+        load_xy(write(tmp_path / "d.csv", text))
