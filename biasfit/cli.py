@@ -13,9 +13,11 @@ import os
 import sys
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import biasfit
+from . import distributed
 from .checkpoint import CheckpointError, load_model, save_model
 from .datafile import DataFileError, load_x, load_xy
 from .plot import PlotUnavailable, plot_fit, require_matplotlib
@@ -65,10 +67,10 @@ def _check_output(path, option):
         raise UsageError(f"{option} {path}: folder {folder} does not exist")
 
 
-def _progress(total, stream=None):
+def _progress(total, stream=None, shown=True):
     stream = stream or sys.stderr
     return tqdm(total=total, unit="epoch", delay=PROGRESS_DELAY_S, leave=False,
-                file=stream, disable=not stream.isatty())
+                file=stream, disable=not (shown and stream.isatty()))
 
 
 def _settings(args, n_points) -> dict:
@@ -98,25 +100,41 @@ def _train(args) -> int:
         _check_output(args.plot, "--plot")
     if args.save:
         _check_output(args.save, "--save")
-    if args.data:
-        inputs, labels = load_xy(args.data, args.x_col, args.y_col, dtype=dtype)
-    else:
-        inputs, labels = (t.to(dtype) for t in biasfit.tutorial_data())
+    # Under torchrun every process reads and fits its own block of rows;
+    # biasfit.fit adds up the blocks, and rank 0 alone reports.
+    sharded = distributed.init_from_env(backend="nccl" if device.type == "cuda" else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sharded else (0, 1)
+    if sharded and args.plot:
+        raise UsageError("--plot draws every point, but under torchrun each process "
+                         "holds only its shard: plot from a single process")
+    with distributed.all_or_none("reading the data"):
+        if args.data:
+            shard = {"rank": rank, "world_size": world} if sharded else {}
+            inputs, labels = load_xy(args.data, args.x_col, args.y_col, dtype=dtype, **shard)
+        else:
+            inputs, labels = biasfit.tutorial_data()
+            rows = distributed.shard_rows(len(inputs), rank, world)
+            inputs, labels = inputs[rows].to(dtype), labels[rows].to(dtype)
     inputs, labels = inputs.to(device), labels.to(device)
 
     model = biasfit.BasicNN(args.init_bias, dtype=dtype).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 nesterov=args.nesterov, weight_decay=args.weight_decay)
-    with _progress(args.epochs) as bar:
+    with _progress(args.epochs, shown=rank == 0) as bar:
         def show(epoch, loss, bias):
             bar.update()
-            if not args.json:
+            if not args.json and rank == 0:
                 tqdm.write(f"epoch {epoch:4d}  total_loss {loss:.6g}  final_bias {bias:.6g}",
                            file=sys.stdout)
         result = biasfit.fit(model, inputs, labels, optimizer=optimizer, epochs=args.epochs,
                              tol=args.tol, callback=show, engine=args.engine)
 
-    record = _record(result, _settings(args, len(inputs)))
+    points = torch.tensor(len(inputs), device=device)
+    if sharded:
+        dist.all_reduce(points)
+    if rank != 0:
+        return 0
+    record = _record(result, _settings(args, int(points)))
     if args.json:
         print(json.dumps(record, allow_nan=False))
     else:
@@ -200,15 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
     except UsageError as e:
-        print(f"biasfit {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        code, message = 2, str(e)
     except (DataFileError, CheckpointError, PlotUnavailable, biasfit.DivergedError,
-            OSError) as e:
-        message = str(e).removeprefix("biasfit: ")
+            distributed.DistributedFitError, OSError) as e:
+        code, message = 1, str(e).removeprefix("biasfit: ")
+    if code != 0 and _reports():
         print(f"biasfit {args.command}: error: {message}", file=sys.stderr)
-        return 1
+    if distributed.is_distributed():
+        _leave_group(code)
+    return code
+
+
+def _reports() -> bool:
+    # Under torchrun every rank meets the same error (they stop together), so
+    # rank 0 alone says it.
+    return not distributed.is_distributed() or dist.get_rank() == 0
+
+
+def _leave_group(code):
+    if code == 0:
+        dist.barrier()  # gloo can abort a process that leaves while a peer still sends
+        dist.destroy_process_group()
+        return
+    # After a failure a peer may be gone or mid-send, and tearing gloo down
+    # can then abort: leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

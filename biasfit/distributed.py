@@ -23,6 +23,7 @@ connection or, at the latest, after the process group's timeout
 (init_from_env sets DEFAULT_TIMEOUT; pass `timeout=` to
 torch.distributed.init_process_group when initializing it yourself).
 """
+import contextlib
 import datetime
 import math
 import os
@@ -114,30 +115,53 @@ def _shard_problem(inputs, labels):
     return None
 
 
+@contextlib.contextmanager
+def all_or_none(what: str):
+    """Runs the block on every rank, then stops every rank if it raised on
+    any: all raise the same DistributedFitError naming the ranks and their
+    errors, so none is left waiting for the others. Without a process group
+    the block's own exception propagates unchanged."""
+    if not is_distributed():
+        yield
+        return
+    failure = None
+    try:
+        yield
+    except Exception as e:
+        failure = e
+    problem = None if failure is None else f"{type(failure).__name__}: {failure}"
+    everyone = [None] * dist.get_world_size()
+    _collective(dist.all_gather_object, everyone, problem, what=what)
+    bad = [r for r, p in enumerate(everyone) if p]
+    if bad:
+        details = "; ".join(f"rank {r}: {everyone[r]}" for r in bad)
+        raise DistributedFitError(
+            f"biasfit: {_ranks(bad)} of {len(everyone)} failed {what} ({details}); "
+            f"every rank stops", bad) from failure
+
+
+class ShardError(ValueError):
+    """This rank's inputs and labels cannot be a shard."""
+
+
 def check_shards(inputs, labels, settings: dict) -> int:
     """Before the first epoch: every rank's shard must be usable, of one
     dtype, and every rank must fit with the same settings (starting bias,
     optimizer, epochs, tol...). Raises the same DistributedFitError on every
     rank otherwise. Returns the total number of rows."""
-    world = dist.get_world_size()
-    problem = _shard_problem(inputs, labels)
-    mine = {"problem": problem,
-            "rows": 0 if problem else inputs.numel(),
-            "dtype": None if problem else str(inputs.dtype),
+    with all_or_none("the shard check"):
+        problem = _shard_problem(inputs, labels)
+        if problem:
+            raise ShardError(problem)
+    mine = {"rows": inputs.numel(), "dtype": str(inputs.dtype),
             "settings": repr(sorted(settings.items()))}
-    everyone = [None] * world
+    everyone = [None] * dist.get_world_size()
     _collective(dist.all_gather_object, everyone, mine, what="shard check")
-    bad = [r for r, info in enumerate(everyone) if info["problem"]]
-    if bad:
-        details = "; ".join(f"rank {r}: {everyone[r]['problem']}" for r in bad)
-        raise DistributedFitError(
-            f"biasfit: bad data shard on {_ranks(bad)} of {world} ({details}); "
-            f"every rank stops", bad)
     for key, what in (("dtype", "data of dtype"), ("settings", "settings")):
         differ = [r for r, info in enumerate(everyone) if info[key] != everyone[0][key]]
         if differ:
             raise DistributedFitError(
-                f"biasfit: {_ranks(differ)} of {world} would fit with {what} "
+                f"biasfit: {_ranks(differ)} of {len(everyone)} would fit with {what} "
                 f"{everyone[differ[0]][key]} but rank 0 with {everyone[0][key]}; "
                 f"every rank must fit the same way, so every rank stops", differ)
     return sum(info["rows"] for info in everyone)
