@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import _dist_worker as worker
-from biasfit import distributed
+from biasfit import cli, distributed
 from conftest import RTOL
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
@@ -174,6 +174,7 @@ class TorchRun:
     """`torchrun --standalone --nproc-per-node=K ARGS...`, started now."""
 
     def __init__(self, tmp_path, nproc, *args):
+        self.cwd = tmp_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone",
              f"--nproc-per-node={nproc}", *map(str, args)],
@@ -205,6 +206,19 @@ def readme_script(tmp_path):
     return script
 
 
+CLI_POINTS = 1001
+CLI_ARGS = ["--data", "points.csv", "--x-col", "dose", "--y-col", "effect", "--json",
+            "--dtype", "float64", "--engine", "fused", "--lr", "1e-4", "--momentum", "0.5"]
+
+
+def write_points(path, typo_row=None):
+    x, y = worker.make_data({"data": "random", "n": CLI_POINTS, "seed": 11})
+    rows = [f"{a!r},{b!r}" for a, b in zip(x.tolist(), y.tolist())]
+    if typo_row is not None:
+        rows[typo_row] = "0.5,high"
+    path.write_text("dose,effect\n" + "\n".join(rows) + "\n")
+
+
 @pytest.fixture(scope="module")
 def groups(tmp_path_factory, fit_cases):
     """Every process group of this file, started together so that their
@@ -220,6 +234,11 @@ def groups(tmp_path_factory, fit_cases):
                3: Group(tmp("world3"), 3, fit_cases), **vanish}
     readme = tmp("readme")
     started["readme"] = TorchRun(readme, 2, readme_script(readme))
+    cli = tmp("cli")
+    write_points(cli / "points.csv")
+    started["cli"] = TorchRun(cli, 2, "-m", "biasfit", "train", *CLI_ARGS)
+    write_points(cli / "typo.csv", typo_row=CLI_POINTS - 3)  # in rank 1's rows
+    started["cli-typo"] = TorchRun(cli, 2, "-m", "biasfit", "train", "--data", "typo.csv")
     yield started
     for group in started.values():
         group.stop()
@@ -316,6 +335,31 @@ def test_the_readme_torchrun_script_trains_on_shards(groups):
     status, out, err = groups["readme"].results()
     assert status == 0, err
     assert out.splitlines() == ["34 epochs, final_bias = -16.0019"]
+
+
+def test_cli_under_torchrun_prints_once_what_one_process_prints(groups, capsys, monkeypatch):
+    status, out, err = groups["cli"].results()
+    assert status == 0, err
+    (line,) = out.splitlines()  # from rank 0 alone
+    sharded = json.loads(line)
+    monkeypatch.chdir(groups["cli"].cwd)
+    assert cli.main(["train", *CLI_ARGS]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert sharded["settings"]["points"] == single["settings"]["points"] == CLI_POINTS
+    assert sharded["result"]["epochs_run"] == single["result"]["epochs_run"]
+    for got, want in [(sharded["result"]["final_bias"], single["result"]["final_bias"]),
+                      *zip(sharded["losses"], single["losses"], strict=True)]:
+        assert got == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_cli_under_torchrun_stops_every_rank_on_one_rank_bad_row(groups):
+    status, out, err = groups["cli-typo"].results()
+    assert status != 0 and out == ""
+    errors = [line for line in err.splitlines() if line.startswith("biasfit train: error:")]
+    assert errors == [
+        f"biasfit train: error: rank 1 of 2 failed reading the data (rank 1: DataFileError: "
+        f"typo.csv row {CLI_POINTS - 2} (line {CLI_POINTS - 1}), column effect: 'high' is "
+        f"not a number); every rank stops"]
 
 
 @pytest.mark.parametrize("n, world", [(10, 3), (3, 3), (2, 3), (0, 2), (7, 1)])
