@@ -15,9 +15,10 @@ error naming the failed rank instead of waiting forever in the next epoch.
 Before the first epoch, check_shards gathers a description of every rank's
 shard and settings, so a bad shard (empty, labels of another shape, a dtype
 or starting bias different from rank 0's) stops every rank with the same
-message.
+message. all_or_none does the same for any step before the fit (the command
+line reads each rank's rows in one).
 
-Neither catches a rank that dies or hangs outside the epoch's computation:
+None of them catches a rank that dies or hangs outside the epoch's computation:
 its peers then fail in their collective when the backend sees the closed
 connection or, at the latest, after the process group's timeout
 (init_from_env sets DEFAULT_TIMEOUT; pass `timeout=` to
