@@ -74,10 +74,7 @@ at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
                                  const at::Tensor& inputs,
                                  const at::Tensor& weights,
                                  const at::Tensor& bias) {
-  check_predict_args(inputs, weights, bias);
-  TORCH_CHECK_VALUE(grad_out.sizes() == inputs.sizes(), "biasfit: grad_out "
-                    "has shape ", grad_out.sizes(), " but inputs has shape ",
-                    inputs.sizes());
+  check_bias_grad_args(grad_out, inputs, weights, bias);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
   double total = 0;

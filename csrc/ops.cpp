@@ -43,6 +43,18 @@ void check_predict_args(const at::Tensor& inputs, const at::Tensor& weights,
                     "got ", bias.numel());
 }
 
+void check_bias_grad_args(const at::Tensor& grad_out, const at::Tensor& inputs,
+                          const at::Tensor& weights, const at::Tensor& bias) {
+  check_predict_args(inputs, weights, bias);
+  TORCH_CHECK_TYPE(grad_out.defined(), "biasfit: grad_out is undefined");
+  TORCH_CHECK_VALUE(grad_out.sizes() == inputs.sizes(), "biasfit: grad_out "
+                    "has shape ", grad_out.sizes(), " but inputs has shape ",
+                    inputs.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == inputs.device(), "biasfit: grad_out "
+                    "is on ", grad_out.device(), " but inputs is on ",
+                    inputs.device(), "; move both to one device");
+}
+
 void check_loss_args(const at::Tensor& inputs, const at::Tensor& labels,
                      const at::Tensor& weights, const at::Tensor& bias) {
   check_predict_args(inputs, weights, bias);

@@ -11,6 +11,10 @@ namespace biasfit {
 // Checks that raise a clear Python error naming the offending argument.
 void check_predict_args(const at::Tensor& inputs, const at::Tensor& weights,
                         const at::Tensor& bias);
+// predict_bias_grad: predict's arguments plus grad_out of inputs' shape and
+// device (its dtype is converted, as autograd may hand another one).
+void check_bias_grad_args(const at::Tensor& grad_out, const at::Tensor& inputs,
+                          const at::Tensor& weights, const at::Tensor& bias);
 void check_loss_args(const at::Tensor& inputs, const at::Tensor& labels,
                      const at::Tensor& weights, const at::Tensor& bias);
 void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
