@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "fit.h"
 #include "network.h"
@@ -304,6 +305,10 @@ class StatusPoll {
         host_(at::empty({1}, status_.options().device(at::kCPU)
                                  .pinned_memory(true))),
         stream_(stream) {
+    // Under CUDA graph capture an event cannot be queried: no polling then.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    enabled_ = capture == cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
   }
   ~StatusPoll() { (void)cudaEventDestroy(event_); }  // safe while pending
@@ -311,6 +316,7 @@ class StatusPoll {
   StatusPoll& operator=(const StatusPoll&) = delete;
 
   bool stopped() {
+    if (!enabled_) return false;
     if (pending_) {
       const cudaError_t err = cudaEventQuery(event_);
       if (err == cudaErrorNotReady) {
@@ -333,6 +339,7 @@ class StatusPoll {
   at::Tensor status_, host_;
   cudaStream_t stream_;
   cudaEvent_t event_ = nullptr;
+  bool enabled_ = true;
   bool pending_ = false;
 };
 
