@@ -97,33 +97,27 @@ FitOutputs fit_sgd_cpu(const at::Tensor& inputs, const at::Tensor& labels,
                        double lr, double momentum, double dampening,
                        bool nesterov, double weight_decay, bool maximize,
                        int64_t epochs, double tol) {
-  check_fit_args(inputs, labels, weights, bias, lr, momentum, dampening,
-                 nesterov, weight_decay, epochs, tol);
-  const at::Tensor x = inputs.contiguous(), y = labels.contiguous();
-  const FitOptions opt{{lr, momentum, dampening, weight_decay, nesterov,
-                        maximize},
-                       epochs, tol};
-  at::Tensor losses = at::empty({epochs}, x.options());
-  at::Tensor biases = at::empty({epochs}, x.options());
-  at::Tensor info = at::empty({2}, x.options().dtype(at::kLong));
-  at::Tensor final_bias = at::empty({}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fit_sgd", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* yp = y.data_ptr<scalar_t>();
-    const Weights<scalar_t> w = load_weights<scalar_t>(weights);
-    scalar_t* loss_out = losses.data_ptr<scalar_t>();
-    scalar_t* bias_out = biases.data_ptr<scalar_t>();
+  const FitCall call =
+      prepare_fit(inputs, labels, weights, bias, lr, momentum, dampening,
+                  nesterov, weight_decay, maximize, epochs, tol);
+  AT_DISPATCH_FLOATING_TYPES(call.x.scalar_type(), "biasfit::fit_sgd", [&] {
+    const scalar_t* xp = call.x.data_ptr<scalar_t>();
+    const scalar_t* yp = call.y.data_ptr<scalar_t>();
+    const Weights<scalar_t> w = load_weights<scalar_t>(call.weights);
+    scalar_t* loss_out = call.losses.data_ptr<scalar_t>();
+    scalar_t* bias_out = call.biases.data_ptr<scalar_t>();
     auto state = FitState<scalar_t>::start(load_bias<scalar_t>(bias), epochs);
     std::vector<LossGrad> scratch;
     while (state.status == kRunning) {
-      state.end_epoch(loss_grad_sum(xp, yp, x.numel(), w, state.bias, scratch),
-                      opt, loss_out, bias_out);
+      state.end_epoch(
+          loss_grad_sum(xp, yp, call.x.numel(), w, state.bias, scratch),
+          call.opt, loss_out, bias_out);
     }
-    *final_bias.data_ptr<scalar_t>() = state.bias;
-    info.data_ptr<int64_t>()[0] = state.epoch;
-    info.data_ptr<int64_t>()[1] = state.status;
+    *call.final_bias.data_ptr<scalar_t>() = state.bias;
+    call.info.data_ptr<int64_t>()[0] = state.epoch;
+    call.info.data_ptr<int64_t>()[1] = state.status;
   });
-  return {final_bias, losses, biases, info};
+  return call.outputs();
 }
 
 }  // namespace

@@ -111,14 +111,11 @@ template <typename Point, typename T>
 void launch_partials(const T* a, const T* b, int64_t n, const T* weights,
                      const T* bias, const int64_t* status, LossGrad* partials,
                      cudaStream_t stream) {
-  const int blocks = grid_blocks<T>(n);
-  if (aligned16(a) && aligned16(b)) {
-    partial_sums_kernel<true, Point><<<blocks, kThreads, 0, stream>>>(
-        a, b, n, weights, bias, status, partials);
-  } else {
-    partial_sums_kernel<false, Point><<<blocks, kThreads, 0, stream>>>(
-        a, b, n, weights, bias, status, partials);
-  }
+  auto kernel = aligned16(a) && aligned16(b)
+                    ? partial_sums_kernel<true, Point, T>
+                    : partial_sums_kernel<false, Point, T>;
+  kernel<<<grid_blocks<T>(n), kThreads, 0, stream>>>(a, b, n, weights, bias,
+                                                     status, partials);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -343,63 +340,53 @@ class StatusPoll {
   bool pending_ = false;
 };
 
+// The multi-block shape: per-epoch launches (see above).
 template <typename T>
-void fit_multi_block(const at::Tensor& x, const at::Tensor& y,
-                     const at::Tensor& w, const at::Tensor& bias,
-                     const FitOptions& opt, at::Tensor& losses,
-                     at::Tensor& biases, at::Tensor& final_bias,
-                     at::Tensor& info) {
+void fit_multi_block(const FitCall& call, const at::Tensor& bias) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t n = x.numel();
+  const int64_t n = call.x.numel();
   // The state as int64 words, so its status is a plain int64 element.
   static_assert(offsetof(FitState<T>, status) % sizeof(int64_t) == 0,
                 "FitState::status must be 8-byte aligned");
   constexpr int64_t kWords =
       (sizeof(FitState<T>) + sizeof(int64_t) - 1) / sizeof(int64_t);
-  at::Tensor words = at::empty({kWords}, x.options().dtype(at::kLong));
+  at::Tensor words = at::empty({kWords}, call.x.options().dtype(at::kLong));
   auto* state = reinterpret_cast<FitState<T>*>(words.data_ptr<int64_t>());
-  at::Tensor partials = new_partials<T>(x, n);
-  const T* xp = x.data_ptr<T>();
-  const T* yp = y.data_ptr<T>();
-  const T* wp = w.data_ptr<T>();
+  at::Tensor partials = new_partials<T>(call.x, n);
 
-  fit_start_kernel<<<1, 1, 0, stream>>>(bias.data_ptr<T>(), opt.epochs, state);
+  fit_start_kernel<<<1, 1, 0, stream>>>(bias.data_ptr<T>(), call.opt.epochs,
+                                        state);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  StatusPoll poll(words.narrow(0, offsetof(FitState<T>, status) / 8, 1),
-                  stream);
-  const EpochSink<T> sink{state, opt, losses.data_ptr<T>(),
-                          biases.data_ptr<T>()};
-  for (int64_t e = 0; e < opt.epochs; ++e) {
+  StatusPoll poll(
+      words.narrow(0, offsetof(FitState<T>, status) / sizeof(int64_t), 1),
+      stream);
+  const EpochSink<T> sink{state, call.opt, call.losses.data_ptr<T>(),
+                          call.biases.data_ptr<T>()};
+  for (int64_t e = 0; e < call.opt.epochs; ++e) {
     if (e > 0 && e % kPollEvery == 0 && poll.stopped()) break;
-    launch_partials<LossPoint<T>>(xp, yp, n, wp, &state->bias, &state->status,
-                                  partials_of(partials), stream);
+    launch_partials<LossPoint<T>>(call.x.data_ptr<T>(), call.y.data_ptr<T>(),
+                                  n, call.weights.data_ptr<T>(), &state->bias,
+                                  &state->status, partials_of(partials),
+                                  stream);
     launch_finish(partials_of(partials), grid_blocks<T>(n), sink, stream);
   }
-  fit_publish_kernel<<<1, 1, 0, stream>>>(state, final_bias.data_ptr<T>(),
-                                          info.data_ptr<int64_t>());
+  fit_publish_kernel<<<1, 1, 0, stream>>>(state, call.final_bias.data_ptr<T>(),
+                                          call.info.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The one-block shape: a single launch (see above).
 template <typename T>
-void fit_one_block(const at::Tensor& x, const at::Tensor& y,
-                   const at::Tensor& w, const at::Tensor& bias,
-                   const FitOptions& opt, at::Tensor& losses,
-                   at::Tensor& biases, at::Tensor& final_bias,
-                   at::Tensor& info) {
+void fit_one_block(const FitCall& call, const at::Tensor& bias) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const T* xp = x.data_ptr<T>();
-  const T* yp = y.data_ptr<T>();
-  if (aligned16(xp) && aligned16(yp)) {
-    fit_one_block_kernel<true><<<1, kThreads, 0, stream>>>(
-        xp, yp, x.numel(), w.data_ptr<T>(), bias.data_ptr<T>(), opt,
-        losses.data_ptr<T>(), biases.data_ptr<T>(), final_bias.data_ptr<T>(),
-        info.data_ptr<int64_t>());
-  } else {
-    fit_one_block_kernel<false><<<1, kThreads, 0, stream>>>(
-        xp, yp, x.numel(), w.data_ptr<T>(), bias.data_ptr<T>(), opt,
-        losses.data_ptr<T>(), biases.data_ptr<T>(), final_bias.data_ptr<T>(),
-        info.data_ptr<int64_t>());
-  }
+  const T* x = call.x.data_ptr<T>();
+  const T* y = call.y.data_ptr<T>();
+  auto kernel = aligned16(x) && aligned16(y) ? fit_one_block_kernel<true, T>
+                                             : fit_one_block_kernel<false, T>;
+  kernel<<<1, kThreads, 0, stream>>>(
+      x, y, call.x.numel(), call.weights.data_ptr<T>(), bias.data_ptr<T>(),
+      call.opt, call.losses.data_ptr<T>(), call.biases.data_ptr<T>(),
+      call.final_bias.data_ptr<T>(), call.info.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -408,29 +395,19 @@ FitOutputs fit_sgd_cuda(const at::Tensor& inputs, const at::Tensor& labels,
                         double lr, double momentum, double dampening,
                         bool nesterov, double weight_decay, bool maximize,
                         int64_t epochs, double tol) {
-  check_fit_args(inputs, labels, weights, bias, lr, momentum, dampening,
-                 nesterov, weight_decay, epochs, tol);
-  check_on_cuda(inputs);
-  const c10::cuda::CUDAGuard guard(inputs.device());
-  const at::Tensor x = inputs.contiguous(), y = labels.contiguous(),
-                   w = weights.contiguous();
-  const FitOptions opt{{lr, momentum, dampening, weight_decay, nesterov,
-                        maximize},
-                       epochs, tol};
-  at::Tensor losses = at::empty({epochs}, x.options());
-  at::Tensor biases = at::empty({epochs}, x.options());
-  at::Tensor info = at::empty({2}, x.options().dtype(at::kLong));
-  at::Tensor final_bias = at::empty({}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fit_sgd", [&] {
-    if (grid_blocks<scalar_t>(x.numel()) == 1) {
-      fit_one_block<scalar_t>(x, y, w, bias, opt, losses, biases, final_bias,
-                              info);
+  const FitCall call =
+      prepare_fit(inputs, labels, weights, bias, lr, momentum, dampening,
+                  nesterov, weight_decay, maximize, epochs, tol);
+  check_on_cuda(call.x);
+  const c10::cuda::CUDAGuard guard(call.x.device());
+  AT_DISPATCH_FLOATING_TYPES(call.x.scalar_type(), "biasfit::fit_sgd", [&] {
+    if (grid_blocks<scalar_t>(call.x.numel()) == 1) {
+      fit_one_block<scalar_t>(call, bias);
     } else {
-      fit_multi_block<scalar_t>(x, y, w, bias, opt, losses, biases,
-                                final_bias, info);
+      fit_multi_block<scalar_t>(call, bias);
     }
   });
-  return {final_bias, losses, biases, info};
+  return call.outputs();
 }
 
 }  // namespace

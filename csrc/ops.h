@@ -6,6 +6,8 @@
 
 #include <tuple>
 
+#include "fit.h"
+
 namespace biasfit {
 
 // Checks that raise a clear Python error naming the offending argument.
@@ -26,5 +28,19 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
 // Result of fit_sgd: (final bias, losses[epochs], biases[epochs],
 // info = [epoch, status]).
 using FitOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// What every trainer starts from: checked arguments, contiguous data, the
+// options, and the outputs allocated on inputs' device in its dtype.
+struct FitCall {
+  at::Tensor x, y, weights;
+  FitOptions opt;
+  at::Tensor final_bias, losses, biases, info;
+  FitOutputs outputs() const { return {final_bias, losses, biases, info}; }
+};
+FitCall prepare_fit(const at::Tensor& inputs, const at::Tensor& labels,
+                    const at::Tensor& weights, const at::Tensor& bias,
+                    double lr, double momentum, double dampening,
+                    bool nesterov, double weight_decay, bool maximize,
+                    int64_t epochs, double tol);
 
 }  // namespace biasfit
