@@ -298,22 +298,15 @@ __global__ void fit_publish_kernel(const FitState<T>* __restrict__ state,
 class StatusPoll {
  public:
   StatusPoll(at::Tensor status, cudaStream_t stream)
-      : status_(std::move(status)),
-        host_(at::empty({1}, status_.options().device(at::kCPU)
-                                 .pinned_memory(true))),
-        stream_(stream) {
-    // Under CUDA graph capture an event cannot be queried: no polling then.
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-    enabled_ = capture == cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+      : status_(std::move(status)), stream_(stream) {}
+  ~StatusPoll() {
+    if (event_ != nullptr) (void)cudaEventDestroy(event_);  // fine if pending
   }
-  ~StatusPoll() { (void)cudaEventDestroy(event_); }  // safe while pending
   StatusPoll(const StatusPoll&) = delete;
   StatusPoll& operator=(const StatusPoll&) = delete;
 
   bool stopped() {
-    if (!enabled_) return false;
+    if (event_ == nullptr && !start()) return false;
     if (pending_) {
       const cudaError_t err = cudaEventQuery(event_);
       if (err == cudaErrorNotReady) {
@@ -333,10 +326,26 @@ class StatusPoll {
   }
 
  private:
+  // Set up on first use, so fits too short to poll pay nothing. Never under
+  // CUDA graph capture, where an event cannot be queried.
+  bool start() {
+    if (disabled_) return false;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    if (capture != cudaStreamCaptureStatusNone) {
+      disabled_ = true;
+      return false;
+    }
+    host_ = at::empty(
+        {1}, status_.options().device(at::kCPU).pinned_memory(true));
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    return true;
+  }
+
   at::Tensor status_, host_;
   cudaStream_t stream_;
   cudaEvent_t event_ = nullptr;
-  bool enabled_ = true;
+  bool disabled_ = false;
   bool pending_ = false;
 };
 
