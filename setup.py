@@ -64,7 +64,7 @@ def extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No FMA contraction: each point must round as eager PyTorch's separate
     # multiply and add do (see csrc/network.h).
-    cxx = opt + ["-std=c++17", "-fopenmp", "-ffp-contract=off"]
+    cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     sources = ["csrc/ops.cpp", "csrc/cpu.cpp"]
     macros = []
     kwargs = {}

@@ -50,7 +50,7 @@ def tutorial_fit(model, inputs, labels, optimizer, epochs=100, tol=1e-4):
             output_i = model(input_i)
             loss = (output_i - label_i) ** 2
             loss.backward()
-            total_loss += float(loss)
+            total_loss += float(loss.detach())
         losses.append(total_loss)
         if total_loss < tol:
             return epoch, model.final_bias.item(), losses

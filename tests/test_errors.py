@@ -1,0 +1,96 @@
+"""Bad input raises a clear error that names the argument."""
+import pytest
+import torch
+
+import biasfit
+from biasfit import _native
+
+X = torch.tensor([0.0, 0.5, 1.0])
+Y = torch.tensor([0.0, 1.0, 0.0])
+W = torch.tensor(biasfit.TUTORIAL_WEIGHTS)
+B = torch.tensor(0.0)
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((X, Y[:2], W, B), ValueError, "labels has shape"),
+    ((X[:0], Y[:0], W, B), ValueError, "inputs is empty"),
+    ((X.int(), Y, W, B), TypeError, "inputs must be float32 or float64, got Int"),
+    ((X.half(), Y.half(), W.half(), B.half()), TypeError, "inputs must be float32 or float64"),
+    ((X, Y.double(), W, B), TypeError, "labels has dtype Double but inputs has dtype Float"),
+    ((X, Y, W.double(), B), TypeError, "weights has dtype Double"),
+    ((X, Y, B.double(), B), TypeError, "weights has dtype Double"),
+    ((X, Y, W[:5], B), ValueError, "weights must hold 6 values .* got 5"),
+    ((X, Y, W, W[:2]), ValueError, "bias must hold one value, got 2"),
+])
+def test_fused_loss_rejects(args, error, message):
+    with pytest.raises(error, match=message):
+        biasfit.fused_loss(*args)
+
+
+def test_predict_rejects():
+    with pytest.raises(ValueError, match="weights must hold 6 values"):
+        biasfit.predict(X, W[:4], B)
+    with pytest.raises(TypeError, match="bias has dtype Double"):
+        biasfit.predict(X, W, B.double())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lr=-0.1), "lr must be >= 0"),
+    (dict(lr=float("nan")), "lr must be >= 0"),
+    (dict(epochs=-1), "epochs must be an int >= 0"),
+    (dict(epochs=2.5), "epochs must be an int >= 0"),
+    (dict(tol=-1e-4), "tol must be >= 0"),
+])
+@pytest.mark.parametrize("engine", biasfit.train.ENGINES)
+def test_fit_rejects_bad_settings(kwargs, message, engine):
+    with pytest.raises(ValueError, match=message):
+        biasfit.fit(biasfit.BasicNN(), X, Y, engine=engine, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(momentum=-1.0), "momentum must be >= 0"),
+    (dict(weight_decay=-1.0), "weight_decay must be >= 0"),
+    (dict(nesterov=True), "nesterov requires momentum > 0"),
+    (dict(momentum=0.9, dampening=0.1, nesterov=True), "nesterov requires"),
+])
+def test_fit_fused_rejects_bad_sgd_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        biasfit.fit_fused(X, Y, **kwargs)
+
+
+def test_fit_rejects_an_unknown_engine():
+    with pytest.raises(ValueError, match="engine must be one of"):
+        biasfit.fit(biasfit.BasicNN(), X, Y, engine="turbo")
+
+
+def test_fused_engine_names_the_engine_for_other_optimizers():
+    model = biasfit.BasicNN()
+    adam = torch.optim.Adam(model.parameters())
+    with pytest.raises(TypeError, match="SGD only, got Adam; use engine='autograd'"):
+        biasfit.fit(model, X, Y, optimizer=adam, engine="fused")
+
+
+def test_dtype_mismatch_between_model_and_data_is_named():
+    with pytest.raises(TypeError, match="weights has dtype Double but inputs has dtype Float"):
+        biasfit.fit(biasfit.BasicNN().double(), X, Y)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tensors_on_different_devices_are_named():
+    if not biasfit.WITH_CUDA:
+        with pytest.raises(RuntimeError, match="built without CUDA"):
+            biasfit.fused_loss(X.cuda(), Y.cuda(), W.cuda(), B.cuda())
+        return
+    with pytest.raises(ValueError, match="labels is on cpu but inputs is on cuda"):
+        biasfit.fused_loss(X.cuda(), Y, W.cuda(), B.cuda())
+
+
+def test_extension_built_for_another_torch_is_refused(monkeypatch):
+    from biasfit import _build_info
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
+    with pytest.raises(ImportError) as err:
+        _native._load()
+    text = str(err.value)
+    assert "built against torch 1.0.0" in text
+    assert f"torch {torch.__version__} is installed" in text
+    assert "pip install --no-build-isolation" in text
