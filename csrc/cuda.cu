@@ -43,6 +43,23 @@ bool aligned16(const T* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
+// Points i of a and b at a[i * a_step], b[i * b_step]: a step is the
+// stride of a 1-D view, 1 for anything contiguous.
+template <typename T>
+Inputs<T> inputs_of(const at::Tensor& a, const at::Tensor& b) {
+  const auto step = [](const at::Tensor& t) {
+    return t.dim() == 1 ? t.stride(0) : int64_t(1);
+  };
+  return {a.data_ptr<T>(), b.data_ptr<T>(), step(a), step(b), a.numel()};
+}
+
+// 128-bit loads need dense, 16-byte aligned arrays.
+template <typename T>
+bool dense_and_aligned(const Inputs<T>& in) {
+  return in.a_step == 1 && in.b_step == 1 && aligned16(in.a) &&
+         aligned16(in.b);
+}
+
 LossGrad* partials_of(at::Tensor& t) {
   return reinterpret_cast<LossGrad*>(t.data_ptr<double>());
 }
@@ -108,14 +125,13 @@ struct EpochSink {
 
 // First pass of the sum of point(a[i], b[i]), choosing the load width.
 template <typename Point, typename T>
-void launch_partials(const T* a, const T* b, int64_t n, const T* weights,
-                     const T* bias, const int64_t* status, LossGrad* partials,
+void launch_partials(const Inputs<T>& in, const T* weights, const T* bias,
+                     const int64_t* status, LossGrad* partials,
                      cudaStream_t stream) {
-  auto kernel = aligned16(a) && aligned16(b)
-                    ? partial_sums_kernel<true, Point, T>
-                    : partial_sums_kernel<false, Point, T>;
-  kernel<<<grid_blocks<T>(n), kThreads, 0, stream>>>(a, b, n, weights, bias,
-                                                     status, partials);
+  auto kernel = dense_and_aligned(in) ? partial_sums_kernel<true, Point, T>
+                                      : partial_sums_kernel<false, Point, T>;
+  kernel<<<grid_blocks<T>(in.n), kThreads, 0, stream>>>(in, weights, bias,
+                                                        status, partials);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -128,13 +144,13 @@ void launch_finish(const LossGrad* partials, int count, const Sink& sink,
 
 // Both passes: sink(sum over i of point(a[i], b[i])), all on the device.
 template <typename Point, typename T, typename Sink>
-void sum_points(const T* a, const T* b, int64_t n, const T* weights,
-                const T* bias, const Sink& sink, const at::Tensor& like) {
+void sum_points(const Inputs<T>& in, const T* weights, const T* bias,
+                const Sink& sink, const at::Tensor& like) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor partials = new_partials<T>(like, n);
-  launch_partials<Point>(a, b, n, weights, bias, nullptr,
-                         partials_of(partials), stream);
-  launch_finish(partials_of(partials), grid_blocks<T>(n), sink, stream);
+  at::Tensor partials = new_partials<T>(like, in.n);
+  launch_partials<Point>(in, weights, bias, nullptr, partials_of(partials),
+                         stream);
+  launch_finish(partials_of(partials), grid_blocks<T>(in.n), sink, stream);
 }
 
 // ---- predict ----------------------------------------------------------------
@@ -180,15 +196,21 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cuda(const at::Tensor& inputs,
   check_loss_args(inputs, labels, weights, bias);
   check_on_cuda(inputs);
   const c10::cuda::CUDAGuard guard(inputs.device());
-  const at::Tensor x = inputs.contiguous(), y = labels.contiguous(),
-                   w = weights.contiguous();
+  // As on the CPU: 1-D views (slices, expand) are read in place, so an
+  // expanded input of 2^31+ points costs no memory; the rest is made
+  // contiguous. Same points in the same order either way, same bits.
+  const bool view = inputs.dim() == 1 &&
+                    !(inputs.is_contiguous() && labels.is_contiguous());
+  const at::Tensor x = view ? inputs : inputs.contiguous();
+  const at::Tensor y = view ? labels : labels.contiguous();
+  const at::Tensor w = weights.contiguous();
   // Two tensors, not views of one: the schema promises fresh outputs.
   at::Tensor loss = at::empty({}, x.options());
   at::Tensor grad = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fused_loss", [&] {
     sum_points<LossPoint<scalar_t>>(
-        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(),
-        w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+        inputs_of<scalar_t>(x, y), w.data_ptr<scalar_t>(),
+        bias.data_ptr<scalar_t>(),
         LossSink<scalar_t>{loss.data_ptr<scalar_t>(),
                            grad.data_ptr<scalar_t>()},
         x);
@@ -209,8 +231,8 @@ at::Tensor predict_bias_grad_cuda(const at::Tensor& grad_out,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::predict_bias_grad",
                              [&] {
     sum_points<BiasGradPoint<scalar_t>>(
-        x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), x.numel(),
-        w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+        inputs_of<scalar_t>(x, g), w.data_ptr<scalar_t>(),
+        bias.data_ptr<scalar_t>(),
         GradSink<scalar_t>{total.data_ptr<scalar_t>()}, x);
   });
   return total;
@@ -259,8 +281,7 @@ __device__ void publish(const FitState<T>& state, T* final_bias,
 
 template <bool kAligned, typename T>
 __global__ void __launch_bounds__(kThreads)
-    fit_one_block_kernel(const T* __restrict__ x, const T* __restrict__ y,
-                         int64_t n, const T* __restrict__ weights,
+    fit_one_block_kernel(Inputs<T> in, const T* __restrict__ weights,
                          const T* __restrict__ bias, FitOptions opt,
                          T* __restrict__ losses, T* __restrict__ biases,
                          T* __restrict__ final_bias, int64_t* __restrict__ info) {
@@ -274,7 +295,7 @@ __global__ void __launch_bounds__(kThreads)
   while (state.status == kRunning) {
     const LossPoint<T> point{w, state.bias};
     const LossGrad sum = block_sum(
-        thread_sum<kAligned>(x, y, n, point, threadIdx.x, kThreads), smem);
+        thread_sum<kAligned>(in, point, threadIdx.x, kThreads), smem);
     if (threadIdx.x == 0) state.end_epoch(sum, opt, losses, biases);
     __syncthreads();
   }
@@ -362,6 +383,7 @@ void fit_multi_block(const FitCall& call, const at::Tensor& bias) {
   at::Tensor words = at::empty({kWords}, call.x.options().dtype(at::kLong));
   auto* state = reinterpret_cast<FitState<T>*>(words.data_ptr<int64_t>());
   at::Tensor partials = new_partials<T>(call.x, n);
+  const Inputs<T> in = inputs_of<T>(call.x, call.y);
 
   fit_start_kernel<<<1, 1, 0, stream>>>(bias.data_ptr<T>(), call.opt.epochs,
                                         state);
@@ -373,10 +395,9 @@ void fit_multi_block(const FitCall& call, const at::Tensor& bias) {
                           call.biases.data_ptr<T>()};
   for (int64_t e = 0; e < call.opt.epochs; ++e) {
     if (e > 0 && e % kPollEvery == 0 && poll.stopped()) break;
-    launch_partials<LossPoint<T>>(call.x.data_ptr<T>(), call.y.data_ptr<T>(),
-                                  n, call.weights.data_ptr<T>(), &state->bias,
-                                  &state->status, partials_of(partials),
-                                  stream);
+    launch_partials<LossPoint<T>>(in, call.weights.data_ptr<T>(),
+                                  &state->bias, &state->status,
+                                  partials_of(partials), stream);
     launch_finish(partials_of(partials), grid_blocks<T>(n), sink, stream);
   }
   fit_publish_kernel<<<1, 1, 0, stream>>>(state, call.final_bias.data_ptr<T>(),
@@ -388,12 +409,11 @@ void fit_multi_block(const FitCall& call, const at::Tensor& bias) {
 template <typename T>
 void fit_one_block(const FitCall& call, const at::Tensor& bias) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const T* x = call.x.data_ptr<T>();
-  const T* y = call.y.data_ptr<T>();
-  auto kernel = aligned16(x) && aligned16(y) ? fit_one_block_kernel<true, T>
-                                             : fit_one_block_kernel<false, T>;
+  const Inputs<T> in = inputs_of<T>(call.x, call.y);
+  auto kernel = dense_and_aligned(in) ? fit_one_block_kernel<true, T>
+                                      : fit_one_block_kernel<false, T>;
   kernel<<<1, kThreads, 0, stream>>>(
-      x, y, call.x.numel(), call.weights.data_ptr<T>(), bias.data_ptr<T>(),
+      in, call.weights.data_ptr<T>(), bias.data_ptr<T>(),
       call.opt, call.losses.data_ptr<T>(), call.biases.data_ptr<T>(),
       call.final_bias.data_ptr<T>(), call.info.data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -6,8 +6,9 @@
 // time and on every GPU:
 //
 //  - Points go in groups of kVec<T> consecutive points: 16 bytes of each input
-//    array, one 128-bit load when both arrays are 16-byte aligned, else kVec
-//    scalar loads of the same points (same points, same order, same bits).
+//    array, one 128-bit load when both arrays are dense and 16-byte aligned,
+//    else kVec scalar loads of the same points, strided for 1-D views (same
+//    points, same order, same bits).
 //  - The grid has grid_blocks<T>(n) blocks of kThreads threads, a function of
 //    n only. Thread t (t = block * kThreads + thread) adds, in double, groups
 //    t, t + S, t + 2S, ... (S = threads in the grid), points in index order.
@@ -63,11 +64,13 @@ __device__ __forceinline__ void add_to(LossGrad& acc, const LossGrad& p) {
   acc.grad += p.grad;
 }
 
-// Group g of `a`: its kVec points, or for the last group those below n (the
-// rest are never added, see thread_sum).
+// Group g of `a` (point i at a[i * step]): its kVec points, or for the last
+// group those below n (the rest are never added, see thread_sum). kAligned:
+// step is 1 and `a` 16-byte aligned.
 template <bool kAligned, typename T>
-__device__ __forceinline__ void load_group(const T* __restrict__ a, int64_t g,
-                                           int64_t n, T (&out)[kVec<T>]) {
+__device__ __forceinline__ void load_group(const T* __restrict__ a,
+                                           int64_t step, int64_t g, int64_t n,
+                                           T (&out)[kVec<T>]) {
   const int64_t first = g * kVec<T>;
   if (kAligned && first + kVec<T> <= n) {
     const Pack<T> p = reinterpret_cast<const Pack<T>*>(a)[g];
@@ -76,19 +79,31 @@ __device__ __forceinline__ void load_group(const T* __restrict__ a, int64_t g,
   } else {
 #pragma unroll
     for (int k = 0; k < kVec<T>; ++k) {
-      out[k] = first + k < n ? a[first + k] : T(0);
+      out[k] = first + k < n ? a[(first + k) * step] : T(0);
     }
   }
 }
+
+// Two input arrays, each read at element i * step (step 0: an expanded view).
+template <typename T>
+struct Inputs {
+  const T* a;
+  const T* b;
+  int64_t a_step;
+  int64_t b_step;
+  int64_t n;
+};
 
 // One thread's share: point(a[i], b[i]) over groups first, first + stride, ...
 // The unrolled loads only change when loads are issued, not the order of
 // the additions, which is that of the plain grid-stride loop.
 template <bool kAligned, typename T, typename Point>
-__device__ __forceinline__ LossGrad thread_sum(const T* __restrict__ a,
-                                               const T* __restrict__ b,
-                                               int64_t n, const Point& point,
+__device__ __forceinline__ LossGrad thread_sum(const Inputs<T>& in,
+                                               const Point& point,
                                                int64_t first, int64_t stride) {
+  const T* __restrict__ a = in.a;
+  const T* __restrict__ b = in.b;
+  const int64_t n = in.n;
   const int64_t groups = num_groups<T>(n);
   LossGrad acc{0.0, 0.0};
   for (int64_t g0 = first; g0 < groups; g0 += kUnroll * stride) {
@@ -97,8 +112,8 @@ __device__ __forceinline__ LossGrad thread_sum(const T* __restrict__ a,
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t g = g0 + u * stride;
       if (g < groups) {
-        load_group<kAligned>(a, g, n, av[u]);
-        load_group<kAligned>(b, g, n, bv[u]);
+        load_group<kAligned>(a, in.a_step, g, n, av[u]);
+        load_group<kAligned>(b, in.b_step, g, n, bv[u]);
       }
     }
 #pragma unroll
@@ -145,8 +160,7 @@ __device__ __forceinline__ LossGrad block_sum(LossGrad v, LossGrad* smem) {
 // that is no longer kRunning (the trainer has stopped) makes it a no-op.
 template <bool kAligned, typename Point, typename T>
 __global__ void __launch_bounds__(kThreads)
-    partial_sums_kernel(const T* __restrict__ a, const T* __restrict__ b,
-                        int64_t n, const T* __restrict__ weights,
+    partial_sums_kernel(Inputs<T> in, const T* __restrict__ weights,
                         const T* bias, const int64_t* status,
                         LossGrad* __restrict__ partials) {
   if (status != nullptr && *status != kRunning) return;
@@ -155,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const LossGrad sum =
-      block_sum(thread_sum<kAligned>(a, b, n, point, first, stride), smem);
+      block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 

@@ -317,6 +317,24 @@ def test_uses_the_current_stream():
 BIG = 2 ** 31 + 2 ** 20 + 3  # past int32 indexing, with a partial last group
 
 
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_expanded_view_past_2_to_the_31(dtype):
+    # Expanded 1-D views are read in place (no memory), as on the CPU: every
+    # point is the same, so the sum is n times one point's, to 1e-12 in double.
+    one_x = torch.tensor([0.75], dtype=dtype, device=GPU)
+    one_y = torch.tensor([0.25], dtype=dtype, device=GPU)
+    x, y = one_x.expand(BIG), one_y.expand(BIG)
+    w, b = weights_and_bias(x, 0.5)
+    one_loss, one_grad = ops.fused_loss(one_x, one_y, w, b)
+    loss, grad = ops.fused_loss(x, y, w, b)
+    assert one_grad.item() != 0
+    # float32: the per-point value and the total are each rounded once.
+    tol = RTOL64 if dtype == torch.float64 else 2 ** -22
+    assert abs(loss.item() - BIG * one_loss.item()) <= tol * BIG * one_loss.item()
+    assert abs(grad.item() - BIG * one_grad.item()) <= tol * BIG * abs(one_grad.item())
+
+
 def free_gpu_bytes():
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
 
