@@ -130,8 +130,7 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cpu(const at::Tensor& inputs,
   // Contiguous data takes the vectorized path; 1-D views are read in place
   // (an expanded tensor of 2^31+ elements costs no memory); anything else is
   // made contiguous first.
-  const bool strided = inputs.dim() == 1 &&
-                       !(inputs.is_contiguous() && labels.is_contiguous());
+  const bool strided = read_as_views(inputs, labels);
   const at::Tensor x = strided ? inputs : inputs.contiguous();
   const at::Tensor y = strided ? labels : labels.contiguous();
   at::Tensor loss = at::empty({}, x.options());

@@ -196,11 +196,9 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cuda(const at::Tensor& inputs,
   check_loss_args(inputs, labels, weights, bias);
   check_on_cuda(inputs);
   const c10::cuda::CUDAGuard guard(inputs.device());
-  // As on the CPU: 1-D views (slices, expand) are read in place, so an
-  // expanded input of 2^31+ points costs no memory; the rest is made
-  // contiguous. Same points in the same order either way, same bits.
-  const bool view = inputs.dim() == 1 &&
-                    !(inputs.is_contiguous() && labels.is_contiguous());
+  // As on the CPU, 1-D views are read in place; the same points in the same
+  // order as a contiguous copy, so the same bits.
+  const bool view = read_as_views(inputs, labels);
   const at::Tensor x = view ? inputs : inputs.contiguous();
   const at::Tensor y = view ? labels : labels.contiguous();
   const at::Tensor w = weights.contiguous();

@@ -86,6 +86,11 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
   TORCH_CHECK_VALUE(tol >= 0, "biasfit: tol must be >= 0, got ", tol);
 }
 
+bool read_as_views(const at::Tensor& inputs, const at::Tensor& labels) {
+  return inputs.dim() == 1 &&
+         !(inputs.is_contiguous() && labels.is_contiguous());
+}
+
 FitCall prepare_fit(const at::Tensor& inputs, const at::Tensor& labels,
                     const at::Tensor& weights, const at::Tensor& bias,
                     double lr, double momentum, double dampening,

@@ -25,6 +25,11 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
                     bool nesterov, double weight_decay, int64_t epochs,
                     double tol);
 
+// Whether fused_loss reads inputs and labels in place as 1-D views (slices,
+// expand) rather than as contiguous copies: an expanded input of 2^31+ points
+// then costs no memory. Contiguous data needs no copy either way.
+bool read_as_views(const at::Tensor& inputs, const at::Tensor& labels);
+
 // Result of fit_sgd: (final bias, losses[epochs], biases[epochs],
 // info = [epoch, status]).
 using FitOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
