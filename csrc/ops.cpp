@@ -2,6 +2,7 @@
 // that loading the extension needs. Backends register their kernels under the
 // same names in cpu.cpp and cuda.cu.
 #include <Python.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "network.h"
@@ -43,6 +44,18 @@ void check_predict_args(const at::Tensor& inputs, const at::Tensor& weights,
                     "got ", bias.numel());
 }
 
+void check_bias_grad_args(const at::Tensor& grad_out, const at::Tensor& inputs,
+                          const at::Tensor& weights, const at::Tensor& bias) {
+  check_predict_args(inputs, weights, bias);
+  TORCH_CHECK_TYPE(grad_out.defined(), "biasfit: grad_out is undefined");
+  TORCH_CHECK_VALUE(grad_out.sizes() == inputs.sizes(), "biasfit: grad_out "
+                    "has shape ", grad_out.sizes(), " but inputs has shape ",
+                    inputs.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == inputs.device(), "biasfit: grad_out "
+                    "is on ", grad_out.device(), " but inputs is on ",
+                    inputs.device(), "; move both to one device");
+}
+
 void check_loss_args(const at::Tensor& inputs, const at::Tensor& labels,
                      const at::Tensor& weights, const at::Tensor& bias) {
   check_predict_args(inputs, weights, bias);
@@ -71,6 +84,30 @@ void check_fit_args(const at::Tensor& inputs, const at::Tensor& labels,
                     "== 0, got momentum=", momentum, ", dampening=", dampening);
   TORCH_CHECK_VALUE(epochs >= 0, "biasfit: epochs must be >= 0, got ", epochs);
   TORCH_CHECK_VALUE(tol >= 0, "biasfit: tol must be >= 0, got ", tol);
+}
+
+bool read_as_views(const at::Tensor& inputs, const at::Tensor& labels) {
+  return inputs.dim() == 1 &&
+         !(inputs.is_contiguous() && labels.is_contiguous());
+}
+
+FitCall prepare_fit(const at::Tensor& inputs, const at::Tensor& labels,
+                    const at::Tensor& weights, const at::Tensor& bias,
+                    double lr, double momentum, double dampening,
+                    bool nesterov, double weight_decay, bool maximize,
+                    int64_t epochs, double tol) {
+  check_fit_args(inputs, labels, weights, bias, lr, momentum, dampening,
+                 nesterov, weight_decay, epochs, tol);
+  const at::Tensor x = inputs.contiguous();
+  return {x,
+          labels.contiguous(),
+          weights.contiguous(),
+          {{lr, momentum, dampening, weight_decay, nesterov, maximize},
+           epochs, tol},
+          at::empty({}, x.options()),
+          at::empty({epochs}, x.options()),
+          at::empty({epochs}, x.options()),
+          at::empty({2}, x.options().dtype(at::kLong))};
 }
 
 TORCH_LIBRARY(biasfit, m) {
