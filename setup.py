@@ -16,6 +16,24 @@ from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent
 CSRC = ROOT / "csrc"
+# Default TORCH_CUDA_ARCH_LIST: SASS for sm_80 and sm_90, and sm_90's PTX,
+# which the driver JIT-compiles for newer GPUs.
+CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def cuda_arch_list() -> str:
+    """TORCH_CUDA_ARCH_LIST if set and not empty, else CUDA_ARCHS."""
+    return os.environ.get("TORCH_CUDA_ARCH_LIST") or CUDA_ARCHS
+
+
+def nvcc_flags(opt):
+    """nvcc's flags on top of torch's; tools/check_cuda_compile.py uses them.
+
+    No -std: torch's cpp_extension adds the standard its headers need.
+    No FMA contraction: each point must round as eager PyTorch's separate
+    multiply and add do (see csrc/network.h).
+    """
+    return opt + ["--fmad=false"]
 
 
 def want_cuda() -> bool:
@@ -51,11 +69,10 @@ def extension():
     macros = []
     kwargs = {}
     if with_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
         sources.append("csrc/cuda.cu")
         macros.append(("BIASFIT_WITH_CUDA", None))
-        kwargs["extra_compile_args"] = {
-            "cxx": cxx, "nvcc": opt + ["--fmad=false"]}
+        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc_flags(opt)}
         ext_type = cpp_extension.CUDAExtension
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx}
@@ -65,7 +82,10 @@ def extension():
         extra_link_args=["-fopenmp"], **kwargs)
 
 
-setup(
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
-)
+# Guarded so that tools/check_cuda_compile.py can import the flags above;
+# pip's build backend runs this file as __main__.
+if __name__ == "__main__":
+    setup(
+        ext_modules=[extension()],
+        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    )

@@ -131,8 +131,7 @@ LossGrad checked_loss_grad_sum(const at::Tensor& inputs,
   // Contiguous data takes the vectorized path; 1-D views are read in place
   // (an expanded tensor of 2^31+ elements costs no memory); anything else is
   // made contiguous first.
-  const bool strided = inputs.dim() == 1 &&
-                       !(inputs.is_contiguous() && labels.is_contiguous());
+  const bool strided = read_as_views(inputs, labels);
   const at::Tensor x = strided ? inputs : inputs.contiguous();
   const at::Tensor y = strided ? labels : labels.contiguous();
   LossGrad sum{};
@@ -182,10 +181,7 @@ at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
                                  const at::Tensor& inputs,
                                  const at::Tensor& weights,
                                  const at::Tensor& bias) {
-  check_predict_args(inputs, weights, bias);
-  TORCH_CHECK_VALUE(grad_out.sizes() == inputs.sizes(), "biasfit: grad_out "
-                    "has shape ", grad_out.sizes(), " but inputs has shape ",
-                    inputs.sizes());
+  check_bias_grad_args(grad_out, inputs, weights, bias);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
   at::Tensor total = at::empty({}, x.options());
@@ -205,40 +201,35 @@ FitOutputs fit_sgd_cpu(const at::Tensor& inputs, const at::Tensor& labels,
                        double lr, double momentum, double dampening,
                        bool nesterov, double weight_decay, bool maximize,
                        int64_t epochs, double tol) {
-  check_fit_args(inputs, labels, weights, bias, lr, momentum, dampening,
-                 nesterov, weight_decay, epochs, tol);
-  const at::Tensor x = inputs.contiguous(), y = labels.contiguous();
-  const int64_t n = x.numel();
-  const FitOptions opt{{lr, momentum, dampening, weight_decay, nesterov,
-                        maximize},
-                       epochs, tol};
-  at::Tensor losses = at::empty({epochs}, x.options());
-  at::Tensor biases = at::empty({epochs}, x.options());
-  at::Tensor info = at::empty({2}, x.options().dtype(at::kLong));
-  at::Tensor final_bias = at::empty({}, x.options());
+  const FitCall call =
+      prepare_fit(inputs, labels, weights, bias, lr, momentum, dampening,
+                  nesterov, weight_decay, maximize, epochs, tol);
+  const int64_t n = call.x.numel();
   // The frozen weights make hidden(x[i]) the same every epoch: computed once
   // here, each epoch reads hidden and labels (as many bytes as inputs and
   // labels) and does a third of the arithmetic. hidden is kept in the data's
   // dtype, exactly as the per-epoch evaluation would round it.
-  at::Tensor hidden_x = at::empty({n}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fit_sgd", [&] {
-    const Weights<scalar_t> w = load_weights<scalar_t>(weights);
+  at::Tensor hidden_x = at::empty({n}, call.x.options());
+  AT_DISPATCH_FLOATING_TYPES(call.x.scalar_type(), "biasfit::fit_sgd", [&] {
+    const Weights<scalar_t> w = load_weights<scalar_t>(call.weights);
     scalar_t* h = hidden_x.data_ptr<scalar_t>();
-    map_points(x.data_ptr<scalar_t>(), h, n,
+    map_points(call.x.data_ptr<scalar_t>(), h, n,
                [&](scalar_t xi) { return hidden(xi, w); });
-    PointLossFromHidden<scalar_t> point{h, y.data_ptr<scalar_t>(), scalar_t(0)};
+    PointLossFromHidden<scalar_t> point{h, call.y.data_ptr<scalar_t>(),
+                                        scalar_t(0)};
     auto state = FitState<scalar_t>::start(load_bias<scalar_t>(bias), epochs);
     std::vector<LossGrad> scratch;
     while (state.status == kRunning) {
       point.bias = state.bias;
-      state.end_epoch(sum_points(point, n, scratch), opt,
-                      losses.data_ptr<scalar_t>(), biases.data_ptr<scalar_t>());
+      state.end_epoch(sum_points(point, n, scratch), call.opt,
+                      call.losses.data_ptr<scalar_t>(),
+                      call.biases.data_ptr<scalar_t>());
     }
-    *final_bias.data_ptr<scalar_t>() = state.bias;
-    info.data_ptr<int64_t>()[0] = state.epoch;
-    info.data_ptr<int64_t>()[1] = state.status;
+    *call.final_bias.data_ptr<scalar_t>() = state.bias;
+    call.info.data_ptr<int64_t>()[0] = state.epoch;
+    call.info.data_ptr<int64_t>()[1] = state.status;
   });
-  return {final_bias, losses, biases, info};
+  return call.outputs();
 }
 
 std::tuple<at::Tensor, at::Tensor> sgd_step_cpu(

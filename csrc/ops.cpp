@@ -2,6 +2,7 @@
 // that loading the extension needs. Backends register their kernels under the
 // same names in cpu.cpp and cuda.cu.
 #include <Python.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "network.h"
@@ -41,6 +42,18 @@ void check_predict_args(const at::Tensor& inputs, const at::Tensor& weights,
                     weights.numel());
   TORCH_CHECK_VALUE(bias.numel() == 1, "biasfit: bias must hold one value, "
                     "got ", bias.numel());
+}
+
+void check_bias_grad_args(const at::Tensor& grad_out, const at::Tensor& inputs,
+                          const at::Tensor& weights, const at::Tensor& bias) {
+  check_predict_args(inputs, weights, bias);
+  TORCH_CHECK_TYPE(grad_out.defined(), "biasfit: grad_out is undefined");
+  TORCH_CHECK_VALUE(grad_out.sizes() == inputs.sizes(), "biasfit: grad_out "
+                    "has shape ", grad_out.sizes(), " but inputs has shape ",
+                    inputs.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == inputs.device(), "biasfit: grad_out "
+                    "is on ", grad_out.device(), " but inputs is on ",
+                    inputs.device(), "; move both to one device");
 }
 
 void check_loss_args(const at::Tensor& inputs, const at::Tensor& labels,
@@ -92,6 +105,30 @@ void check_sgd_step_args(const at::Tensor& param, const at::Tensor& grad,
                       "momentum_buffer must hold one value, got ",
                       momentum_buffer->numel());
   }
+}
+
+bool read_as_views(const at::Tensor& inputs, const at::Tensor& labels) {
+  return inputs.dim() == 1 &&
+         !(inputs.is_contiguous() && labels.is_contiguous());
+}
+
+FitCall prepare_fit(const at::Tensor& inputs, const at::Tensor& labels,
+                    const at::Tensor& weights, const at::Tensor& bias,
+                    double lr, double momentum, double dampening,
+                    bool nesterov, double weight_decay, bool maximize,
+                    int64_t epochs, double tol) {
+  check_fit_args(inputs, labels, weights, bias, lr, momentum, dampening,
+                 nesterov, weight_decay, epochs, tol);
+  const at::Tensor x = inputs.contiguous();
+  return {x,
+          labels.contiguous(),
+          weights.contiguous(),
+          {{lr, momentum, dampening, weight_decay, nesterov, maximize},
+           epochs, tol},
+          at::empty({}, x.options()),
+          at::empty({epochs}, x.options()),
+          at::empty({epochs}, x.options()),
+          at::empty({2}, x.options().dtype(at::kLong))};
 }
 
 TORCH_LIBRARY(biasfit, m) {
