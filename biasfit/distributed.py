@@ -245,8 +245,6 @@ def fused_parts(inputs, labels, weights, bias, hyper: dict):
     def local_sums():
         # The float64 sums, so float32 shards add up as float32 data does in
         # one process: rounded once, after the sum.
-        if inputs.device.type == "cpu":
-            return torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, param).unbind()
-        return torch.ops.biasfit.fused_loss(inputs, labels, weights, param)  # no CUDA kernel yet
+        return torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, param).unbind()
 
     return local_sums, param, NativeSGD(param, **hyper)

@@ -189,10 +189,12 @@ at::Tensor predict_cuda(const at::Tensor& inputs, const at::Tensor& weights,
 
 // ---- fused_loss and predict_bias_grad ---------------------------------------
 
-std::tuple<at::Tensor, at::Tensor> fused_loss_cuda(const at::Tensor& inputs,
-                                                   const at::Tensor& labels,
-                                                   const at::Tensor& weights,
-                                                   const at::Tensor& bias) {
+// fused_loss's sums, handed to sink_for(scalar_t{}): a LossSink of the
+// data's type for fused_loss, of double for fused_loss_sums.
+template <typename SinkFor>
+void sum_losses(const at::Tensor& inputs, const at::Tensor& labels,
+                const at::Tensor& weights, const at::Tensor& bias,
+                const SinkFor& sink_for) {
   check_loss_args(inputs, labels, weights, bias);
   check_on_cuda(inputs);
   const c10::cuda::CUDAGuard guard(inputs.device());
@@ -202,18 +204,37 @@ std::tuple<at::Tensor, at::Tensor> fused_loss_cuda(const at::Tensor& inputs,
   const at::Tensor x = view ? inputs : inputs.contiguous();
   const at::Tensor y = view ? labels : labels.contiguous();
   const at::Tensor w = weights.contiguous();
-  // Two tensors, not views of one: the schema promises fresh outputs.
-  at::Tensor loss = at::empty({}, x.options());
-  at::Tensor grad = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fused_loss", [&] {
     sum_points<LossPoint<scalar_t>>(
         inputs_of<scalar_t>(x, y), w.data_ptr<scalar_t>(),
-        bias.data_ptr<scalar_t>(),
-        LossSink<scalar_t>{loss.data_ptr<scalar_t>(),
-                           grad.data_ptr<scalar_t>()},
-        x);
+        bias.data_ptr<scalar_t>(), sink_for(scalar_t{}), x);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> fused_loss_cuda(const at::Tensor& inputs,
+                                                   const at::Tensor& labels,
+                                                   const at::Tensor& weights,
+                                                   const at::Tensor& bias) {
+  // Two tensors, not views of one: the schema promises fresh outputs.
+  at::Tensor loss = at::empty({}, inputs.options());
+  at::Tensor grad = at::empty({}, inputs.options());
+  sum_losses(inputs, labels, weights, bias, [&](auto zero) {
+    using T = decltype(zero);
+    return LossSink<T>{loss.data_ptr<T>(), grad.data_ptr<T>()};
   });
   return {loss, grad};
+}
+
+at::Tensor fused_loss_sums_cuda(const at::Tensor& inputs,
+                                const at::Tensor& labels,
+                                const at::Tensor& weights,
+                                const at::Tensor& bias) {
+  at::Tensor sums = at::empty({2}, inputs.options().dtype(at::kDouble));
+  sum_losses(inputs, labels, weights, bias, [&](auto) {
+    return LossSink<double>{sums.data_ptr<double>(),
+                            sums.data_ptr<double>() + 1};
+  });
+  return sums;
 }
 
 at::Tensor predict_bias_grad_cuda(const at::Tensor& grad_out,
@@ -443,6 +464,7 @@ FitOutputs fit_sgd_cuda(const at::Tensor& inputs, const at::Tensor& labels,
 TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("predict", &cuda::predict_cuda);
   m.impl("fused_loss", &cuda::fused_loss_cuda);
+  m.impl("fused_loss_sums", &cuda::fused_loss_sums_cuda);
   m.impl("predict_bias_grad", &cuda::predict_bias_grad_cuda);
   m.impl("fit_sgd", &cuda::fit_sgd_cuda);
 }

@@ -173,8 +173,8 @@ void cuda_not_built(const c10::OperatorHandle& op, torch::jit::Stack*) {
 }
 
 TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
-  for (const char* name : {"predict", "fused_loss", "predict_bias_grad",
-                           "fit_sgd"}) {
+  for (const char* name : {"predict", "fused_loss", "fused_loss_sums",
+                           "predict_bias_grad", "fit_sgd"}) {
     m.impl(name,
            torch::CppFunction::makeFromBoxedFunction<&cuda_not_built>());
   }

@@ -15,11 +15,11 @@ SGD_SETTINGS = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [3, 2**14 + 5])
-def test_fused_loss_sums_are_fused_loss_before_rounding(n, dtype):
-    x, y, w, b = random_problem(n, dtype, "cpu")
+def test_fused_loss_sums_are_fused_loss_before_rounding(n, dtype, device):
+    x, y, w, b = random_problem(n, dtype, device)
     sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b)
     loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
-    assert sums.dtype == torch.float64 and sums.shape == (2,)
+    assert sums.dtype == torch.float64 and sums.shape == (2,) and sums.device == x.device
     assert sums.to(dtype).tolist() == [loss.item(), grad.item()]
 
 
@@ -65,8 +65,9 @@ def test_sgd_step_rejects_bad_arguments():
         torch.ops.biasfit.sgd_step(p, p.float(), None, 0.1, 0.0, 0.0, False, 0.0, False)
 
 
-def test_opcheck():
-    x, y, w, b = random_problem(50, torch.float64, "cpu")
+def test_opcheck(device):
+    x, y, w, b = random_problem(50, torch.float64, device)
     torch.library.opcheck(torch.ops.biasfit.fused_loss_sums.default, (x, y, w, b))
+    x, y, w, b = random_problem(50, torch.float64, "cpu")  # sgd_step: CPU only
     torch.library.opcheck(torch.ops.biasfit.sgd_step.default,
                           (b, b * 0.5, b * 0.1, 0.1, 0.9, 0.0, False, 0.0, False))
