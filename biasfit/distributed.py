@@ -89,7 +89,7 @@ def _collective(fn, *args, what: str):
         fn(*args)
     except Exception as e:  # gloo and NCCL raise several types for a lost peer
         raise DistributedFitError(
-            f"biasfit: rank {dist.get_rank()}: the {what} collective failed, so "
+            f"biasfit: rank {dist.get_rank()}: a collective ({what}) failed, so "
             f"this rank stops. Another rank probably exited or did not answer "
             f"within the process group's timeout: {e}") from e
 

@@ -327,7 +327,7 @@ def test_a_vanished_rank_makes_the_others_fail_not_hang(groups, action):
     # Group.results fails the test if rank 0 is not done in GROUP_TIMEOUT.
     (got,) = groups[action].results()[0]
     assert got.get("error") == "DistributedFitError", got
-    assert "collective failed" in got["message"]
+    assert "rank 0: a collective (epoch 2) failed" in got["message"]
 
 
 def test_the_readme_torchrun_script_trains_on_shards(groups):
