@@ -1,10 +1,12 @@
 """Sharded fits in process groups of 1, 2 and 3 ranks (gloo on loopback)
-equal the single-process fit on the whole data; a failing rank stops all.
+equal the single-process fit on the whole data; a failing rank stops all;
+torchrun runs the README's script and `biasfit train --data`.
 
-Every group runs tests/_dist_worker.py once per rank as a subprocess, with
-torchrun's environment variables, and runs all its cases in one go (process
-start-up is most of the cost). A group that hangs is killed after
-GROUP_TIMEOUT seconds and fails its test.
+The group of 1 runs in this process. The others run tests/_dist_worker.py
+once per rank as a subprocess, with torchrun's environment variables, each
+running all its cases in one go (process start-up is most of the cost); all
+groups, and the torchrun runs, start together. One that hangs is killed
+after GROUP_TIMEOUT seconds and fails its test.
 """
 import json
 import math
