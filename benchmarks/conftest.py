@@ -25,6 +25,8 @@ def pytest_addoption(parser):
                     help="comma-separated sizes instead of the defaults, e.g. 3,1e5")
     group.addoption("--bench-dtypes", default="float32",
                     help="comma-separated dtypes (float32, float64); default float32")
+    group.addoption("--bench-threads", type=int, default=None,
+                    help="torch's CPU threads for the run (default: torch's own choice)")
 
 
 def parse_sizes(text):
@@ -55,6 +57,12 @@ def bench_dtypes(config):
 
 
 def pytest_configure(config):
+    threads = config.getoption("--bench-threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
+        import torch
+        torch.set_num_threads(threads)
     config._biasfit_load_start = bench.load_average()
 
 

@@ -5,6 +5,7 @@ Every runner trains final_bias with the tutorial's loop on (x, y) and returns
 one check compares any kernel with the reference. `losses` has one entry per
 epoch evaluated: its length is the epoch count a time is divided by.
 """
+import functools
 import math
 import os
 import tempfile
@@ -39,8 +40,10 @@ BIAS_RTOL = {torch.float32: 1e-4, torch.float64: 1e-9}
 LOSS_ATOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
+@functools.lru_cache(maxsize=1)  # a size's kernels share it; 1e8 takes seconds to make
 def make_data(n, dtype=torch.float32, device="cpu", seed=0):
-    """The tutorial's three points for n == 3, else n random ones."""
+    """The tutorial's three points for n == 3, else n random ones. Callers
+    must not modify them."""
     if n == TUTORIAL_N:
         x, y = biasfit.tutorial_data()
     else:

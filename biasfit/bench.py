@@ -232,26 +232,40 @@ def describe_machine(m):
             f"{m.get('load_start')} at start, {m.get('load_end')} at end")
 
 
-def render_markdown(rows, machine, stat, command, plot_name=None, when=None):
+def render_markdown(rows, machine, stat, command, plot_path=None, when=None, *,
+                    level=2, detail=True):
+    """The report in Markdown, its headings at `level` (2: "##")."""
     by = lookup(rows)
-    out = ["# biasfit benchmarks", "",
-           f"Machine: {describe_machine(machine)}.", "",
+    h = "#" * level
+    out = [f"Machine: {describe_machine(machine)}.", "",
            f"Made by `{command}`" + (f" on {when}" if when else "") +
            f"; a round's time is the {stat} of its rounds, divided by the epochs it ran. "
            "Speed-ups are eager's (or torch.compile's) time per epoch over the kernel's; "
            "GB/s is input and label bytes per epoch over time per epoch; \"of read pass\" "
            "is that bandwidth over a plain sum's over the same bytes, in the same run.", ""]
-    if plot_name:
-        out += [f"![time per epoch against N]({plot_name})", ""]
+    if plot_path:
+        out += [f"![time per epoch against N]({plot_path})", ""]
     targets = evaluate_targets(rows)
     if targets:
-        out += ["## Targets (float32)", ""] + _target_table(targets) + [""]
+        out += [f"{h} Targets (float32)", ""] + _target_table(targets) + [""]
     for device, dtype in _sections(rows):
-        out += [f"## Time per epoch ({device}, {dtype})", ""]
+        out += [f"{h} Time per epoch ({device}, {dtype})", ""]
         out += _time_table(rows, device, dtype, by) + [""]
-        out += [f"### Detail ({device}, {dtype})", ""]
-        out += _detail_table(rows, device, dtype, by) + [""]
+        if detail:
+            out += [f"{h}# Detail ({device}, {dtype})", ""]
+            out += _detail_table(rows, device, dtype, by) + [""]
     return "\n".join(out)
+
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def replace_readme_block(text, block):
+    """`text` with what lies between the README markers replaced by `block`."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {README_START} ... {README_END} block to update")
+    return text[:start + len(README_START)] + "\n" + block.strip() + "\n" + text[end:]
 
 
 def plot(rows, path):
@@ -316,6 +330,18 @@ def run_suite(json_path, large, pytest_args):
         raise SystemExit(f"biasfit.bench: the benchmarks failed (pytest exit {code})")
 
 
+def write_readme_summary(readme, out, rows, machine, stat, command, plot_name, when):
+    rel = Path(os.path.relpath(out.resolve(), readme.resolve().parent)).as_posix()
+    block = render_markdown(rows, machine, stat, command,
+                            plot_name and f"{rel}/{plot_name}", when, level=3, detail=False)
+    block += f"\nEvery figure, with speed-ups and bandwidths: [{rel}/results.md]({rel}/results.md).\n"
+    try:
+        readme.write_text(replace_readme_block(readme.read_text(), block))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"biasfit.bench: cannot update {readme}: {e}")
+    print(f"updated {readme}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m biasfit.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -325,6 +351,8 @@ def build_parser():
     p.add_argument("--stat", choices=STATS, default="median",
                    help="which round statistic is the time (default median)")
     p.add_argument("--no-plot", action="store_true", help="write the table only")
+    p.add_argument("--readme", metavar="FILE",
+                   help="also refresh the summary between FILE's bench markers")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when a measured target is not met")
     p.add_argument("pytest_args", nargs="*", help="passed on to pytest (after --)")
@@ -335,13 +363,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python -m biasfit.bench", *(sys.argv[1:] if argv is None else argv)])
     if args.from_json:
         json_path = Path(args.from_json)
-        command = f"python -m biasfit.bench --from-json {json_path}"
     else:
         json_path = out / "benchmark.json"
         run_suite(json_path, args.large, args.pytest_args)
-        command = "python -m biasfit.bench" + (" --large" if args.large else "")
     try:
         data = json.loads(json_path.read_text())
     except (OSError, ValueError) as e:
@@ -355,8 +382,9 @@ def main(argv=None):
     machine = data.get("machine_info", {}).get("biasfit")
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
     plot_name = None if args.no_plot else "time_per_epoch.png"
-    (out / "results.md").write_text(
-        render_markdown(rows, machine, args.stat, command, plot_name, when[:16]) + "\n")
+    stamp = when[:16]
+    (out / "results.md").write_text("# biasfit benchmarks\n\n" + render_markdown(
+        rows, machine, args.stat, command, plot_name, stamp) + "\n")
     print(f"wrote {out / 'results.md'}")
     if plot_name:
         try:
@@ -364,6 +392,9 @@ def main(argv=None):
         except PlotUnavailable as e:
             raise SystemExit(f"biasfit.bench: {e}")
         print(f"wrote {out / plot_name}")
+    if args.readme:
+        write_readme_summary(Path(args.readme), out, rows, machine, args.stat, command,
+                             plot_name, stamp)
     missed = [t for t in evaluate_targets(rows) if t[5] is False]
     if args.check and missed:
         for desc, device, n, measured, goal, _ in missed:

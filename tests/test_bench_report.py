@@ -119,6 +119,32 @@ def test_report_from_json_writes_table_and_plot(tmp_path, capsys):
     assert "target missed" in capsys.readouterr().err
 
 
+def test_readme_block_is_replaced_between_markers():
+    text = "# x\nintro\n<!-- bench:start -->\nold table\n<!-- bench:end -->\nafter\n"
+    assert bench.replace_readme_block(text, "new table\n") == (
+        "# x\nintro\n<!-- bench:start -->\nnew table\n<!-- bench:end -->\nafter\n")
+    with pytest.raises(ValueError, match="no <!-- bench:start -->"):
+        bench.replace_readme_block("# no markers\n", "table")
+
+
+def test_report_refreshes_the_readme_summary(tmp_path):
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(SUITE))
+    readme = tmp_path / "README.md"
+    readme.write_text("## Benchmarks\n<!-- bench:start -->\n<!-- bench:end -->\n")
+    out = tmp_path / "benchmarks" / "results"
+    argv = ["--from-json", str(path), "--out", str(out), "--no-plot", "--readme", str(readme)]
+    assert bench.main(argv) == 0
+    text = readme.read_text()
+    assert "### Targets (float32)" in text and "### Time per epoch (cpu, float32)" in text
+    assert "Detail" not in text
+    assert "[benchmarks/results/results.md](benchmarks/results/results.md)" in text
+    assert f"Made by `python -m biasfit.bench --from-json {path}" in text
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit, match="cannot update"):
+        bench.main(argv)
+
+
 def test_report_refuses_json_without_report_info(tmp_path):
     path = tmp_path / "b.json"
     path.write_text(json.dumps({"benchmarks": []}))
