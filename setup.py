@@ -46,7 +46,7 @@ def extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No FMA contraction: each point must round as eager PyTorch's separate
     # multiply and add do (see csrc/network.h).
-    cxx = opt + ["-std=c++17", "-fopenmp", "-ffp-contract=off"]
+    cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     sources = ["csrc/ops.cpp", "csrc/cpu.cpp"]
     macros = []
     kwargs = {}
@@ -55,7 +55,7 @@ def extension():
         sources.append("csrc/cuda.cu")
         macros.append(("BIASFIT_WITH_CUDA", None))
         kwargs["extra_compile_args"] = {
-            "cxx": cxx, "nvcc": opt + ["-std=c++17", "--fmad=false"]}
+            "cxx": cxx, "nvcc": opt + ["--fmad=false"]}
         ext_type = cpp_extension.CUDAExtension
     else:
         kwargs["extra_compile_args"] = {"cxx": cxx}

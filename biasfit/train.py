@@ -9,6 +9,7 @@ optimizer steps. Two engines run that loop:
 - "fused": every epoch inside one native call (torch.ops.biasfit.fit_sgd),
   with torch.optim.SGD's update rule; same epochs, losses and bias.
 """
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -118,9 +119,16 @@ def _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback):
     return result
 
 
+@functools.lru_cache(maxsize=None)
+def _tutorial_weights(dtype, device):
+    # Cached: for the tutorial's 3 points, building this tensor on every call
+    # would cost a noticeable part of the whole fit.
+    return torch.tensor(TUTORIAL_WEIGHTS, dtype=dtype, device=device)
+
+
 def tutorial_weights(like: torch.Tensor) -> torch.Tensor:
-    """The tutorial's six frozen weights in `like`'s dtype and device."""
-    return torch.tensor(TUTORIAL_WEIGHTS, dtype=like.dtype, device=like.device)
+    """The tutorial's six frozen weights in `like`'s dtype and device (read-only)."""
+    return _tutorial_weights(like.dtype, like.device)
 
 
 def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
@@ -136,14 +144,14 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     if weights is None:
         weights = tutorial_weights(inputs)
     if not isinstance(bias, torch.Tensor):
-        bias = torch.tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
+        bias = torch.scalar_tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
     final, losses, biases, info = torch.ops.biasfit.fit_sgd(
         inputs, labels, weights, bias, float(lr), float(momentum), float(dampening),
         bool(nesterov), float(weight_decay), bool(maximize), int(epochs), float(tol))
     epoch, status = info.tolist()
     seen = epoch if status == _EXHAUSTED else epoch + 1
     loss_list = losses[:seen].tolist()
-    if callback is not None:
+    if callback is not None:  # replayed: the native loop has no Python in it
         for e, (loss, b) in enumerate(zip(loss_list, biases[:seen].tolist())):
             callback(e, loss, b)
     if status == _LOSS_NONFINITE:

@@ -22,10 +22,12 @@
 // a double exactly, the float32 path loses nothing before the sum.
 #pragma once
 
+// Always inlined: the CPU kernels compile the same loop for several
+// instruction sets (cpu.cpp), and only inlined code takes on the caller's.
 #if defined(__CUDACC__)
 #define BIASFIT_HD __host__ __device__ __forceinline__
 #else
-#define BIASFIT_HD inline
+#define BIASFIT_HD inline __attribute__((always_inline))
 #endif
 
 namespace biasfit {
@@ -70,11 +72,18 @@ struct LossGrad {
   double grad;
 };
 
+// From h = hidden(x): trainers may compute h once per fit, since only the
+// bias changes between epochs; the result is the same bits either way.
 template <typename T>
-BIASFIT_HD LossGrad point_loss_grad(T x, T y, const Weights<T>& w, T bias) {
-  const T z = hidden(x, w) + bias;
+BIASFIT_HD LossGrad loss_grad_from_hidden(T h, T y, T bias) {
+  const T z = h + bias;
   const double r = double(relu(z) - y);
   return {r * r, z > T(0) ? 2.0 * r : 0.0};
+}
+
+template <typename T>
+BIASFIT_HD LossGrad point_loss_grad(T x, T y, const Weights<T>& w, T bias) {
+  return loss_grad_from_hidden(hidden(x, w), y, bias);
 }
 
 // d(y_hat)/d(final_bias) times the incoming gradient, for predict's backward.

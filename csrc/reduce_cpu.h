@@ -3,9 +3,9 @@
 // Points are cut into fixed chunks of kChunk; inside a chunk, point i adds into
 // lane i % kLanes (independent accumulators, which the compiler keeps in vector
 // registers), and the lanes are combined in a fixed tree. Chunk sums are stored
-// by chunk index and added in index order. Threads only decide who computes
-// which chunk, never the order of any addition, so every thread count gives
-// the same bits.
+// by chunk index and added in a fixed pairwise tree. Threads only decide who
+// computes which chunk, never the order of any addition, so every thread
+// count gives the same bits.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -22,9 +22,10 @@ constexpr int kLanes = 8;
 
 inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
-// point(i) -> LossGrad for i in [begin, end).
-template <typename PointFn>
-LossGrad chunk_sum(int64_t begin, int64_t end, const PointFn& point) {
+// Sum of point(i) for i in [begin, end), point(i) -> LossGrad. Inlined into
+// each per-instruction-set kernel in cpu.cpp.
+template <typename Point>
+BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end) {
   double loss[kLanes] = {}, grad[kLanes] = {};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
@@ -48,27 +49,37 @@ LossGrad chunk_sum(int64_t begin, int64_t end, const PointFn& point) {
   return {loss[0], grad[0]};
 }
 
-// Sum of point(i) over [0, n). `partials` is scratch space, reused across
-// calls by the trainer so an epoch allocates nothing.
-template <typename PointFn>
-LossGrad deterministic_sum(int64_t n, const PointFn& point,
+// Adds the chunk sums pairwise in a fixed tree ((p0+p1)+(p2+p3))+...: as
+// deterministic as a running sum, but its rounding error grows with
+// log2(chunks) rather than chunks, which matters past 2^31 points (131072
+// chunks). Overwrites `partials`.
+inline LossGrad pairwise_total(std::vector<LossGrad>& partials) {
+  for (size_t size = partials.size(); size > 1; size = (size + 1) / 2) {
+    for (size_t i = 0; i < size / 2; ++i) {
+      partials[i] = {partials[2 * i].loss + partials[2 * i + 1].loss,
+                     partials[2 * i].grad + partials[2 * i + 1].grad};
+    }
+    if (size % 2) partials[size / 2] = partials[size - 1];
+  }
+  return partials[0];
+}
+
+// Sum over [0, n) of chunk(begin, end), which sums one chunk. `partials` is
+// scratch space, reused across calls by the trainer so an epoch allocates
+// nothing.
+template <typename ChunkFn>
+LossGrad deterministic_sum(int64_t n, const ChunkFn& chunk,
                            std::vector<LossGrad>& partials) {
   const int64_t chunks = num_chunks(n);
-  if (chunks == 1) return chunk_sum(0, n, point);
+  if (chunks == 1) return chunk(0, n);
   partials.resize(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kChunk;
-      const int64_t end = begin + kChunk < n ? begin + kChunk : n;
-      partials[c] = chunk_sum(begin, end, point);
+      partials[c] = chunk(begin, begin + kChunk < n ? begin + kChunk : n);
     }
   });
-  LossGrad total{0.0, 0.0};
-  for (const LossGrad& p : partials) {
-    total.loss += p.loss;
-    total.grad += p.grad;
-  }
-  return total;
+  return pairwise_total(partials);
 }
 
 }  // namespace biasfit

@@ -138,6 +138,17 @@ def test_callback_sees_every_epoch(engine):
     assert seen[0][2] == 0.0 and seen[-1][2] == result.final_bias
 
 
+@pytest.mark.parametrize("engine", biasfit.train.ENGINES)
+def test_model_double_and_to_work_as_usual(engine, device):
+    x, y = (t.to(device, torch.float64) for t in biasfit.tutorial_data())
+    model = biasfit.BasicNN().double().to(device)
+    assert model.final_bias.dtype == torch.float64
+    assert model.final_bias.device.type == device.type
+    result = biasfit.fit(model, x, y, engine=engine)
+    assert (result.epochs_run, round(result.final_bias, 4)) == (34, -16.0019)
+    assert model(x).dtype == torch.float64
+
+
 def test_fit_fused_functional_form():
     x, y = biasfit.tutorial_data()
     result = biasfit.fit_fused(x, y)

@@ -84,6 +84,20 @@ def test_non_contiguous_inputs(dtype, device):
     assert torch.equal(biasfit.predict(x2, w[::1], b), biasfit.predict(x2, w, b))
 
 
+def test_more_than_2_to_the_31_elements():
+    # Expanded views cost no memory and are read in place, so this walks
+    # 2^31 + 5 points through the 64-bit index arithmetic of the sum.
+    n = 2 ** 31 + 5
+    w = torch.tensor(biasfit.TUTORIAL_WEIGHTS, dtype=torch.float64)
+    x = torch.tensor([0.75], dtype=torch.float64).expand(n)
+    y = torch.tensor([0.25], dtype=torch.float64).expand(n)
+    b = torch.tensor(0.5, dtype=torch.float64)
+    one_loss, one_grad = torch.ops.biasfit.fused_loss(x[:1], y[:1], w, b)
+    loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
+    assert rel_err(loss, n * one_loss.item()) < 1e-12
+    assert rel_err(grad, n * one_grad.item()) < 1e-12
+
+
 def test_same_bits_for_any_thread_count():
     x, y, w, b = random_problem(1_000_000, torch.float32, "cpu", seed=3)
     before = torch.get_num_threads()
