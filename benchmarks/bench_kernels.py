@@ -17,7 +17,7 @@ from conftest import bench_dtypes, bench_sizes
 
 # Kernel order within a size: eager first, so its result becomes the size's
 # reference without a second run.
-KERNEL_ORDER = ("eager", "tutorial", "compiled", "autograd", "fused", "read")
+KERNEL_ORDER = ("eager", "tutorial", "compiled", "autograd", "fused-fit", "fused", "read")
 TUTORIAL_MAX_N = 10**3  # the per-sample loop takes ~0.3 s an epoch at 1e3
 TUTORIAL_EPOCHS_LARGE_N = 3
 EPOCHS = 100
@@ -27,10 +27,9 @@ EPOCHS_BY_SIZE = {10**8: 10}  # 100 epochs of eager PyTorch at 1e8 take hours
 # sizes the rounds to about ROUND_BUDGET_S; larger sizes run fixed rounds.
 WARMUP_MAX_N = 10**6
 ROUND_BUDGET_S = 2.0
-MIN_ROUNDS, MAX_ROUNDS = 3, 200
+MIN_ROUNDS, MAX_ROUNDS = 3, 1000
 LARGE_ROUNDS = {10**7: 2, 10**8: 1}
 
-CUDA_KERNELS = ("eager", "compiled", "autograd", "fused", "read")
 
 
 def epochs_for(kernel, n):
@@ -42,7 +41,7 @@ def epochs_for(kernel, n):
 def _cuda_skip(kernel):
     if not torch.cuda.is_available():
         return pytest.mark.skip(reason="no CUDA GPU on this machine")
-    if kernel in ("autograd", "fused") and not biasfit.WITH_CUDA:
+    if kernel in ("autograd", "fused-fit", "fused") and not biasfit.WITH_CUDA:
         return pytest.mark.skip(reason="biasfit was built without CUDA")
     return None
 

@@ -144,6 +144,7 @@ class Autograd:
     def __init__(self, x, y, lr, epochs, tol):
         self.x, self.y, self.lr, self.epochs, self.tol = x, y, lr, epochs, tol
         self.model = biasfit.BasicNN(dtype=x.dtype).to(x.device)
+        self.optimizer = None
 
     def prepare(self):
         return {}
@@ -152,16 +153,35 @@ class Autograd:
         with torch.no_grad():
             self.model.final_bias.zero_()
         self.model.final_bias.grad = None
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr)
 
     def run(self):
-        r = biasfit.fit(self.model, self.x, self.y, lr=self.lr, epochs=self.epochs,
-                        tol=self.tol, engine=self.engine)
+        r = biasfit.fit(self.model, self.x, self.y, optimizer=self.optimizer,
+                        epochs=self.epochs, tol=self.tol, engine=self.engine)
         return r.epochs_run, r.final_bias, r.losses
 
 
-class Fused(Autograd):
-    """biasfit's fused trainer: every epoch in one native call."""
+class FusedFit(Autograd):
+    """The fused trainer through biasfit.fit(engine="fused"): the same native
+    call plus the nn.Module and optimizer plumbing around it."""
     engine = "fused"
+
+
+class Fused:
+    """biasfit's fused trainer, biasfit.fit_fused: every epoch in one native call."""
+
+    def __init__(self, x, y, lr, epochs, tol):
+        self.x, self.y, self.lr, self.epochs, self.tol = x, y, lr, epochs, tol
+
+    def prepare(self):
+        return {}
+
+    def setup(self):
+        pass
+
+    def run(self):
+        r = biasfit.fit_fused(self.x, self.y, lr=self.lr, epochs=self.epochs, tol=self.tol)
+        return r.epochs_run, r.final_bias, r.losses
 
 
 class Read:
@@ -186,7 +206,7 @@ class Read:
 
 
 KERNELS = {"tutorial": Tutorial, "eager": Eager, "compiled": Compiled,
-           "autograd": Autograd, "fused": Fused, "read": Read}
+           "autograd": Autograd, "fused-fit": FusedFit, "fused": Fused, "read": Read}
 
 
 # -- checks -----------------------------------------------------------------------

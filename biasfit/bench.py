@@ -24,8 +24,9 @@ from pathlib import Path
 
 KERNEL_NAMES = {
     "tutorial": "tutorial loop (per sample)", "eager": "eager PyTorch",
-    "compiled": "torch.compile", "autograd": "biasfit autograd",
-    "fused": "biasfit fused", "read": "plain read pass",
+    "compiled": "torch.compile", "autograd": "biasfit fit (autograd)",
+    "fused-fit": "biasfit fit(engine=\"fused\")", "fused": "biasfit fit_fused",
+    "read": "plain read pass",
 }
 REQUIRED = ("kernel", "device", "dtype", "n", "epochs", "bytes_per_epoch")
 # min by default: on a shared machine interference only ever adds time, so the

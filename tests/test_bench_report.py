@@ -88,9 +88,9 @@ def test_markdown_holds_times_speedups_bandwidth_and_machine():
     text = bench.render_markdown(rows_of(SUITE), MACHINE, "median", "python -m biasfit.bench",
                                  "time_per_epoch.png")
     assert "AMD EPYC, 2 cores (avx2), torch 2.13.0" in text
-    assert "| biasfit fused | 2 µs | 10 ms |" in text
+    assert "| biasfit fit_fused | 2 µs | 10 ms |" in text
     # N=1e6 fused: 10x eager, 4x torch.compile, 0.8 GB/s, half the read pass's.
-    assert "| 1e6 | biasfit fused | 100 | 10 ms | 10× | 4× | 0.8 | 50% | – |" in text
+    assert "| 1e6 | biasfit fit_fused | 100 | 10 ms | 10× | 4× | 0.8 | 50% | – |" in text
     assert "| 1e6 | torch.compile | 100 | 40 ms | 2.5× | 1× | 0.2 | 12% | 3.2 s |" in text
     assert "![time per epoch against N](time_per_epoch.png)" in text
     assert "| **no** |" in text and "| yes |" in text
@@ -112,7 +112,7 @@ def test_report_from_json_writes_table_and_plot(tmp_path, capsys):
     path = tmp_path / "b.json"
     path.write_text(json.dumps(SUITE))
     assert bench.main(["--from-json", str(path), "--out", str(tmp_path)]) == 0
-    assert "biasfit fused" in (tmp_path / "results.md").read_text()
+    assert "biasfit fit_fused" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "time_per_epoch.png").read_bytes()[:4] == b"\x89PNG"
     assert bench.main(["--from-json", str(path), "--out", str(tmp_path), "--no-plot",
                        "--check"]) == 1
