@@ -231,7 +231,7 @@ def describe_machine(m):
     gpu = m.get("gpu") or "no GPU"
     vector = ", ".join(m.get("vector") or []) or "no AVX2"
     return (f"{m.get('cpu')}, {m.get('cores')} cores ({vector}), torch {m.get('torch')} "
-            f"with {m.get('threads')} threads, {gpu}; load average "
+            f"with {m.get('threads')} thread{'' if m.get('threads') == 1 else 's'}, {gpu}; load average "
             f"{m.get('load_start')} at start, {m.get('load_end')} at end")
 
 
