@@ -72,14 +72,15 @@ def bytes_per_epoch(x, y):
 # Each kernel is a class: prepare() does the untimed work (building models,
 # compiling), setup() resets state before each timed round, run() is timed.
 
-class _ReferenceModel:
-    """A TutorialNN reused across rounds (so torch.compile's guards hold),
-    reset to bias 0 with a fresh SGD before each round."""
+class _ModelRunner:
+    """A model reused across rounds (so torch.compile's guards hold), reset
+    to bias 0 with a fresh SGD before each round."""
+    module = reference.TutorialNN
     loss_fn = None
 
     def __init__(self, x, y, lr, epochs, tol):
         self.x, self.y, self.lr, self.epochs, self.tol = x, y, lr, epochs, tol
-        self.model = reference.TutorialNN(dtype=x.dtype).to(x.device)
+        self.model = self.module(dtype=x.dtype).to(x.device)
         self.optimizer = None
 
     def setup(self):
@@ -92,7 +93,7 @@ class _ReferenceModel:
         return {}
 
 
-class Tutorial(_ReferenceModel):
+class Tutorial(_ModelRunner):
     """The tutorial's per-sample loop: a forward and backward per point."""
 
     def run(self):
@@ -100,7 +101,7 @@ class Tutorial(_ReferenceModel):
                                       self.epochs, self.tol)
 
 
-class Eager(_ReferenceModel):
+class Eager(_ModelRunner):
     """Whole-tensor eager PyTorch: autograd and torch.optim.SGD."""
 
     def run(self):
@@ -137,23 +138,10 @@ class Compiled(Eager):
         return {"compile_s": took}
 
 
-class Autograd:
+class Autograd(_ModelRunner):
     """biasfit.fit's autograd engine: the fused loss op, backward, SGD."""
+    module = biasfit.BasicNN
     engine = "autograd"
-
-    def __init__(self, x, y, lr, epochs, tol):
-        self.x, self.y, self.lr, self.epochs, self.tol = x, y, lr, epochs, tol
-        self.model = biasfit.BasicNN(dtype=x.dtype).to(x.device)
-        self.optimizer = None
-
-    def prepare(self):
-        return {}
-
-    def setup(self):
-        with torch.no_grad():
-            self.model.final_bias.zero_()
-        self.model.final_bias.grad = None
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr)
 
     def run(self):
         r = biasfit.fit(self.model, self.x, self.y, optimizer=self.optimizer,
