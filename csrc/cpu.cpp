@@ -68,14 +68,12 @@ template <typename Point>
 __attribute__((target("avx2"))) LossGrad chunk_avx2(const Point& p,
                                                     int64_t begin,
                                                     int64_t end) {
-  const Point local = p;  // a private copy: its fields stay in registers
-  return chunk_sum(local, begin, end);
+  return chunk_sum(p, begin, end);
 }
 
 template <typename Point>
 LossGrad chunk_baseline(const Point& p, int64_t begin, int64_t end) {
-  const Point local = p;
-  return chunk_sum(local, begin, end);
+  return chunk_sum(p, begin, end);
 }
 
 const bool kHasAvx2 = __builtin_cpu_supports("avx2");
