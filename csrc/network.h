@@ -44,11 +44,15 @@ struct Weights {
   }
 };
 
+// Written for T = float or double and also for T = a GCC/Clang SIMD vector of
+// them (__m256 and friends): the CPU trainer's AVX2 loop calls relu and
+// active_residual on 8 points at once, so even its vector code has no second
+// copy of the formulas. Hence T{} for zero, which both kinds of T accept.
 template <typename T>
 BIASFIT_HD T relu(T z) {
-  // A select rather than std::max: NaN must propagate as in torch.relu, and
-  // compilers turn the select into a vector blend.
-  return z > T(0) ? z : (z != z ? z : T(0));
+  // As torch.relu: NaN propagates (a comparison with NaN is false) and -0
+  // stays -0.
+  return z < T{} ? T{} : z;
 }
 
 // The tutorial computes input * w + b, then relu(.) * w_out, then
@@ -72,13 +76,21 @@ struct LossGrad {
   double grad;
 };
 
+// r * relu'(z), the residual where the output unit is active, else 0: half
+// the bias gradient of a point's squared error.
+template <typename T>
+BIASFIT_HD T active_residual(T z, T r) {
+  return z > T{} ? r : T{};
+}
+
 // From h = hidden(x): trainers may compute h once per fit, since only the
 // bias changes between epochs; the result is the same bits either way.
 template <typename T>
 BIASFIT_HD LossGrad loss_grad_from_hidden(T h, T y, T bias) {
   const T z = h + bias;
-  const double r = double(relu(z) - y);
-  return {r * r, z > T(0) ? 2.0 * r : 0.0};
+  const T r = relu(z) - y;
+  const double rd = double(r);
+  return {rd * rd, 2.0 * double(active_residual(z, r))};
 }
 
 template <typename T>

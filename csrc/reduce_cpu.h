@@ -22,11 +22,37 @@ constexpr int kLanes = 8;
 
 inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
+// One chunk's running sums: point i adds into lane i % kLanes, and the lanes
+// are combined in a fixed tree. Kernels that vectorize by hand (cpu.cpp) fill
+// the lanes themselves and finish with the same tail and tree.
+struct Lanes {
+  double loss[kLanes] = {};
+  double grad[kLanes] = {};
+
+  // Adds points [i, end), fewer than kLanes, into lanes 0, 1, ..., then
+  // combines the lanes.
+  template <typename Point>
+  BIASFIT_HD LossGrad finish(const Point& point, int64_t i, int64_t end) {
+    for (int k = 0; i < end; ++i, ++k) {
+      const LossGrad p = point(i);
+      loss[k] += p.loss;
+      grad[k] += p.grad;
+    }
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int k = 0; k < width; ++k) {
+        loss[k] += loss[k + width];
+        grad[k] += grad[k + width];
+      }
+    }
+    return {loss[0], grad[0]};
+  }
+};
+
 // Sum of point(i) for i in [begin, end), point(i) -> LossGrad. Inlined into
 // each per-instruction-set kernel in cpu.cpp.
 template <typename Point>
 BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end) {
-  double loss[kLanes] = {}, grad[kLanes] = {};
+  Lanes lanes;
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     // Forced: gcc's cost model otherwise keeps short point functions (the
@@ -34,22 +60,11 @@ BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end) {
 #pragma omp simd
     for (int k = 0; k < kLanes; ++k) {
       const LossGrad p = point(i + k);
-      loss[k] += p.loss;
-      grad[k] += p.grad;
+      lanes.loss[k] += p.loss;
+      lanes.grad[k] += p.grad;
     }
   }
-  for (int k = 0; i < end; ++i, ++k) {
-    const LossGrad p = point(i);
-    loss[k] += p.loss;
-    grad[k] += p.grad;
-  }
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int k = 0; k < width; ++k) {
-      loss[k] += loss[k + width];
-      grad[k] += grad[k + width];
-    }
-  }
-  return {loss[0], grad[0]};
+  return lanes.finish(point, i, end);
 }
 
 // Adds the chunk sums pairwise in a fixed tree ((p0+p1)+(p2+p3))+...: as

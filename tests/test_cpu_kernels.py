@@ -1,0 +1,98 @@
+"""The CPU kernels' bit-level promises.
+
+The trainer (fit_sgd) sums each epoch with its own hand-vectorized loop over
+precomputed hidden values; fused_loss evaluates the whole network per point.
+Both must give the same bits, on AVX2 and on the baseline kernels that
+BIASFIT_CPU_KERNEL=baseline forces, for any thread count.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import biasfit
+from helpers import random_problem
+
+CHUNK = 1 << 14  # csrc/reduce_cpu.h's kChunk
+DTYPES = [torch.float32, torch.float64]
+
+
+def special_problem(n, dtype):
+    """random_problem with the values kernels get wrong: +-0 and points right
+    on the output relu's kink (hidden + bias == 0 for bias -2)."""
+    x, y, w, b = random_problem(n, dtype, "cpu", seed=n)
+    x[::97] = 0.0
+    y[::89] = -0.0
+    y[5::89] = 0.0
+    x[7::101] = 2.0 / 34.02  # the bottom unit alone, ~2: near the kink
+    return x, y, w, b
+
+
+LR, MOMENTUM = 1e-5, 0.5
+
+
+def fit_sgd(x, y, w, b, epochs):
+    return torch.ops.biasfit.fit_sgd(x, y, w, b, LR, MOMENTUM, 0.0, False, 0.0, False,
+                                     epochs, 0.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [5, 8, CHUNK + 3, 5 * CHUNK + 13])
+def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype):
+    # The same loop from Python: fused_loss's sums, sgd_step's rule.
+    x, y, w, b = special_problem(n, dtype)
+    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=6)
+    assert info.tolist() == [6, 2]  # every epoch ran
+    bias, buf = b, None
+    for epoch in range(6):
+        loss, grad = torch.ops.biasfit.fused_loss(x, y, w, bias)
+        assert biases[epoch].item() == bias.item()
+        assert losses[epoch].item() == loss.item()
+        bias, buf = torch.ops.biasfit.sgd_step(bias, grad, buf, LR, MOMENTUM, 0.0, False,
+                                               0.0, False)
+    assert final.item() == bias.item()
+
+
+def _sums_json(n):
+    """Every kernel's output on special_problem(n), exactly (float.hex)."""
+    out = {}
+    for dtype in DTYPES:
+        x, y, w, b = special_problem(n, dtype)
+        loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
+        sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b)
+        final, losses, _, _ = fit_sgd(x, y, w, b, epochs=4)
+        out[str(dtype)] = [v.hex() for v in
+                           [loss.item(), grad.item(), *sums.tolist(), final.item(),
+                            *losses.tolist()]]
+    return json.dumps(out)
+
+
+def test_baseline_kernels_give_the_avx2_bits():
+    if "avx2" not in open("/proc/cpuinfo").read():
+        pytest.skip("no AVX2 here: every run already takes the baseline kernels")
+    n = 3 * CHUNK + 21
+    code = ("import sys; sys.path.insert(0, %r); import test_cpu_kernels as t; "
+            "print(t._sums_json(%d))" % (os.path.dirname(__file__), n))
+    env = dict(os.environ, BIASFIT_CPU_KERNEL="baseline")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(_sums_json(n))
+
+
+def test_same_bits_for_any_thread_count():
+    x, y, w, b = random_problem(1_000_000, torch.float32, "cpu", seed=3)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
+            fit = biasfit.fit_fused(x, y, bias=-2.0, epochs=5, tol=0.0, lr=1e-7)
+            results.append((loss.item(), grad.item(), fit.losses, fit.final_bias))
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]
