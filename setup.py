@@ -65,7 +65,7 @@ def extension():
     # No FMA contraction: each point must round as eager PyTorch's separate
     # multiply and add do (see csrc/network.h).
     cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
-    sources = ["csrc/ops.cpp", "csrc/cpu.cpp"]
+    sources = ["csrc/ops.cpp", "csrc/cpu.cpp", "csrc/python.cpp"]
     macros = []
     kwargs = {}
     if with_cuda:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import distributed
+from . import _C, distributed
 from .model import TUTORIAL_WEIGHTS
 
 ENGINES = ("autograd", "fused")
@@ -167,29 +167,41 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     equal to fit(..., engine="autograd") with the same SGD settings.
     """
     _check_loop_args(lr, epochs, tol)
+    for name, value, optional in (("inputs", inputs, False), ("labels", labels, False),
+                                  ("weights", weights, True)):
+        if not (isinstance(value, torch.Tensor) or (optional and value is None)):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
     if weights is None:
         weights = tutorial_weights(inputs)
-    if not isinstance(bias, torch.Tensor):
-        bias = torch.scalar_tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
     if distributed.is_distributed():
+        if not isinstance(bias, torch.Tensor):
+            bias = torch.scalar_tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
         hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
                  "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
         local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
         return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
                            dict(hyper, weights=weights.tolist()))
-    final, losses, biases, info = torch.ops.biasfit.fit_sgd(
-        inputs, labels, weights, bias, float(lr), float(momentum), float(dampening),
-        bool(nesterov), float(weight_decay), bool(maximize), int(epochs), float(tol))
-    epoch, status = info.tolist()
-    seen = epoch if status == _EXHAUSTED else epoch + 1
-    loss_list = losses[:seen].tolist()
+    # _C.fit_sgd is torch.ops.biasfit.fit_sgd handing back Python values; for
+    # small data the op's own Python call would cost more than the fit.
+    epoch, status, final, losses, biases = _C.fit_sgd(
+        inputs, labels, weights, _start_bias(bias), float(lr), float(momentum),
+        float(dampening), bool(nesterov), float(weight_decay), bool(maximize), int(epochs),
+        float(tol))
     if callback is not None:  # replayed: the native loop has no Python in it
-        for e, (loss, b) in enumerate(zip(loss_list, biases[:seen].tolist())):
+        for e, (loss, b) in enumerate(zip(losses, biases)):
             callback(e, loss, b)
     if status == _LOSS_NONFINITE:
-        raise DivergedError(epoch, "the loss", loss_list[-1])
+        raise DivergedError(epoch, "the loss", losses[-1])
     if status == _BIAS_NONFINITE:
-        raise DivergedError(epoch, "final_bias", final.item())
-    return FitResult(epoch, final.item(), loss_list, status == _CONVERGED)
+        raise DivergedError(epoch, "final_bias", final)
+    return FitResult(epoch, final, losses, status == _CONVERGED)
 
 
+def _start_bias(bias) -> float:
+    if isinstance(bias, torch.Tensor):
+        if bias.numel() != 1:
+            raise ValueError(f"bias must hold one value, got {bias.numel()}")
+        return bias.item()
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+        raise TypeError(f"bias must be a number or a one-value tensor, got {bias!r}")
+    return float(bias)

@@ -1,7 +1,6 @@
-// The one registration point: op schemas, input checks, and the Python module
-// that loading the extension needs. Backends register their kernels under the
-// same names in cpu.cpp and cuda.cu.
-#include <Python.h>
+// The one registration point: op schemas and input checks. Backends register
+// their kernels under the same names in cpu.cpp and cuda.cu; python.cpp is
+// the Python module.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -182,10 +181,3 @@ TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
 #endif
 
 }  // namespace biasfit
-
-// Importing biasfit._C loads this library, which runs the registrations above.
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
-                               nullptr};
-  return PyModule_Create(&module);
-}

@@ -58,6 +58,27 @@ def test_fit_fused_rejects_bad_sgd_settings(kwargs, message):
         biasfit.fit_fused(X, Y, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(inputs=[0.0, 0.5, 1.0]), TypeError, "inputs must be a tensor, got list"),
+    (dict(labels=None), TypeError, "labels must be a tensor, got NoneType"),
+    (dict(weights=(1.0,) * 6), TypeError, "weights must be a tensor, got tuple"),
+    (dict(bias=torch.zeros(2)), ValueError, "bias must hold one value, got 2"),
+    (dict(bias="0"), TypeError, "bias must be a number or a one-value tensor, got '0'"),
+    (dict(labels=Y.double()), TypeError, "labels has dtype Double but inputs has dtype Float"),
+])
+def test_fit_fused_rejects_bad_arguments(kwargs, error, message):
+    args = dict(inputs=X, labels=Y)
+    args.update(kwargs)
+    inputs, labels = args.pop("inputs"), args.pop("labels")
+    with pytest.raises(error, match=message):
+        biasfit.fit_fused(inputs, labels, **args)
+
+
+def test_fit_fused_takes_the_bias_as_a_number_or_a_tensor():
+    as_tensor = biasfit.fit_fused(X, Y, bias=torch.tensor(-1.0, dtype=torch.float64))
+    assert biasfit.fit_fused(X, Y, bias=-1) == as_tensor
+
+
 def test_fit_rejects_an_unknown_engine():
     with pytest.raises(ValueError, match="engine must be one of"):
         biasfit.fit(biasfit.BasicNN(), X, Y, engine="turbo")
