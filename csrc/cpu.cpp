@@ -11,7 +11,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
+#include "active_set_cpu.h"
 #include "fit.h"
 #include "network.h"
 #include "ops.h"
@@ -129,6 +131,13 @@ __attribute__((target("avx2,fma"))) LossGrad chunk_avx2(
 const bool kHasAvx2 = __builtin_cpu_supports("avx2") &&
                       __builtin_cpu_supports("fma") && !baseline_forced();
 
+// BIASFIT_TRAINER_REGROUP=0 makes the trainer sum every chunk of the data in
+// its own order each epoch: to measure the regrouping both ways.
+bool regrouping_enabled() {
+  const char* pick = std::getenv("BIASFIT_TRAINER_REGROUP");
+  return pick == nullptr || std::strcmp(pick, "0") != 0;
+}
+
 template <typename Point>
 LossGrad sum_points(const Point& p, int64_t n,
                     std::vector<LossGrad>& scratch) {
@@ -141,39 +150,63 @@ LossGrad sum_points(const Point& p, int64_t n,
       scratch);
 }
 
-// The trainer's epochs, all in one OpenMP parallel region: each thread sums
-// the same chunks every epoch (so its share of the data stays in its own
-// caches), one thread combines the chunk sums and steps, and two barriers an
-// epoch replace a fork and join. The chunks and the tree that combines them
-// are deterministic_sum's, so every epoch's sums are fused_loss's bits for
+template <typename Point>
+LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end) {
+  return kHasAvx2 ? chunk_avx2(p, begin, end) : chunk_baseline(p, begin, end);
+}
+
+// When the trainer regroups points (active_set_cpu.h): large enough data that
+// an epoch has several chunks to skip, and epochs enough to repay the two
+// passes of regrouping (~2 epochs' worth).
+constexpr int64_t kRegroupMinChunks = 4;
+constexpr int64_t kRegroupMinEpochs = 16;
+
+// The trainer's epochs, all in one OpenMP parallel region: one thread
+// combines the chunk sums and steps, and two barriers an epoch replace a
+// fork and join. The chunks that must be summed are split evenly among the
+// threads; the rest come from `set` (if any). The chunks and the tree that
+// combines them are deterministic_sum's, so the sums are the same bits for
 // any number of threads.
 template <typename T>
-void run_epochs(PointLossFromHidden<T> point, int64_t n, FitState<T>& state,
+void run_epochs(PointLossFromHidden<T> point, int64_t n,
+                const ActiveSet<T>* set, FitState<T>& state,
                 const FitOptions& opt, T* losses, T* biases) {
   const int64_t chunks = num_chunks(n);
-  if (chunks == 1 || at::get_num_threads() == 1 || at::in_parallel_region()) {
-    std::vector<LossGrad> scratch;
+  if (chunks == 1) {
     while (state.status == kRunning) {
       point.bias = state.bias;
-      state.end_epoch(sum_points(point, n, scratch), opt, losses, biases);
+      state.end_epoch(sum_chunk(point, 0, n), opt, losses, biases);
     }
     return;
   }
+  auto known = [&](int64_t c, T bias) -> const LossGrad* {
+    return set != nullptr ? set->known_sums(c, bias) : nullptr;
+  };
   std::vector<LossGrad> partials(chunks);
-  const int threads = int(std::min<int64_t>(at::get_num_threads(), chunks));
+  const int threads =
+      at::in_parallel_region()
+          ? 1
+          : int(std::min<int64_t>(at::get_num_threads(), chunks));
 #pragma omp parallel num_threads(threads) firstprivate(point)
   {
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t first = chunks * t / nt, last = chunks * (t + 1) / nt;
     // state is written only inside `single`, whose closing barrier comes
     // before any thread reads it again.
     while (state.status == kRunning) {
       point.bias = state.bias;
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t begin = c * kChunk;
-        const int64_t end = std::min(begin + kChunk, n);
-        partials[c] = kHasAvx2 ? chunk_avx2(point, begin, end)
-                               : chunk_baseline(point, begin, end);
+      int64_t todo = 0;
+      for (int64_t c = 0; c < chunks; ++c) todo += known(c, point.bias) == nullptr;
+      const int64_t mine_from = todo * t / nt, mine_to = todo * (t + 1) / nt;
+      for (int64_t c = 0, j = 0; c < chunks; ++c) {
+        if (const LossGrad* sums = known(c, point.bias)) {
+          if (c % nt == t) partials[c] = *sums;
+        } else {
+          if (j >= mine_from && j < mine_to) {
+            const int64_t begin = c * kChunk;
+            partials[c] = sum_chunk(point, begin, std::min(begin + kChunk, n));
+          }
+          ++j;
+        }
       }
 #pragma omp barrier
 #pragma omp single
@@ -307,10 +340,20 @@ FitOutputs fit_sgd_cpu(const at::Tensor& inputs, const at::Tensor& labels,
     scalar_t* h = hidden_x.data_ptr<scalar_t>();
     map_points(call.x.data_ptr<scalar_t>(), h, n,
                [&](scalar_t xi) { return hidden(xi, w); });
-    const PointLossFromHidden<scalar_t> point{h, call.y.data_ptr<scalar_t>(),
-                                              scalar_t(0)};
+    PointLossFromHidden<scalar_t> point{h, call.y.data_ptr<scalar_t>(),
+                                        scalar_t(0)};
+    std::optional<ActiveSet<scalar_t>> set;
+    if (num_chunks(n) >= kRegroupMinChunks && epochs >= kRegroupMinEpochs &&
+        regrouping_enabled()) {
+      set = ActiveSet<scalar_t>::build(point.h, point.y, n, point,
+                                       sum_chunk<PointLossFromHidden<scalar_t>>);
+      point.h = set->h.data_ptr<scalar_t>();
+      point.y = set->y.data_ptr<scalar_t>();
+      hidden_x = at::Tensor();  // regrouped: the original order is done with
+    }
     auto state = FitState<scalar_t>::start(load_bias<scalar_t>(bias), epochs);
-    run_epochs(point, n, state, call.opt, call.losses.data_ptr<scalar_t>(),
+    run_epochs(point, n, set ? &*set : nullptr, state, call.opt,
+               call.losses.data_ptr<scalar_t>(),
                call.biases.data_ptr<scalar_t>());
     *call.final_bias.data_ptr<scalar_t>() = state.bias;
     call.info.data_ptr<int64_t>()[0] = state.epoch;

@@ -56,6 +56,56 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype):
     assert final.item() == bias.item()
 
 
+def regrouped_order(x, w):
+    """csrc/active_set_cpu.h's order: a stable sort on the top 12 bits of an
+    order-preserving key of float32(hidden(x))."""
+    w00, b00, w01, w10, b10, w11 = w
+    h = (x * w00 + b00).relu() * w01 + (x * w10 + b10).relu() * w11  # network.h's order
+    u = h.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    key = torch.where(u >= 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000) >> 20
+    return torch.sort(key, stable=True).indices
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype):
+    # Large and long enough for the trainer to regroup the points by hidden
+    # value and skip chunks whose output units are all off: its epochs are
+    # fused_loss over the regrouped points, bit for bit.
+    n = 6 * CHUNK + 5
+    x, y, w, b = special_problem(n, dtype)
+    b = torch.tensor(-8.0, dtype=dtype)  # a few chunks on, most off
+    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=20)
+    assert info.tolist() == [20, 2]
+    perm = regrouped_order(x, w)
+    xp, yp = x[perm], y[perm]
+    bias, buf = b, None
+    for epoch in range(20):
+        loss, grad = torch.ops.biasfit.fused_loss(xp, yp, w, bias)
+        assert biases[epoch].item() == bias.item()
+        assert losses[epoch].item() == loss.item()
+        bias, buf = torch.ops.biasfit.sgd_step(bias, grad, buf, LR, MOMENTUM, 0.0, False,
+                                               0.0, False)
+    # ... and the original order's sums up to the order of additions.
+    for loss, bias in zip(losses.tolist(), biases):
+        want = torch.ops.biasfit.fused_loss(x, y, w, bias)[0].item()
+        assert loss == pytest.approx(want, rel=1e-6 if dtype == torch.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_regrouped_trainer_with_non_finite_inputs(bad):
+    n = 5 * CHUNK
+    x, y, w, b = special_problem(n, torch.float64)
+    x[n // 2] = bad  # hidden: NaN for NaN and +inf, 0 for -inf
+    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=20)
+    loss0 = torch.ops.biasfit.fused_loss(x, y, w, b)[0].item()
+    if bad == -float("inf"):
+        assert info.tolist() == [20, 2]
+        assert losses[0].item() == pytest.approx(loss0, rel=1e-13)
+    else:
+        assert info.tolist() == [0, 3]  # the loss was NaN at epoch 0
+        assert losses[0].isnan() and loss0 != loss0
+
+
 def _sums_json(n):
     """Every kernel's output on special_problem(n), exactly (float.hex)."""
     out = {}
@@ -91,7 +141,8 @@ def test_same_bits_for_any_thread_count():
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
-            fit = biasfit.fit_fused(x, y, bias=-2.0, epochs=5, tol=0.0, lr=1e-7)
+            # 20 epochs: the trainer regroups and splits the chunks it sums.
+            fit = biasfit.fit_fused(x, y, bias=-2.0, epochs=20, tol=0.0, lr=1e-7)
             results.append((loss.item(), grad.item(), fit.losses, fit.final_bias))
     finally:
         torch.set_num_threads(before)
