@@ -42,8 +42,8 @@ inline uint32_t group_of(float h) {
   uint32_t u;
   std::memcpy(&u, &h, sizeof u);
   // Flipping the sign bit of positives and every bit of negatives makes the
-  // unsigned order the float order.
-  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  // unsigned order the float order (without a branch: signs are random).
+  u ^= uint32_t(int32_t(u) >> 31) | 0x80000000u;
   return u >> (32 - kKeyBits);
 }
 

@@ -18,6 +18,9 @@ from helpers import random_problem
 
 CHUNK = 1 << 14  # csrc/reduce_cpu.h's kChunk
 DTYPES = [torch.float32, torch.float64]
+# Fits this long over >= 4 chunks regroup the points (csrc/cpu.cpp's
+# kRegroupMinEpochs, kRegroupMinChunks).
+REGROUP_EPOCHS = 32
 
 
 def special_problem(n, dtype):
@@ -74,12 +77,12 @@ def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype):
     n = 6 * CHUNK + 5
     x, y, w, b = special_problem(n, dtype)
     b = torch.tensor(-8.0, dtype=dtype)  # a few chunks on, most off
-    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=20)
-    assert info.tolist() == [20, 2]
+    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=REGROUP_EPOCHS)
+    assert info.tolist() == [REGROUP_EPOCHS, 2]
     perm = regrouped_order(x, w)
     xp, yp = x[perm], y[perm]
     bias, buf = b, None
-    for epoch in range(20):
+    for epoch in range(REGROUP_EPOCHS):
         loss, grad = torch.ops.biasfit.fused_loss(xp, yp, w, bias)
         assert biases[epoch].item() == bias.item()
         assert losses[epoch].item() == loss.item()
@@ -96,10 +99,10 @@ def test_regrouped_trainer_with_non_finite_inputs(bad):
     n = 5 * CHUNK
     x, y, w, b = special_problem(n, torch.float64)
     x[n // 2] = bad  # hidden: NaN for NaN and +inf, 0 for -inf
-    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=20)
+    final, losses, biases, info = fit_sgd(x, y, w, b, epochs=REGROUP_EPOCHS)
     loss0 = torch.ops.biasfit.fused_loss(x, y, w, b)[0].item()
     if bad == -float("inf"):
-        assert info.tolist() == [20, 2]
+        assert info.tolist() == [REGROUP_EPOCHS, 2]
         assert losses[0].item() == pytest.approx(loss0, rel=1e-13)
     else:
         assert info.tolist() == [0, 3]  # the loss was NaN at epoch 0
@@ -141,8 +144,8 @@ def test_same_bits_for_any_thread_count():
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
-            # 20 epochs: the trainer regroups and splits the chunks it sums.
-            fit = biasfit.fit_fused(x, y, bias=-2.0, epochs=20, tol=0.0, lr=1e-7)
+            # The trainer regroups and splits the chunks it sums.
+            fit = biasfit.fit_fused(x, y, bias=-2.0, epochs=REGROUP_EPOCHS, tol=0.0, lr=1e-7)
             results.append((loss.item(), grad.item(), fit.losses, fit.final_bias))
     finally:
         torch.set_num_threads(before)
