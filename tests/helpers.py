@@ -21,3 +21,28 @@ def random_problem(n, dtype, device, seed=0):
 def rel_err(a, b):
     a, b = float(a), float(b)
     return abs(a - b) / max(abs(b), 1e-300)
+
+
+# The CPU trainer regroups the points by hidden value (csrc/active_set_cpu.h)
+# for fits of at least this many epochs over at least this many chunks
+# (csrc/cpu.cpp's kRegroupMinEpochs, kRegroupMinChunks; reduce_cpu.h's kChunk).
+REGROUP_EPOCHS, REGROUP_CHUNKS, CHUNK = 32, 4, 1 << 14
+
+
+def regrouped_order(x, w):
+    """csrc/active_set_cpu.h's order: a stable sort on the top 12 bits of an
+    order-preserving key of float32(hidden(x))."""
+    w00, b00, w01, w10, b10, w11 = w
+    h = (x * w00 + b00).relu() * w01 + (x * w10 + b10).relu() * w11  # network.h's order
+    u = h.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    key = torch.where(u >= 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000) >> 20
+    return torch.sort(key, stable=True).indices
+
+
+def cpu_trainer_order(x, w, epochs):
+    """The order in which the CPU trainer sums x's points in a fit of
+    `epochs` epochs: regrouped_order or x's own (None)."""
+    chunks = -(-x.numel() // CHUNK)
+    if x.device.type == "cpu" and epochs >= REGROUP_EPOCHS and chunks >= REGROUP_CHUNKS:
+        return regrouped_order(x, w)
+    return None

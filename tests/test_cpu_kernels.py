@@ -14,13 +14,9 @@ import pytest
 import torch
 
 import biasfit
-from helpers import random_problem
+from helpers import CHUNK, REGROUP_EPOCHS, random_problem, regrouped_order
 
-CHUNK = 1 << 14  # csrc/reduce_cpu.h's kChunk
 DTYPES = [torch.float32, torch.float64]
-# Fits this long over >= 4 chunks regroup the points (csrc/cpu.cpp's
-# kRegroupMinEpochs, kRegroupMinChunks).
-REGROUP_EPOCHS = 32
 
 
 def special_problem(n, dtype):
@@ -57,16 +53,6 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype):
         bias, buf = torch.ops.biasfit.sgd_step(bias, grad, buf, LR, MOMENTUM, 0.0, False,
                                                0.0, False)
     assert final.item() == bias.item()
-
-
-def regrouped_order(x, w):
-    """csrc/active_set_cpu.h's order: a stable sort on the top 12 bits of an
-    order-preserving key of float32(hidden(x))."""
-    w00, b00, w01, w10, b10, w11 = w
-    h = (x * w00 + b00).relu() * w01 + (x * w10 + b10).relu() * w11  # network.h's order
-    u = h.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    key = torch.where(u >= 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000) >> 20
-    return torch.sort(key, stable=True).indices
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
