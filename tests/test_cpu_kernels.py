@@ -113,11 +113,12 @@ def test_baseline_kernels_give_the_avx2_bits():
     if "avx2" not in open("/proc/cpuinfo").read():
         pytest.skip("no AVX2 here: every run already takes the baseline kernels")
     n = 3 * CHUNK + 21
-    code = ("import sys; sys.path.insert(0, %r); import test_cpu_kernels as t; "
-            "print(t._sums_json(%d))" % (os.path.dirname(__file__), n))
+    code = "import test_cpu_kernels as t; print(t._sums_json(%d))" % n
     env = dict(os.environ, BIASFIT_CPU_KERNEL="baseline")
+    # Run from tests/, which `python -c` puts first on sys.path: from the
+    # repository root, `import biasfit` would find the unbuilt source tree.
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == json.loads(_sums_json(n))
 
