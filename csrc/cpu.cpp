@@ -144,11 +144,9 @@ LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end) {
 }
 
 template <typename Point>
-LossGrad sum_points(const Point& p, int64_t n,
-                    std::vector<LossGrad>& scratch) {
+LossGrad sum_points(const Point& p, int64_t n) {
   return deterministic_sum(
-      n, [&](int64_t begin, int64_t end) { return sum_chunk(p, begin, end); },
-      scratch);
+      n, [&](int64_t begin, int64_t end) { return sum_chunk(p, begin, end); });
 }
 
 // When the trainer regroups points (active_set_cpu.h): large enough data that
@@ -258,16 +256,14 @@ LossGrad checked_loss_grad_sum(const at::Tensor& inputs,
   const at::Tensor y = strided ? labels : labels.contiguous();
   LossGrad sum{};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fused_loss", [&] {
-    std::vector<LossGrad> scratch;
     const Weights<scalar_t> w = load_weights<scalar_t>(weights);
     const scalar_t b = load_bias<scalar_t>(bias);
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* yp = y.data_ptr<scalar_t>();
     sum = strided ? sum_points(PointLossStrided<scalar_t>{xp, x.stride(0), yp,
                                                           y.stride(0), w, b},
-                               x.numel(), scratch)
-                  : sum_points(PointLoss<scalar_t>{xp, yp, w, b}, x.numel(),
-                               scratch);
+                               x.numel())
+                  : sum_points(PointLoss<scalar_t>{xp, yp, w, b}, x.numel());
   });
   return sum;
 }
@@ -309,11 +305,10 @@ at::Tensor predict_bias_grad_cpu(const at::Tensor& grad_out,
   at::Tensor total = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::predict_bias_grad",
                              [&] {
-    std::vector<LossGrad> scratch;
     const PointBiasGrad<scalar_t> point{
         g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
         load_weights<scalar_t>(weights), load_bias<scalar_t>(bias)};
-    *total.data_ptr<scalar_t>() = scalar_t(sum_points(point, x.numel(), scratch).grad);
+    *total.data_ptr<scalar_t>() = scalar_t(sum_points(point, x.numel()).grad);
   });
   return total;
 }

@@ -82,15 +82,12 @@ inline LossGrad pairwise_total(std::vector<LossGrad>& partials) {
   return partials[0];
 }
 
-// Sum over [0, n) of chunk(begin, end), which sums one chunk. `partials` is
-// scratch space, reused across calls by the trainer so an epoch allocates
-// nothing.
+// Sum over [0, n) of chunk(begin, end), which sums one chunk.
 template <typename ChunkFn>
-LossGrad deterministic_sum(int64_t n, const ChunkFn& chunk,
-                           std::vector<LossGrad>& partials) {
+LossGrad deterministic_sum(int64_t n, const ChunkFn& chunk) {
   const int64_t chunks = num_chunks(n);
   if (chunks == 1) return chunk(0, n);
-  partials.resize(chunks);
+  std::vector<LossGrad> partials(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     for (int64_t c = first; c < last; ++c) {
       const int64_t begin = c * kChunk;
