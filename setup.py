@@ -1,24 +1,59 @@
-"""Builds biasfit._C with torch.utils.cpp_extension against the installed torch.
+"""Builds biasfit's two extension modules with torch.utils.cpp_extension.
+
+  biasfit._C       the ops (torch.ops.biasfit), on PyTorch's stable ABI
+                   (TORCH_TARGET_VERSION = TORCH_FLOOR of biasfit/_version.py)
+                   and Python's limited API: one binary serves every torch
+                   from the floor up.
+  biasfit._direct  fit_fused's direct call into the CPU trainer (pybind11,
+                   no torch types, so it is tied to the CPython only).
+
+Nothing is written into the source tree except by an editable install: the
+build folder is a temporary one (or BIASFIT_BUILD_DIR, kept, for fast
+rebuilds).
 
 Environment overrides:
-  BIASFIT_CUDA=0|1     force a CPU-only build, or insist on the CUDA sources
-                       (default: build them when nvcc and a CUDA torch exist)
+  BIASFIT_CUDA=0|1     force a CPU-only build, or insist on the CUDA kernels
+                       (default: build them when build_backend/cuda_toolkit.py
+                       finds a CUDA torch and a toolkit of its major version)
+  CUDA_HOME            the CUDA toolkit to use
   TORCH_CUDA_ARCH_LIST the GPU architectures (default: sm_80, sm_90, plus PTX
                        of the newest so later GPUs can JIT it)
   BIASFIT_DEBUG=1      -O0 -g instead of -O3
+  BIASFIT_BUILD_DIR    where build files go (default: a temporary folder)
 """
+import atexit
 import os
+import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
-import torch
-from setuptools import setup
-from torch.utils import cpp_extension
+from setuptools import Extension, setup
 
-ROOT = Path(__file__).parent
-CSRC = ROOT / "csrc"
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "build_backend"))
+import cuda_toolkit  # noqa: E402
+
 # Default TORCH_CUDA_ARCH_LIST: SASS for sm_80 and sm_90, and sm_90's PTX,
 # which the driver JIT-compiles for newer GPUs.
 CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def version_info():
+    text = (ROOT / "biasfit" / "_version.py").read_text()
+    version = re.search(r'^__version__ = "(.+)"', text, re.M).group(1)
+    floor = re.search(r'^TORCH_FLOOR = "(\d+)\.(\d+)"', text, re.M)
+    return version, (int(floor.group(1)), int(floor.group(2)))
+
+
+VERSION, TORCH_FLOOR = version_info()
+
+
+def torch_target_macro() -> str:
+    """TORCH_TARGET_VERSION for the floor: major and minor in the top bytes."""
+    major, minor = TORCH_FLOOR
+    return f"-DTORCH_TARGET_VERSION=0x{major:02x}{minor:02x}000000000000"
 
 
 def cuda_arch_list() -> str:
@@ -36,56 +71,86 @@ def nvcc_flags(opt):
     return opt + ["--fmad=false"]
 
 
-def want_cuda() -> bool:
+def cuda_toolkit_to_use(torch):
+    """The toolkit's folder for a CUDA build, or None for a CPU-only one."""
     forced = os.environ.get("BIASFIT_CUDA")
-    have = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-    if forced is None:
-        return have
-    if forced == "1" and not have:
-        raise RuntimeError(
-            "BIASFIT_CUDA=1 but no CUDA build can be made here: torch "
-            f"{torch.__version__} (CUDA {torch.version.cuda}), CUDA_HOME="
-            f"{cpp_extension.CUDA_HOME}")
-    return forced == "1"
+    if forced == "0":
+        return None
+    found = cuda_toolkit.find(torch.__version__, torch.version.cuda)
+    if found.home is None:
+        if forced == "1":
+            raise SystemExit(f"biasfit: BIASFIT_CUDA=1 but no CUDA build can be made: "
+                             f"{found.reason}")
+        print(f"biasfit: building without CUDA: {found.reason} "
+              f"({cuda_toolkit.HOW_TO_FORCE})", file=sys.stderr)
+    return found.home
 
 
-def write_build_info(with_cuda: bool) -> None:
-    # Read by biasfit/_native.py to refuse an extension built for another torch.
-    (ROOT / "biasfit" / "_build_info.py").write_text(
-        "# Written by setup.py at build time.\n"
-        f"TORCH_VERSION = {torch.__version__!r}\n"
-        f"WITH_CUDA = {with_cuda!r}\n")
+def extensions():
+    import pybind11
+    import torch
 
+    cuda_home = cuda_toolkit_to_use(torch)
+    if cuda_home is not None:
+        # cpp_extension reads CUDA_HOME when imported, and links from it.
+        os.environ["CUDA_HOME"] = str(cuda_home)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+    from torch.utils import cpp_extension
+    if cuda_home is not None:
+        cpp_extension.CUDA_HOME = str(cuda_home)
 
-def extension():
-    with_cuda = want_cuda()
-    write_build_info(with_cuda)
     debug = os.environ.get("BIASFIT_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No FMA contraction: each point must round as eager PyTorch's separate
     # multiply and add do (see csrc/network.h).
     cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
-    sources = ["csrc/ops.cpp", "csrc/cpu.cpp", "csrc/python.cpp"]
-    macros = []
-    kwargs = {}
-    if with_cuda:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
+    stable = [torch_target_macro(),
+              '-DBIASFIT_TORCH_TARGET="{}.{}"'.format(*TORCH_FLOOR)]
+    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/cpu.cpp"]
+    kwargs = {"extra_compile_args": {"cxx": cxx + stable}}
+    make = cpp_extension.CppExtension
+    if cuda_home is not None:
         sources.append("csrc/cuda.cu")
-        macros.append(("BIASFIT_WITH_CUDA", None))
-        kwargs["extra_compile_args"] = {"cxx": cxx, "nvcc": nvcc_flags(opt)}
-        ext_type = cpp_extension.CUDAExtension
-    else:
-        kwargs["extra_compile_args"] = {"cxx": cxx}
-        ext_type = cpp_extension.CppExtension
-    return ext_type(
-        "biasfit._C", sources, define_macros=macros,
-        extra_link_args=["-fopenmp"], **kwargs)
+        kwargs["define_macros"] = [("BIASFIT_WITH_CUDA", None)]
+        kwargs["extra_compile_args"]["nvcc"] = nvcc_flags(opt) + stable
+        make = cpp_extension.CUDAExtension
+    ops = make("biasfit._C", sources, py_limited_api=True,
+               extra_link_args=["-fopenmp"], **kwargs)
+    direct = Extension(
+        "biasfit._direct", ["csrc/direct.cpp"], language="c++",
+        include_dirs=[pybind11.get_include()],
+        extra_compile_args=cxx + ["-fvisibility=hidden"],
+        extra_link_args=["-fopenmp"])
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    return [ops, direct], {"build_ext": build_ext}
 
 
-# Guarded so that tools/check_cuda_compile.py can import the flags above;
-# pip's build backend runs this file as __main__.
+def build_folder() -> str:
+    """BIASFIT_BUILD_DIR, or a temporary folder removed when the build ends."""
+    if os.environ.get("BIASFIT_BUILD_DIR"):
+        return os.environ["BIASFIT_BUILD_DIR"]
+    folder = tempfile.mkdtemp(prefix="biasfit-build-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def torch_requirement() -> str:
+    return "torch>={}.{}".format(*TORCH_FLOOR)
+
+
+# Commands that only write metadata or the sdist need no torch; every build
+# does (bdist_wheel runs egg_info itself, after its own name on the line).
+METADATA_ONLY = {"sdist", "egg_info", "dist_info"}
+
 if __name__ == "__main__":
+    metadata_only = bool(METADATA_ONLY & set(sys.argv[1:2]))
+    ext_modules, cmdclass = ([], {}) if metadata_only else extensions()
+    folder = build_folder()
     setup(
-        ext_modules=[extension()],
-        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+        version=VERSION,
+        install_requires=[torch_requirement(), "tqdm>=4.60"],
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        options={"build": {"build_base": os.path.join(folder, "build")},
+                 "egg_info": {"egg_base": folder}},
     )

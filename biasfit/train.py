@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _C, distributed
+from . import _direct, distributed
 from .model import TUTORIAL_WEIGHTS
 
 ENGINES = ("autograd", "fused")
@@ -181,12 +181,16 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
         local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
         return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
                            dict(hyper, weights=weights.tolist()))
-    # _C.fit_sgd is torch.ops.biasfit.fit_sgd handing back Python values; for
-    # small data the op's own Python call would cost more than the fit.
-    epoch, status, final, losses, biases = _C.fit_sgd(
-        inputs, labels, weights, _start_bias(bias), float(lr), float(momentum),
-        float(dampening), bool(nesterov), float(weight_decay), bool(maximize), int(epochs),
-        float(tol))
+    args = (_start_bias(bias), float(lr), float(momentum), float(dampening),
+            bool(nesterov), float(weight_decay), bool(maximize), int(epochs), float(tol))
+    if _direct_ok(inputs, labels, weights):
+        # The CPU trainer called directly: for small data the op's own call
+        # (boxing, four result tensors, .tolist()) would cost more than the fit.
+        epoch, status, final, losses, biases = _direct.fit_sgd(
+            inputs.data_ptr(), labels.data_ptr(), inputs.numel(), weights.data_ptr(),
+            inputs.dtype is torch.float64, *args, torch.get_num_threads())
+    else:
+        epoch, status, final, losses, biases = _fit_sgd_op(inputs, labels, weights, *args)
     if callback is not None:  # replayed: the native loop has no Python in it
         for e, (loss, b) in enumerate(zip(losses, biases)):
             callback(e, loss, b)
@@ -195,6 +199,33 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     if status == _BIAS_NONFINITE:
         raise DivergedError(epoch, "final_bias", final)
     return FitResult(epoch, final, losses, status == _CONVERGED)
+
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _direct_ok(inputs, labels, weights) -> bool:
+    """Whether _direct.fit_sgd may read these tensors' memory as they are.
+
+    Only what the raw call needs (contiguous CPU data of one float dtype and
+    matching shapes): anything else goes to the op, whose checks
+    (csrc/checks.cpp) name what is wrong."""
+    return (inputs.is_cpu and labels.is_cpu and weights.is_cpu
+            and inputs.dtype in _FLOAT_DTYPES and labels.dtype is inputs.dtype
+            and weights.dtype is inputs.dtype and weights.numel() == 6
+            and inputs.shape == labels.shape and inputs.numel() > 0
+            and inputs.is_contiguous() and labels.is_contiguous()
+            and weights.is_contiguous())
+
+
+def _fit_sgd_op(inputs, labels, weights, bias, *options):
+    """torch.ops.biasfit.fit_sgd (any device) with _direct.fit_sgd's results."""
+    final, losses, biases, info = torch.ops.biasfit.fit_sgd(
+        inputs, labels, weights, torch.tensor(bias, dtype=inputs.dtype, device=inputs.device),
+        *options)
+    epoch, status = info.tolist()
+    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
+    return epoch, status, final.item(), losses[:seen].tolist(), biases[:seen].tolist()
 
 
 def _start_bias(bias) -> float:

@@ -18,10 +18,6 @@
 // the order of additions.
 #pragma once
 
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -49,7 +45,7 @@ inline uint32_t group_of(float h) {
 
 template <typename T>
 struct ActiveSet {
-  at::Tensor h, y;              // the points, regrouped
+  std::vector<T> h, y;          // the points, regrouped
   std::vector<T> max_h;         // per chunk; NaN where some h is NaN
   std::vector<LossGrad> off;    // per chunk, its sums with every unit off
 
@@ -63,20 +59,18 @@ struct ActiveSet {
   // is a PointLossFromHidden, pointed here at the regrouped points.
   template <typename Point, typename ChunkFn>
   static ActiveSet build(const T* h, const T* y, int64_t n, Point point,
-                         const ChunkFn& chunk) {
+                         const ChunkFn& chunk, int threads) {
     ActiveSet set;
-    set.h = at::empty({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-    set.y = at::empty({n}, set.h.options());
-    T* h_out = set.h.template data_ptr<T>();
-    T* y_out = set.y.template data_ptr<T>();
+    set.h.resize(n);
+    set.y.resize(n);
+    T* h_out = set.h.data();
+    T* y_out = set.y.data();
     auto piece = [n](int64_t p) { return n * p / kPieces; };
     std::vector<int64_t> next(kPieces * kBuckets, 0);
-    at::parallel_for(0, kPieces, 1, [&](int64_t first, int64_t last) {
-      for (int64_t p = first; p < last; ++p) {
-        int64_t* count = &next[p * kBuckets];
-        for (int64_t i = piece(p); i < piece(p + 1); ++i) {
-          ++count[group_of(float(h[i]))];
-        }
+    parallel_items(kPieces, threads, [&](int64_t p) {
+      int64_t* count = &next[p * kBuckets];
+      for (int64_t i = piece(p); i < piece(p + 1); ++i) {
+        ++count[group_of(float(h[i]))];
       }
     });
     // Where each (group, piece) starts: groups in order, pieces in order
@@ -89,14 +83,12 @@ struct ActiveSet {
         start += count;
       }
     }
-    at::parallel_for(0, kPieces, 1, [&](int64_t first, int64_t last) {
-      for (int64_t p = first; p < last; ++p) {
-        int64_t* to = &next[p * kBuckets];
-        for (int64_t i = piece(p); i < piece(p + 1); ++i) {
-          const int64_t j = to[group_of(float(h[i]))]++;
-          h_out[j] = h[i];
-          y_out[j] = y[i];
-        }
+    parallel_items(kPieces, threads, [&](int64_t p) {
+      int64_t* to = &next[p * kBuckets];
+      for (int64_t i = piece(p); i < piece(p + 1); ++i) {
+        const int64_t j = to[group_of(float(h[i]))]++;
+        h_out[j] = h[i];
+        y_out[j] = y[i];
       }
     });
     const int64_t chunks = num_chunks(n);
@@ -107,18 +99,16 @@ struct ActiveSet {
     point.h = h_out;
     point.y = y_out;
     point.bias = -std::numeric_limits<T>::infinity();
-    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-      for (int64_t c = first; c < last; ++c) {
-        const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
-        T top = -std::numeric_limits<T>::infinity();
-        bool nan = false;
-        for (int64_t i = begin; i < end; ++i) {
-          nan |= h_out[i] != h_out[i];
-          top = h_out[i] > top ? h_out[i] : top;
-        }
-        set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
-        set.off[c] = chunk(point, begin, end);
+    parallel_items(chunks, threads, [&](int64_t c) {
+      const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
+      T top = -std::numeric_limits<T>::infinity();
+      bool nan = false;
+      for (int64_t i = begin; i < end; ++i) {
+        nan |= h_out[i] != h_out[i];
+        top = h_out[i] > top ? h_out[i] : top;
       }
+      set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
+      set.off[c] = chunk(point, begin, end);
     });
     return set;
   }

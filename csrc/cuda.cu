@@ -1,26 +1,27 @@
 // CUDA kernels: the ops of cpu.cpp over the same math (network.h, sgd.h,
 // fit.h) and the same input checks (ops.cpp); sums via reduce_cuda.cuh.
 //
-// Every launch goes on the current stream of the inputs' device (what
-// at::cuda::getCurrentCUDAStream returns; c10::cuda's is the same function,
-// without CUDAContext.h's cuBLAS/cuSPARSE headers), and nothing here waits
-// for the GPU: scalars such as the bias are read by the kernels from device
-// memory, never copied to the host.
-#include <ATen/Dispatch.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+// Every launch goes on torch's current stream of the inputs' device, and
+// nothing here waits for the GPU: scalars such as the bias are read by the
+// kernels from device memory, never copied to the host. Host code uses only
+// torch's stable ABI, as the CPU ops do.
+#ifndef USE_CUDA
+#define USE_CUDA  // declares the CUDA parts of torch's C shim
+#endif
+#include <cuda_runtime.h>
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/macros.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <utility>
 
+#include "checks.h"
 #include "fit.h"
 #include "network.h"
-#include "ops.h"
 #include "reduce_cuda.cuh"
 
 namespace biasfit {
@@ -31,11 +32,23 @@ static_assert(sizeof(LossGrad) == 2 * sizeof(double),
               "partials are allocated as pairs of doubles");
 
 // Only reachable by redispatching with CPU tensors: the dispatcher sends a
-// call here when any argument is on CUDA, and the checks in ops.cpp have
+// call here when any argument is on CUDA, and the checks in checks.cpp have
 // already put every argument on inputs' device.
-void check_on_cuda(const at::Tensor& inputs) {
-  TORCH_CHECK_VALUE(inputs.is_cuda(), "biasfit: the CUDA kernel got inputs on ",
-                    inputs.device(), "; pass CUDA tensors");
+void check_on_cuda(const Tensor& inputs) {
+  if (!inputs.is_cuda()) {
+    fail("the CUDA kernel got inputs on ", device_name(inputs),
+         "; pass CUDA tensors");
+  }
+}
+
+using torch::stable::accelerator::DeviceGuard;
+
+// torch's current stream on `t`'s device (torch.cuda.current_stream()).
+cudaStream_t current_stream(const Tensor& t) {
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
+  return static_cast<cudaStream_t>(stream);
 }
 
 template <typename T>
@@ -46,11 +59,11 @@ bool aligned16(const T* p) {
 // Points i of a and b at a[i * a_step], b[i * b_step]: a step is the
 // stride of a 1-D view, 1 for anything contiguous.
 template <typename T>
-Inputs<T> inputs_of(const at::Tensor& a, const at::Tensor& b) {
-  const auto step = [](const at::Tensor& t) {
+Inputs<T> inputs_of(const Tensor& a, const Tensor& b) {
+  const auto step = [](const Tensor& t) {
     return t.dim() == 1 ? t.stride(0) : int64_t(1);
   };
-  return {a.data_ptr<T>(), b.data_ptr<T>(), step(a), step(b), a.numel()};
+  return {data_of<T>(a), data_of<T>(b), step(a), step(b), a.numel()};
 }
 
 // 128-bit loads need dense, 16-byte aligned arrays.
@@ -60,15 +73,14 @@ bool dense_and_aligned(const Inputs<T>& in) {
          aligned16(in.b);
 }
 
-LossGrad* partials_of(at::Tensor& t) {
-  return reinterpret_cast<LossGrad*>(t.data_ptr<double>());
+LossGrad* partials_of(Tensor& t) {
+  return reinterpret_cast<LossGrad*>(data_of<double>(t));
 }
 
 // Scratch for one pass: grid_blocks(n) partial (loss, grad) pairs.
 template <typename T>
-at::Tensor new_partials(const at::Tensor& like, int64_t n) {
-  return at::empty({2 * int64_t(grid_blocks<T>(n))},
-                   like.options().dtype(at::kDouble));
+Tensor new_partials(const Tensor& like, int64_t n) {
+  return new_tensor(like, {2 * int64_t(grid_blocks<T>(n))}, ScalarType::Double);
 }
 
 // Points of fused_loss and of the trainer's epochs: (input, label).
@@ -132,22 +144,22 @@ void launch_partials(const Inputs<T>& in, const T* weights, const T* bias,
                                       : partial_sums_kernel<false, Point, T>;
   kernel<<<grid_blocks<T>(in.n), kThreads, 0, stream>>>(in, weights, bias,
                                                         status, partials);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 template <typename Sink>
 void launch_finish(const LossGrad* partials, int count, const Sink& sink,
                    cudaStream_t stream) {
   finish_kernel<<<1, kThreads, 0, stream>>>(partials, count, sink);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Both passes: sink(sum over i of point(a[i], b[i])), all on the device.
 template <typename Point, typename T, typename Sink>
 void sum_points(const Inputs<T>& in, const T* weights, const T* bias,
-                const Sink& sink, const at::Tensor& like) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor partials = new_partials<T>(like, in.n);
+                const Sink& sink, const Tensor& like) {
+  const cudaStream_t stream = current_stream(like);
+  Tensor partials = new_partials<T>(like, in.n);
   launch_partials<Point>(in, weights, bias, nullptr, partials_of(partials),
                          stream);
   launch_finish(partials_of(partials), grid_blocks<T>(in.n), sink, stream);
@@ -169,20 +181,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-at::Tensor predict_cuda(const at::Tensor& inputs, const at::Tensor& weights,
-                        const at::Tensor& bias) {
+Tensor predict_cuda(const Tensor& inputs, const Tensor& weights,
+                        const Tensor& bias) {
   check_predict_args(inputs, weights, bias);
   check_on_cuda(inputs);
-  const c10::cuda::CUDAGuard guard(inputs.device());
-  const at::Tensor x = inputs.contiguous(), w = weights.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::predict", [&] {
+  const DeviceGuard guard(inputs.get_device_index());
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor w = torch::stable::contiguous(weights);
+  Tensor out = new_tensor(x, x.sizes());
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
     // Elementwise, so the grid only sets how many points a thread takes.
     predict_kernel<<<grid_blocks<scalar_t>(x.numel()), kThreads, 0,
-                     c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), x.numel(), w.data_ptr<scalar_t>(),
-        bias.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                     current_stream(x)>>>(
+        data_of<scalar_t>(x), x.numel(), data_of<scalar_t>(w),
+        data_of<scalar_t>(bias), data_of<scalar_t>(out));
+    STD_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
@@ -192,67 +206,70 @@ at::Tensor predict_cuda(const at::Tensor& inputs, const at::Tensor& weights,
 // fused_loss's sums, handed to sink_for(scalar_t{}): a LossSink of the
 // data's type for fused_loss, of double for fused_loss_sums.
 template <typename SinkFor>
-void sum_losses(const at::Tensor& inputs, const at::Tensor& labels,
-                const at::Tensor& weights, const at::Tensor& bias,
+void sum_losses(const Tensor& inputs, const Tensor& labels,
+                const Tensor& weights, const Tensor& bias,
                 const SinkFor& sink_for) {
   check_loss_args(inputs, labels, weights, bias);
   check_on_cuda(inputs);
-  const c10::cuda::CUDAGuard guard(inputs.device());
+  const DeviceGuard guard(inputs.get_device_index());
   // As on the CPU, 1-D views are read in place; the same points in the same
   // order as a contiguous copy, so the same bits.
   const bool view = read_as_views(inputs, labels);
-  const at::Tensor x = view ? inputs : inputs.contiguous();
-  const at::Tensor y = view ? labels : labels.contiguous();
-  const at::Tensor w = weights.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::fused_loss", [&] {
+  const Tensor x = view ? inputs : torch::stable::contiguous(inputs);
+  const Tensor y = view ? labels : torch::stable::contiguous(labels);
+  const Tensor w = torch::stable::contiguous(weights);
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
     sum_points<LossPoint<scalar_t>>(
-        inputs_of<scalar_t>(x, y), w.data_ptr<scalar_t>(),
-        bias.data_ptr<scalar_t>(), sink_for(scalar_t{}), x);
+        inputs_of<scalar_t>(x, y), data_of<scalar_t>(w),
+        data_of<scalar_t>(bias), sink_for(scalar_t{}), x);
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> fused_loss_cuda(const at::Tensor& inputs,
-                                                   const at::Tensor& labels,
-                                                   const at::Tensor& weights,
-                                                   const at::Tensor& bias) {
+std::tuple<Tensor, Tensor> fused_loss_cuda(const Tensor& inputs,
+                                                   const Tensor& labels,
+                                                   const Tensor& weights,
+                                                   const Tensor& bias) {
   // Two tensors, not views of one: the schema promises fresh outputs.
-  at::Tensor loss = at::empty({}, inputs.options());
-  at::Tensor grad = at::empty({}, inputs.options());
+  Tensor loss = new_tensor(inputs, {});
+  Tensor grad = new_tensor(inputs, {});
   sum_losses(inputs, labels, weights, bias, [&](auto zero) {
     using T = decltype(zero);
-    return LossSink<T>{loss.data_ptr<T>(), grad.data_ptr<T>()};
+    return LossSink<T>{data_of<T>(loss), data_of<T>(grad)};
   });
   return {loss, grad};
 }
 
-at::Tensor fused_loss_sums_cuda(const at::Tensor& inputs,
-                                const at::Tensor& labels,
-                                const at::Tensor& weights,
-                                const at::Tensor& bias) {
-  at::Tensor sums = at::empty({2}, inputs.options().dtype(at::kDouble));
+Tensor fused_loss_sums_cuda(const Tensor& inputs,
+                                const Tensor& labels,
+                                const Tensor& weights,
+                                const Tensor& bias) {
+  Tensor sums = new_tensor(inputs, {2}, ScalarType::Double);
   sum_losses(inputs, labels, weights, bias, [&](auto) {
-    return LossSink<double>{sums.data_ptr<double>(),
-                            sums.data_ptr<double>() + 1};
+    return LossSink<double>{data_of<double>(sums),
+                            data_of<double>(sums) + 1};
   });
   return sums;
 }
 
-at::Tensor predict_bias_grad_cuda(const at::Tensor& grad_out,
-                                  const at::Tensor& inputs,
-                                  const at::Tensor& weights,
-                                  const at::Tensor& bias) {
+Tensor predict_bias_grad_cuda(const Tensor& grad_out,
+                                  const Tensor& inputs,
+                                  const Tensor& weights,
+                                  const Tensor& bias) {
   check_bias_grad_args(grad_out, inputs, weights, bias);
   check_on_cuda(inputs);
-  const c10::cuda::CUDAGuard guard(inputs.device());
-  const at::Tensor x = inputs.contiguous(), w = weights.contiguous();
-  const at::Tensor g = grad_out.to(x.scalar_type()).contiguous();
-  at::Tensor total = at::empty({}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "biasfit::predict_bias_grad",
-                             [&] {
+  const DeviceGuard guard(inputs.get_device_index());
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor w = torch::stable::contiguous(weights);
+  const Tensor g = torch::stable::contiguous(
+      torch::stable::to(grad_out, x.scalar_type()));
+  Tensor total = new_tensor(x, {});
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
     sum_points<BiasGradPoint<scalar_t>>(
-        inputs_of<scalar_t>(x, g), w.data_ptr<scalar_t>(),
-        bias.data_ptr<scalar_t>(),
-        GradSink<scalar_t>{total.data_ptr<scalar_t>()}, x);
+        inputs_of<scalar_t>(x, g), data_of<scalar_t>(w),
+        data_of<scalar_t>(bias),
+        GradSink<scalar_t>{data_of<scalar_t>(total)}, x);
   });
   return total;
 }
@@ -337,7 +354,7 @@ __global__ void fit_publish_kernel(const FitState<T>* __restrict__ state,
 // See kPollEvery. stopped() never waits for the GPU.
 class StatusPoll {
  public:
-  StatusPoll(at::Tensor status, cudaStream_t stream)
+  StatusPoll(Tensor status, cudaStream_t stream)
       : status_(std::move(status)), stream_(stream) {}
   ~StatusPoll() {
     if (event_ != nullptr) (void)cudaEventDestroy(event_);  // fine if pending
@@ -353,14 +370,14 @@ class StatusPoll {
         (void)cudaGetLastError();  // not an error; keep it from the next check
         return false;
       }
-      C10_CUDA_CHECK(err);
+      STD_CUDA_CHECK(err);
       pending_ = false;
-      if (*host_.data_ptr<int64_t>() != kRunning) return true;
+      if (*data_of<int64_t>(host_) != kRunning) return true;
     }
     // Pinned and non-blocking: the copy is queued, and torch's host allocator
     // keeps host_'s memory until it has landed.
-    host_.copy_(status_, /*non_blocking=*/true);
-    C10_CUDA_CHECK(cudaEventRecord(event_, stream_));
+    torch::stable::copy_(host_, status_, /*non_blocking=*/true);
+    STD_CUDA_CHECK(cudaEventRecord(event_, stream_));
     pending_ = true;
     return false;
   }
@@ -371,18 +388,19 @@ class StatusPoll {
   bool start() {
     if (disabled_) return false;
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    C10_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    STD_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
     if (capture != cudaStreamCaptureStatusNone) {
       disabled_ = true;
       return false;
     }
-    host_ = at::empty(
-        {1}, status_.options().device(at::kCPU).pinned_memory(true));
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    host_ = torch::stable::empty({1}, ScalarType::Long, std::nullopt,
+                                 torch::stable::Device(torch::headeronly::DeviceType::CPU),
+                                 /*pin_memory=*/true);
+    STD_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
     return true;
   }
 
-  at::Tensor status_, host_;
+  Tensor status_, host_;
   cudaStream_t stream_;
   cudaEvent_t event_ = nullptr;
   bool disabled_ = false;
@@ -391,55 +409,56 @@ class StatusPoll {
 
 // The multi-block shape: per-epoch launches (see above).
 template <typename T>
-void fit_multi_block(const FitCall& call, const at::Tensor& bias) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+void fit_multi_block(const FitCall& call, const Tensor& bias) {
+  const cudaStream_t stream = current_stream(call.x);
   const int64_t n = call.x.numel();
   // The state as int64 words, so its status is a plain int64 element.
   static_assert(offsetof(FitState<T>, status) % sizeof(int64_t) == 0,
                 "FitState::status must be 8-byte aligned");
   constexpr int64_t kWords =
       (sizeof(FitState<T>) + sizeof(int64_t) - 1) / sizeof(int64_t);
-  at::Tensor words = at::empty({kWords}, call.x.options().dtype(at::kLong));
-  auto* state = reinterpret_cast<FitState<T>*>(words.data_ptr<int64_t>());
-  at::Tensor partials = new_partials<T>(call.x, n);
+  Tensor words = new_tensor(call.x, {kWords}, ScalarType::Long);
+  auto* state = reinterpret_cast<FitState<T>*>(data_of<int64_t>(words));
+  Tensor partials = new_partials<T>(call.x, n);
   const Inputs<T> in = inputs_of<T>(call.x, call.y);
 
-  fit_start_kernel<<<1, 1, 0, stream>>>(bias.data_ptr<T>(), call.opt.epochs,
+  fit_start_kernel<<<1, 1, 0, stream>>>(data_of<T>(bias), call.opt.epochs,
                                         state);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
   StatusPoll poll(
-      words.narrow(0, offsetof(FitState<T>, status) / sizeof(int64_t), 1),
+      torch::stable::narrow(words, 0,
+                            offsetof(FitState<T>, status) / sizeof(int64_t), 1),
       stream);
-  const EpochSink<T> sink{state, call.opt, call.losses.data_ptr<T>(),
-                          call.biases.data_ptr<T>()};
+  const EpochSink<T> sink{state, call.opt, data_of<T>(call.losses),
+                          data_of<T>(call.biases)};
   for (int64_t e = 0; e < call.opt.epochs; ++e) {
     if (e > 0 && e % kPollEvery == 0 && poll.stopped()) break;
-    launch_partials<LossPoint<T>>(in, call.weights.data_ptr<T>(),
+    launch_partials<LossPoint<T>>(in, data_of<T>(call.weights),
                                   &state->bias, &state->status,
                                   partials_of(partials), stream);
     launch_finish(partials_of(partials), grid_blocks<T>(n), sink, stream);
   }
-  fit_publish_kernel<<<1, 1, 0, stream>>>(state, call.final_bias.data_ptr<T>(),
-                                          call.info.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  fit_publish_kernel<<<1, 1, 0, stream>>>(state, data_of<T>(call.final_bias),
+                                          data_of<int64_t>(call.info));
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // The one-block shape: a single launch (see above).
 template <typename T>
-void fit_one_block(const FitCall& call, const at::Tensor& bias) {
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+void fit_one_block(const FitCall& call, const Tensor& bias) {
+  const cudaStream_t stream = current_stream(call.x);
   const Inputs<T> in = inputs_of<T>(call.x, call.y);
   auto kernel = dense_and_aligned(in) ? fit_one_block_kernel<true, T>
                                       : fit_one_block_kernel<false, T>;
   kernel<<<1, kThreads, 0, stream>>>(
-      in, call.weights.data_ptr<T>(), bias.data_ptr<T>(),
-      call.opt, call.losses.data_ptr<T>(), call.biases.data_ptr<T>(),
-      call.final_bias.data_ptr<T>(), call.info.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+      in, data_of<T>(call.weights), data_of<T>(bias),
+      call.opt, data_of<T>(call.losses), data_of<T>(call.biases),
+      data_of<T>(call.final_bias), data_of<int64_t>(call.info));
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-FitOutputs fit_sgd_cuda(const at::Tensor& inputs, const at::Tensor& labels,
-                        const at::Tensor& weights, const at::Tensor& bias,
+FitOutputs fit_sgd_cuda(const Tensor& inputs, const Tensor& labels,
+                        const Tensor& weights, const Tensor& bias,
                         double lr, double momentum, double dampening,
                         bool nesterov, double weight_decay, bool maximize,
                         int64_t epochs, double tol) {
@@ -447,8 +466,9 @@ FitOutputs fit_sgd_cuda(const at::Tensor& inputs, const at::Tensor& labels,
       prepare_fit(inputs, labels, weights, bias, lr, momentum, dampening,
                   nesterov, weight_decay, maximize, epochs, tol);
   check_on_cuda(call.x);
-  const c10::cuda::CUDAGuard guard(call.x.device());
-  AT_DISPATCH_FLOATING_TYPES(call.x.scalar_type(), "biasfit::fit_sgd", [&] {
+  const DeviceGuard guard(call.x.get_device_index());
+  dispatch_float(call.x.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
     if (grid_blocks<scalar_t>(call.x.numel()) == 1) {
       fit_one_block<scalar_t>(call, bias);
     } else {
@@ -461,12 +481,12 @@ FitOutputs fit_sgd_cuda(const at::Tensor& inputs, const at::Tensor& labels,
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
-  m.impl("predict", &cuda::predict_cuda);
-  m.impl("fused_loss", &cuda::fused_loss_cuda);
-  m.impl("fused_loss_sums", &cuda::fused_loss_sums_cuda);
-  m.impl("predict_bias_grad", &cuda::predict_bias_grad_cuda);
-  m.impl("fit_sgd", &cuda::fit_sgd_cuda);
+STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+  m.impl("predict", TORCH_BOX(&cuda::predict_cuda));
+  m.impl("fused_loss", TORCH_BOX(&cuda::fused_loss_cuda));
+  m.impl("fused_loss_sums", TORCH_BOX(&cuda::fused_loss_sums_cuda));
+  m.impl("predict_bias_grad", TORCH_BOX(&cuda::predict_bias_grad_cuda));
+  m.impl("fit_sgd", TORCH_BOX(&cuda::fit_sgd_cuda));
 }
 
 }  // namespace biasfit

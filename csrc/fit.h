@@ -24,6 +24,7 @@ enum FitStatus : int64_t {
   kExhausted = 2,     // every epoch ran and stepped
   kLossNonFinite = 3, // the loss of epoch `epoch` was inf or NaN
   kBiasNonFinite = 4, // the step of epoch `epoch` made the bias inf or NaN
+  kInterrupted = 5,   // stopped by an interrupt (Ctrl-C) after epoch `epoch`
 };
 
 struct FitOptions {

@@ -6,10 +6,14 @@
 // by chunk index and added in a fixed pairwise tree. Threads only decide who
 // computes which chunk, never the order of any addition, so every thread
 // count gives the same bits.
+//
+// Free of torch: the stable-ABI ops (cpu.cpp) and the direct Python call
+// (direct.cpp) both use it, each passing the thread count torch would use.
 #pragma once
 
-#include <ATen/Parallel.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -82,17 +86,30 @@ inline LossGrad pairwise_total(std::vector<LossGrad>& partials) {
   return partials[0];
 }
 
+// How many threads a parallel loop over `count` items uses: none extra
+// inside another OpenMP parallel region, never more than there are items.
+inline int threads_for(int64_t count, int threads) {
+  if (omp_in_parallel() || threads < 1) return 1;
+  return int(std::min<int64_t>(threads, count < 1 ? 1 : count));
+}
+
+// fn(i) for every i in [0, count), on up to `threads` OpenMP threads. Only
+// independent items: which thread runs an item never changes a result.
+template <typename Fn>
+void parallel_items(int64_t count, int threads, const Fn& fn) {
+#pragma omp parallel for num_threads(threads_for(count, threads)) schedule(static)
+  for (int64_t i = 0; i < count; ++i) fn(i);
+}
+
 // Sum over [0, n) of chunk(begin, end), which sums one chunk.
 template <typename ChunkFn>
-LossGrad deterministic_sum(int64_t n, const ChunkFn& chunk) {
+LossGrad deterministic_sum(int64_t n, int threads, const ChunkFn& chunk) {
   const int64_t chunks = num_chunks(n);
   if (chunks == 1) return chunk(0, n);
   std::vector<LossGrad> partials(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t c = first; c < last; ++c) {
-      const int64_t begin = c * kChunk;
-      partials[c] = chunk(begin, begin + kChunk < n ? begin + kChunk : n);
-    }
+  parallel_items(chunks, threads, [&](int64_t c) {
+    const int64_t begin = c * kChunk;
+    partials[c] = chunk(begin, std::min(begin + kChunk, n));
   });
   return pairwise_total(partials);
 }

@@ -1,4 +1,9 @@
 """Bad input raises a clear error that names the argument."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,11 +19,11 @@ B = torch.tensor(0.0)
 @pytest.mark.parametrize("args, error, message", [
     ((X, Y[:2], W, B), ValueError, "labels has shape"),
     ((X[:0], Y[:0], W, B), ValueError, "inputs is empty"),
-    ((X.int(), Y, W, B), TypeError, "inputs must be float32 or float64, got Int"),
-    ((X.half(), Y.half(), W.half(), B.half()), TypeError, "inputs must be float32 or float64"),
-    ((X, Y.double(), W, B), TypeError, "labels has dtype Double but inputs has dtype Float"),
-    ((X, Y, W.double(), B), TypeError, "weights has dtype Double"),
-    ((X, Y, B.double(), B), TypeError, "weights has dtype Double"),
+    ((X.int(), Y, W, B), ValueError, "inputs must be float32 or float64, got Int"),
+    ((X.half(), Y.half(), W.half(), B.half()), ValueError, "inputs must be float32 or float64"),
+    ((X, Y.double(), W, B), ValueError, "labels has dtype Double but inputs has dtype Float"),
+    ((X, Y, W.double(), B), ValueError, "weights has dtype Double"),
+    ((X, Y, B.double(), B), ValueError, "weights has dtype Double"),
     ((X, Y, W[:5], B), ValueError, "weights must hold 6 values .* got 5"),
     ((X, Y, W, W[:2]), ValueError, "bias must hold one value, got 2"),
 ])
@@ -30,7 +35,7 @@ def test_fused_loss_rejects(args, error, message):
 def test_predict_rejects():
     with pytest.raises(ValueError, match="weights must hold 6 values"):
         biasfit.predict(X, W[:4], B)
-    with pytest.raises(TypeError, match="bias has dtype Double"):
+    with pytest.raises(ValueError, match="bias has dtype Double"):
         biasfit.predict(X, W, B.double())
 
 
@@ -64,7 +69,7 @@ def test_fit_fused_rejects_bad_sgd_settings(kwargs, message):
     (dict(weights=(1.0,) * 6), TypeError, "weights must be a tensor, got tuple"),
     (dict(bias=torch.zeros(2)), ValueError, "bias must hold one value, got 2"),
     (dict(bias="0"), TypeError, "bias must be a number or a one-value tensor, got '0'"),
-    (dict(labels=Y.double()), TypeError, "labels has dtype Double but inputs has dtype Float"),
+    (dict(labels=Y.double()), ValueError, "labels has dtype Double but inputs has dtype Float"),
 ])
 def test_fit_fused_rejects_bad_arguments(kwargs, error, message):
     args = dict(inputs=X, labels=Y)
@@ -92,7 +97,7 @@ def test_fused_engine_names_the_engine_for_other_optimizers():
 
 
 def test_dtype_mismatch_between_model_and_data_is_named():
-    with pytest.raises(TypeError, match="weights has dtype Double but inputs has dtype Float"):
+    with pytest.raises(ValueError, match="weights has dtype Double but inputs has dtype Float"):
         biasfit.fit(biasfit.BasicNN().double(), X, Y)
 
 
@@ -106,12 +111,32 @@ def test_tensors_on_different_devices_are_named():
         biasfit.fused_loss(X.cuda(), Y, W.cuda(), B.cuda())
 
 
-def test_extension_built_for_another_torch_is_refused(monkeypatch):
-    from biasfit import _build_info
-    monkeypatch.setattr(_build_info, "TORCH_VERSION", "1.0.0")
+def test_torch_older_than_the_build_target_is_refused(monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.9.1+cpu")
     with pytest.raises(ImportError) as err:
         _native._load()
     text = str(err.value)
-    assert "built against torch 1.0.0" in text
-    assert f"torch {torch.__version__} is installed" in text
-    assert "pip install --no-build-isolation" in text
+    assert f"needs torch >= {_native.TORCH_FLOOR}" in text
+    assert "torch 2.9.1+cpu is installed" in text
+    assert "pip install --no-deps --force-reinstall ." in text
+
+
+@pytest.mark.parametrize("version", ["2.14.1+cu130", "3.0.0"])
+def test_newer_torch_is_accepted(monkeypatch, version):
+    # The stable ABI build runs with every torch from its target up.
+    monkeypatch.setattr(torch, "__version__", version)
+    assert _native._load() == biasfit.WITH_CUDA
+
+
+def test_import_from_a_source_folder_without_a_build_says_so(tmp_path):
+    root = Path(biasfit.__file__).resolve().parent.parent
+    (tmp_path / "setup.py").write_text((root / "setup.py").read_text())
+    shutil.copytree(root / "biasfit", tmp_path / "biasfit",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    done = subprocess.run([sys.executable, "-c", "import biasfit"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "imported from the source folder" in last and "pip install -e ." in last
+    assert "run Python from another folder" in last
+    assert "circular" not in done.stderr

@@ -61,7 +61,7 @@ def test_sgd_step_rejects_bad_arguments():
     with pytest.raises(ValueError, match="param must hold one value"):
         torch.ops.biasfit.sgd_step(torch.ones(2, dtype=torch.float64), p, None,
                                    0.1, 0.0, 0.0, False, 0.0, False)
-    with pytest.raises(TypeError, match="grad has dtype"):
+    with pytest.raises(ValueError, match="grad has dtype"):
         torch.ops.biasfit.sgd_step(p, p.float(), None, 0.1, 0.0, 0.0, False, 0.0, False)
 
 

@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import inspect
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -38,15 +37,10 @@ def load_setup():
 
 
 def find_nvcc():
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
-                 cpp_extension.CUDA_HOME):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return str(Path(home) / "bin" / "nvcc")
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    default = Path("/usr/local/cuda/bin/nvcc")
-    return str(default) if default.is_file() else None
+    """The toolkit's real nvcc, found as setup.py finds the toolkit."""
+    home = load_setup().cuda_toolkit.candidate_home()
+    nvcc = home / "bin" / "nvcc" if home is not None else None
+    return str(nvcc) if nvcc is not None and nvcc.is_file() else None
 
 
 def cpp_standard():
@@ -62,7 +56,7 @@ def nvcc_command(nvcc, out):
     # -isystem rather than the build's -I: the same headers, but warnings are
     # reported for our sources only.
     system_includes = cpp_extension.include_paths() + [
-        str(Path(nvcc).resolve().parent.parent / "include"),
+        str(Path(nvcc).parent.parent / "include"),
         sysconfig.get_paths()["include"],
     ]
     defines = [
@@ -70,6 +64,9 @@ def nvcc_command(nvcc, out):
         "TORCH_EXTENSION_NAME=_C",
         f"_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
         "BIASFIT_WITH_CUDA",
+        # As setup.py: torch's stable ABI only, for the floor release.
+        setup.torch_target_macro().removeprefix("-D"),
+        'BIASFIT_TORCH_TARGET="{}.{}"'.format(*setup.TORCH_FLOOR),
     ]
     # A CPU wheel ships c10/cuda's headers but not this CMake-generated one,
     # whose only content (C10_CUDA_BUILD_SHARED_LIBS) matters on Windows.

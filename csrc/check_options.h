@@ -1,0 +1,44 @@
+// The checks of the ops' non-tensor arguments, free of torch so that the
+// direct Python call (direct.cpp) runs the very same ones as the ops
+// (checks.cpp). A failed check throws std::invalid_argument, which Python
+// sees as a ValueError whose message names the argument.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+
+#include "fit.h"
+
+namespace biasfit {
+
+template <typename... Args>
+[[noreturn]] void fail(const Args&... args) {
+  std::ostringstream message;
+  message << "biasfit: ";
+  (message << ... << args);
+  throw std::invalid_argument(message.str());
+}
+
+inline void check_sgd_options(double lr, double momentum, double dampening,
+                              bool nesterov, double weight_decay) {
+  // `!(x >= 0)` also rejects NaN.
+  if (!(lr >= 0)) fail("lr must be >= 0, got ", lr);
+  if (!(momentum >= 0)) fail("momentum must be >= 0, got ", momentum);
+  if (!(weight_decay >= 0)) {
+    fail("weight_decay must be >= 0, got ", weight_decay);
+  }
+  if (dampening != dampening) fail("dampening must be a number, got NaN");
+  if (nesterov && !(momentum > 0 && dampening == 0)) {
+    fail("nesterov requires momentum > 0 and dampening == 0, got momentum=",
+         momentum, ", dampening=", dampening);
+  }
+}
+
+inline void check_fit_options(const FitOptions& o) {
+  check_sgd_options(o.sgd.lr, o.sgd.momentum, o.sgd.dampening, o.sgd.nesterov,
+                    o.sgd.weight_decay);
+  if (o.epochs < 0) fail("epochs must be >= 0, got ", o.epochs);
+  if (!(o.tol >= 0)) fail("tol must be >= 0, got ", o.tol);
+}
+
+}  // namespace biasfit

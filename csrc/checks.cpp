@@ -1,0 +1,140 @@
+// The input checks of every op (see checks.h), run by each backend's kernel
+// before it touches data.
+#include "checks.h"
+
+#include <torch/csrc/stable/device.h>
+
+namespace biasfit {
+namespace {
+
+using torch::headeronly::DeviceType;
+using torch::headeronly::IntHeaderOnlyArrayRef;
+
+std::string shape_of(IntHeaderOnlyArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    out += (i ? ", " : "") + std::to_string(sizes[i]);
+  }
+  return out + "]";
+}
+
+void check_tensor(const Tensor& t, const char* name) {
+  if (!t.defined()) fail(name, " is undefined");
+  const ScalarType dtype = t.scalar_type();
+  if (dtype != ScalarType::Float && dtype != ScalarType::Double) {
+    fail(name, " must be float32 or float64, got ", dtype);
+  }
+}
+
+void check_same(const Tensor& t, const char* name, const Tensor& ref,
+                const char* ref_name) {
+  check_tensor(t, name);
+  if (t.scalar_type() != ref.scalar_type()) {
+    fail(name, " has dtype ", t.scalar_type(), " but ", ref_name,
+         " has dtype ", ref.scalar_type(), "; convert both to one");
+  }
+  if (t.device() != ref.device()) {
+    fail(name, " is on ", device_name(t), " but ", ref_name, " is on ",
+         device_name(ref), "; move both to one device");
+  }
+}
+
+}  // namespace
+
+std::string device_name(const Tensor& t) {
+  const auto device = t.device();
+  std::string name;
+  switch (device.type()) {
+    case DeviceType::CPU: return "cpu";
+    case DeviceType::CUDA: name = "cuda"; break;
+    case DeviceType::Meta: return "meta";
+    default: name = "device type " + std::to_string(int(device.type()));
+  }
+  return device.has_index() ? name + ":" + std::to_string(device.index())
+                            : name;
+}
+
+Tensor new_tensor(const Tensor& like, IntHeaderOnlyArrayRef sizes,
+                  std::optional<ScalarType> dtype) {
+  return torch::stable::new_empty(like, sizes, dtype);
+}
+
+void check_predict_args(const Tensor& inputs, const Tensor& weights,
+                        const Tensor& bias) {
+  check_tensor(inputs, "inputs");
+  if (inputs.numel() == 0) fail("inputs is empty");
+  check_same(weights, "weights", inputs, "inputs");
+  check_same(bias, "bias", inputs, "inputs");
+  if (weights.numel() != kNumWeights) {
+    fail("weights must hold 6 values (w00, b00, w01, w10, b10, w11), got ",
+         weights.numel());
+  }
+  if (bias.numel() != 1) fail("bias must hold one value, got ", bias.numel());
+}
+
+void check_bias_grad_args(const Tensor& grad_out, const Tensor& inputs,
+                          const Tensor& weights, const Tensor& bias) {
+  check_predict_args(inputs, weights, bias);
+  if (!grad_out.defined()) fail("grad_out is undefined");
+  if (!(grad_out.sizes() == inputs.sizes())) {
+    fail("grad_out has shape ", shape_of(grad_out.sizes()),
+         " but inputs has shape ", shape_of(inputs.sizes()));
+  }
+  if (grad_out.device() != inputs.device()) {
+    fail("grad_out is on ", device_name(grad_out), " but inputs is on ",
+         device_name(inputs), "; move both to one device");
+  }
+}
+
+void check_loss_args(const Tensor& inputs, const Tensor& labels,
+                     const Tensor& weights, const Tensor& bias) {
+  check_predict_args(inputs, weights, bias);
+  check_same(labels, "labels", inputs, "inputs");
+  if (!(labels.sizes() == inputs.sizes())) {
+    fail("labels has shape ", shape_of(labels.sizes()),
+         " but inputs has shape ", shape_of(inputs.sizes()),
+         "; they must match");
+  }
+}
+
+void check_sgd_step_args(const Tensor& param, const Tensor& grad,
+                         const std::optional<Tensor>& momentum_buffer) {
+  check_tensor(param, "param");
+  if (param.numel() != 1) fail("param must hold one value, got ", param.numel());
+  check_same(grad, "grad", param, "param");
+  if (grad.numel() != 1) fail("grad must hold one value, got ", grad.numel());
+  if (momentum_buffer.has_value()) {
+    check_same(*momentum_buffer, "momentum_buffer", param, "param");
+    if (momentum_buffer->numel() != 1) {
+      fail("momentum_buffer must hold one value, got ",
+           momentum_buffer->numel());
+    }
+  }
+}
+
+bool read_as_views(const Tensor& inputs, const Tensor& labels) {
+  return inputs.dim() == 1 &&
+         !(inputs.is_contiguous() && labels.is_contiguous());
+}
+
+FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
+                    const Tensor& weights, const Tensor& bias, double lr,
+                    double momentum, double dampening, bool nesterov,
+                    double weight_decay, bool maximize, int64_t epochs,
+                    double tol) {
+  check_loss_args(inputs, labels, weights, bias);
+  const FitOptions opt{
+      {lr, momentum, dampening, weight_decay, nesterov, maximize}, epochs, tol};
+  check_fit_options(opt);
+  const Tensor x = torch::stable::contiguous(inputs);
+  return {x,
+          torch::stable::contiguous(labels),
+          torch::stable::contiguous(weights),
+          opt,
+          new_tensor(x, {}),
+          new_tensor(x, {epochs}),
+          new_tensor(x, {epochs}),
+          new_tensor(x, {2}, ScalarType::Long)};
+}
+
+}  // namespace biasfit

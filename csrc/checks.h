@@ -1,0 +1,81 @@
+// The ops' input checks, in one place with check_options.h, and the few
+// helpers every backend's op wrapper uses on stable-ABI tensors. The schemas
+// are in ops.cpp.
+//
+// A failed check throws std::invalid_argument (check_options.h's fail),
+// which Python sees as a ValueError whose message names the argument: the
+// stable ABI carries no other exception type across torch's boundary.
+#pragma once
+
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "check_options.h"
+#include "fit.h"
+#include "network.h"
+
+namespace biasfit {
+
+using torch::headeronly::ScalarType;
+using torch::stable::Tensor;
+
+// "cpu", "cuda:0", "meta": as torch prints a device.
+std::string device_name(const Tensor& t);
+
+void check_predict_args(const Tensor& inputs, const Tensor& weights,
+                        const Tensor& bias);
+// predict_bias_grad: predict's arguments plus grad_out of inputs' shape and
+// device (its dtype is converted, as autograd may hand another one).
+void check_bias_grad_args(const Tensor& grad_out, const Tensor& inputs,
+                          const Tensor& weights, const Tensor& bias);
+void check_loss_args(const Tensor& inputs, const Tensor& labels,
+                     const Tensor& weights, const Tensor& bias);
+void check_sgd_step_args(const Tensor& param, const Tensor& grad,
+                         const std::optional<Tensor>& momentum_buffer);
+
+// Whether fused_loss reads inputs and labels in place as 1-D views (slices,
+// expand) rather than as contiguous copies: an expanded input of 2^31+ points
+// then costs no memory. Contiguous data needs no copy either way.
+bool read_as_views(const Tensor& inputs, const Tensor& labels);
+
+// Result of fit_sgd: (final bias, losses[epochs], biases[epochs],
+// info = [epoch, status]).
+using FitOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+
+// What every trainer starts from: checked arguments, contiguous data, the
+// options, and the outputs allocated on inputs' device in its dtype.
+struct FitCall {
+  Tensor x, y, weights;
+  FitOptions opt;
+  Tensor final_bias, losses, biases, info;
+  FitOutputs outputs() const { return {final_bias, losses, biases, info}; }
+};
+FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
+                    const Tensor& weights, const Tensor& bias, double lr,
+                    double momentum, double dampening, bool nesterov,
+                    double weight_decay, bool maximize, int64_t epochs,
+                    double tol);
+
+// f(float{}) or f(double{}) by the (checked) dtype: the ops' one dispatch.
+template <typename F>
+decltype(auto) dispatch_float(ScalarType dtype, const F& f) {
+  if (dtype == ScalarType::Double) return f(double{});
+  return f(float{});
+}
+
+// A fresh tensor of `sizes` like `like` (device), in `dtype`.
+Tensor new_tensor(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes,
+                  std::optional<ScalarType> dtype = std::nullopt);
+
+template <typename T>
+T* data_of(const Tensor& t) {
+  return static_cast<T*>(t.mutable_data_ptr());
+}
+
+}  // namespace biasfit
