@@ -1,6 +1,6 @@
 """Python side of the native ops: fake kernels, autograd, functional wrappers.
 
-The schemas and input checks live in csrc/ops.cpp; here the ops get what
+The schemas live in csrc/ops.cpp and the input checks in csrc/checks.cpp; here the ops get what
 torch.compile and autograd need, registered with torch.library so compiled
 graphs see them as single nodes with no graph break.
 """

@@ -129,7 +129,7 @@ def test_newer_torch_is_accepted(monkeypatch, version):
 
 
 def test_import_from_a_source_folder_without_a_build_says_so(tmp_path):
-    root = Path(biasfit.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent  # the checkout or unpacked sdist
     (tmp_path / "setup.py").write_text((root / "setup.py").read_text())
     shutil.copytree(root / "biasfit", tmp_path / "biasfit",
                     ignore=shutil.ignore_patterns("*.so", "__pycache__"))
