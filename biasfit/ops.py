@@ -12,30 +12,48 @@ _ops = torch.ops.biasfit
 
 
 # -- fake (meta) kernels: output metadata only ---------------------------------
+#
+# The dispatcher sends a call here whenever any argument is on the meta
+# device, also when the others hold real data: so these refuse mixed devices
+# with csrc/checks.cpp's wording, rather than hand back uninitialised memory
+# on the first argument's device.
+
+def _one_device(**tensors):
+    (ref_name, ref), *rest = tensors.items()
+    for name, t in rest:
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"biasfit: {name} is on {t.device} but {ref_name} is on "
+                             f"{ref.device}; move both to one device")
+
 
 @torch.library.register_fake("biasfit::predict")
 def _predict_fake(inputs, weights, bias):
+    _one_device(inputs=inputs, weights=weights, bias=bias)
     return torch.empty_like(inputs, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("biasfit::fused_loss")
 def _fused_loss_fake(inputs, labels, weights, bias):
+    _one_device(inputs=inputs, labels=labels, weights=weights, bias=bias)
     return inputs.new_empty(()), inputs.new_empty(())
 
 
 @torch.library.register_fake("biasfit::fused_loss_sums")
 def _fused_loss_sums_fake(inputs, labels, weights, bias):
+    _one_device(inputs=inputs, labels=labels, weights=weights, bias=bias)
     return inputs.new_empty((2,), dtype=torch.float64)
 
 
 @torch.library.register_fake("biasfit::predict_bias_grad")
 def _predict_bias_grad_fake(grad_out, inputs, weights, bias):
+    _one_device(inputs=inputs, grad_out=grad_out, weights=weights, bias=bias)
     return inputs.new_empty(())
 
 
 @torch.library.register_fake("biasfit::fit_sgd")
 def _fit_sgd_fake(inputs, labels, weights, bias, lr, momentum, dampening,
                   nesterov, weight_decay, maximize, epochs, tol):
+    _one_device(inputs=inputs, labels=labels, weights=weights, bias=bias)
     return (inputs.new_empty(()), inputs.new_empty((epochs,)),
             inputs.new_empty((epochs,)),
             inputs.new_empty((2,), dtype=torch.int64))
@@ -44,6 +62,7 @@ def _fit_sgd_fake(inputs, labels, weights, bias, lr, momentum, dampening,
 @torch.library.register_fake("biasfit::sgd_step")
 def _sgd_step_fake(param, grad, momentum_buffer, lr, momentum, dampening,
                    nesterov, weight_decay, maximize):
+    _one_device(param=param, grad=grad, momentum_buffer=momentum_buffer)
     return torch.empty_like(param), torch.empty_like(param)
 
 

@@ -140,3 +140,25 @@ def test_import_from_a_source_folder_without_a_build_says_so(tmp_path):
     assert "imported from the source folder" in last and "pip install -e ." in last
     assert "run Python from another folder" in last
     assert "circular" not in done.stderr
+
+
+@pytest.mark.parametrize("which", ["labels", "weights", "bias"])
+def test_meta_tensor_mixed_with_cpu_ones_is_refused(which):
+    # Any meta argument sends the call to the fake kernel, which once
+    # returned uninitialised CPU memory as the loss.
+    args = dict(inputs=X, labels=Y, weights=W, bias=B)
+    args[which] = args[which].to("meta")
+    with pytest.raises(ValueError, match=f"{which} is on meta but inputs is on cpu"):
+        biasfit.fused_loss(**args)
+    with pytest.raises(ValueError, match=f"{which} is on meta but inputs is on cpu"):
+        torch.ops.biasfit.fit_sgd(*args.values(), 0.1, 0.0, 0.0, False, 0.0, False, 100, 1e-4)
+
+
+def test_all_meta_arguments_give_meta_results():
+    loss = biasfit.fused_loss(X.to("meta"), Y.to("meta"), W.to("meta"), B.to("meta"))
+    assert loss.device.type == "meta" and loss.shape == ()
+
+
+def test_fit_fused_with_a_meta_weight_is_refused():
+    with pytest.raises(ValueError, match="weights is on meta but inputs is on cpu"):
+        biasfit.fit_fused(X, Y, weights=W.to("meta"), epochs=100)
