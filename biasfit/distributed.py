@@ -12,10 +12,14 @@ different epochs. The `ok` entry carries a failure on one rank to all of
 them in that same collective, so every rank stops at the same epoch with an
 error naming the failed rank instead of waiting forever in the next epoch.
 
+Lockstep carries a failure anywhere else in the epoch loop (a callback, the
+optimizer's step) in the next epoch's collective, or in one closing
+collective as the fit ends, so every rank stops within an epoch's time.
+
 Before the first epoch, check_shards gathers a description of every rank's
-shard and settings, so a bad shard (empty, labels of another shape, a dtype
-or starting bias different from rank 0's) stops every rank with the same
-message. all_or_none does the same for any step before the fit (the command
+shard and settings, so a bad shard (labels of another shape, a dtype, frozen
+weights or starting bias different from rank 0's) stops every rank with the
+same message. An empty shard (more ranks than rows) adds zero sums. all_or_none does the same for any step before the fit (the command
 line reads each rank's rows in one).
 
 None of them catches a rank that dies or hangs outside the epoch's computation:
