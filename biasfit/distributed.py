@@ -12,10 +12,14 @@ different epochs. The `ok` entry carries a failure on one rank to all of
 them in that same collective, so every rank stops at the same epoch with an
 error naming the failed rank instead of waiting forever in the next epoch.
 
+Lockstep carries a failure anywhere else in the epoch loop (a callback, the
+optimizer's step) in the next epoch's collective, or in one closing
+collective as the fit ends, so every rank stops within an epoch's time.
+
 Before the first epoch, check_shards gathers a description of every rank's
-shard and settings, so a bad shard (empty, labels of another shape, a dtype
-or starting bias different from rank 0's) stops every rank with the same
-message. all_or_none does the same for any step before the fit (the command
+shard and settings, so a bad shard (labels of another shape, a dtype, frozen
+weights or starting bias different from rank 0's) stops every rank with the
+same message. An empty shard (more ranks than rows) adds zero sums. all_or_none does the same for any step before the fit (the command
 line reads each rank's rows in one).
 
 None of them catches a rank that dies or hangs outside the epoch's computation:
@@ -33,6 +37,18 @@ import torch
 import torch.distributed as dist
 
 from .datafile import shard_bounds
+
+if dist.is_available():
+    # Imported now, before any process group exists, on purpose: its
+    # functions take `group=group.WORLD` as a default argument, evaluated when
+    # the module is first imported. Imported later (torch.optim imports
+    # torch._dynamo, which imports it, when fit builds its SGD), they would
+    # hold the live default group forever; destroy_process_group could then
+    # not free it, gloo's worker threads would outlive the script, and one
+    # releasing a finished collective's tensors while the interpreter shuts
+    # down aborts the process ("terminate called without an active
+    # exception", SIGABRT) after its work is done.
+    import torch.distributed.nn  # noqa: F401
 
 # Long enough for a slow epoch on a large shard, short enough that a lost
 # rank does not hold the others for torch's default of 30 minutes.
@@ -111,9 +127,11 @@ def _shard_problem(inputs, labels):
     if labels.shape != inputs.shape:
         return (f"labels has shape {tuple(labels.shape)} but inputs has shape "
                 f"{tuple(inputs.shape)}")
-    if inputs.numel() == 0:
-        return "its shard is empty (0 rows); start at most as many ranks as rows"
     return None
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
 
 
 @contextlib.contextmanager
@@ -130,7 +148,7 @@ def all_or_none(what: str):
         yield
     except Exception as e:
         failure = e
-    problem = None if failure is None else f"{type(failure).__name__}: {failure}"
+    problem = None if failure is None else _describe(failure)
     everyone = [None] * dist.get_world_size()
     _collective(dist.all_gather_object, everyone, problem, what=what)
     bad = [r for r, p in enumerate(everyone) if p]
@@ -148,27 +166,142 @@ class ShardError(ValueError):
 def check_shards(inputs, labels, settings: dict) -> int:
     """Before the first epoch: every rank's shard must be usable, of one
     dtype, and every rank must fit with the same settings (starting bias,
-    optimizer, epochs, tol...). Raises the same DistributedFitError on every
-    rank otherwise. Returns the total number of rows."""
+    optimizer, frozen weights, epochs, tol...). Raises the same
+    DistributedFitError on every rank otherwise, naming the ranks that differ
+    from rank 0 and the settings in which they differ. A rank may hold no
+    rows (more ranks than rows): it adds zero sums. Returns the total number
+    of rows."""
     with all_or_none("the shard check"):
         problem = _shard_problem(inputs, labels)
         if problem:
             raise ShardError(problem)
     mine = {"rows": inputs.numel(), "dtype": str(inputs.dtype),
-            "settings": repr(sorted(settings.items()))}
+            "settings": {k: repr(v) for k, v in settings.items()}}
     everyone = [None] * dist.get_world_size()
     _collective(dist.all_gather_object, everyone, mine, what="shard check")
-    for key, what in (("dtype", "data of dtype"), ("settings", "settings")):
-        differ = [r for r, info in enumerate(everyone) if info[key] != everyone[0][key]]
-        if differ:
-            raise DistributedFitError(
-                f"biasfit: {_ranks(differ)} of {len(everyone)} would fit with {what} "
-                f"{everyone[differ[0]][key]} but rank 0 with {everyone[0][key]}; "
-                f"every rank must fit the same way, so every rank stops", differ)
-    return sum(info["rows"] for info in everyone)
+    first = everyone[0]
+    differ = [r for r, info in enumerate(everyone) if info["dtype"] != first["dtype"]]
+    if differ:
+        raise DistributedFitError(
+            f"biasfit: {_ranks(differ)} of {len(everyone)} would fit with data of dtype "
+            f"{everyone[differ[0]]['dtype']} but rank 0 with {first['dtype']}; every "
+            f"rank must fit the same way, so every rank stops", differ)
+    differ = [r for r, info in enumerate(everyone) if info["settings"] != first["settings"]]
+    if differ:
+        theirs = everyone[differ[0]]["settings"]
+        keys = sorted(k for k in theirs.keys() | first["settings"].keys()
+                      if theirs.get(k) != first["settings"].get(k))
+        def shown(d):
+            return "{" + ", ".join(f"{k!r}: {d.get(k, '(none)')}" for k in keys) + "}"
+        raise DistributedFitError(
+            f"biasfit: {_ranks(differ)} of {len(everyone)} would fit with settings "
+            f"{shown(theirs)} but rank 0 with {shown(first['settings'])}; every rank "
+            f"must fit the same way, so every rank stops", differ)
+    rows = sum(info["rows"] for info in everyone)
+    if rows == 0:
+        raise DistributedFitError(
+            f"biasfit: every rank's shard is empty ({len(everyone)} ranks, 0 rows in "
+            f"all): there is nothing to fit", range(len(everyone)))
+    return rows
 
 
-def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor):
+def shard_sums(local_sums, inputs, like: torch.Tensor):
+    """local_sums, or for a rank that holds no rows, zero sums in `like`'s
+    dtype and device: an empty shard adds nothing to the loss or gradient
+    (the native ops refuse empty inputs)."""
+    if inputs.numel() != 0:
+        return local_sums
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    return lambda: (zero, zero)
+
+
+# The last entry of each rank's row in a per-epoch all_gather: the rank's
+# sums follow, it failed (since its previous collective), or it has left the
+# epoch loop (the closing collective; see Lockstep).
+_FAILED, _SUMS, _DONE = 0.0, 1.0, 2.0
+
+
+class Lockstep:
+    """The epoch loop of a sharded fit, run inside `with Lockstep() as step:`
+    on every rank, with `step.sums(local_sums, epoch, like)` as each epoch's
+    collective.
+
+    Every rank of the group makes the same collectives: one per epoch and one
+    more when it leaves the block (the closing one). An exception on a rank
+    anywhere in the block (in its local sums, a callback, the optimizer's
+    step) therefore travels to every rank in the next collective that every
+    rank makes anyway, as a failed row, and within the time an epoch takes,
+    every rank raises:
+    - if every rank failed alike (same exception type and message, same
+      epoch: e.g. the same divergence, or a callback that stops every rank
+      at the same loss), each rank's own exception, as one process would;
+    - else the same DistributedFitError naming the ranks that failed, the
+      epoch and each one's error.
+    Exceptions the group cannot agree on (a peer that vanished: the
+    collective itself fails) and BaseExceptions such as KeyboardInterrupt
+    pass through without another collective.
+    """
+
+    def __init__(self):
+        self.epoch = 0           # the epoch under way (its sums exchanged or next)
+        self._settled = None     # an exception the group has agreed on
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is not None and (exc is self._settled or not isinstance(exc, Exception)):
+            return False
+        row = torch.tensor([math.nan, math.nan, _DONE if exc is None else _FAILED],
+                           dtype=torch.float64, device=_collective_device())
+        self._exchange(row, _DONE, exc, self.epoch, what="the end of the fit")
+        return False  # a failure raised above; else the block's own outcome stands
+
+    def sums(self, local_sums, epoch: int, like: torch.Tensor):
+        """This epoch's (loss, grad) summed over every rank (sum_over_ranks)."""
+        self.epoch = epoch
+        return sum_over_ranks(local_sums, epoch, like, exchange=self._exchange)
+
+    def _exchange(self, *args, **kwargs):
+        try:
+            return _exchange(*args, **kwargs)
+        except Exception as e:  # every rank raises here alike: no more collectives
+            self._settled = e
+            raise
+
+
+def _exchange(row, expect: float, failure, epoch: int, *, what: str):
+    """all_gathers every rank's row and returns the table, or raises on
+    every rank alike if a rank failed or is out of step."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    parts = [torch.empty_like(row) for _ in range(world)]
+    _collective(dist.all_gather, parts, row, what=what)
+    table = torch.stack(parts).tolist()
+    failed = [r for r, entry in enumerate(table) if entry[-1] == _FAILED]
+    if failed:
+        # Rare: one more collective to hand every rank every failure's text.
+        mine = None if failure is None else (epoch, type(failure).__name__, str(failure))
+        everyone = [None] * world
+        _collective(dist.all_gather_object, everyone, mine, what=f"{what}, reporting a failure")
+        failed = [r for r, e in enumerate(everyone) if e is not None]
+        if failure is not None and len(failed) == world and all(
+                e == mine for e in everyone):
+            raise failure  # every rank failed alike: as one process would
+        epochs = sorted({everyone[r][0] for r in failed})
+        details = "; ".join(f"rank {r}: {everyone[r][1]}: {everyone[r][2]}" for r in failed)
+        raise DistributedFitError(
+            f"biasfit: {_ranks(failed)} of {world} failed in "
+            f"{'epoch' if len(epochs) == 1 else 'epochs'} {', '.join(map(str, epochs))} "
+            f"({details}); every rank stops (rank {rank} here)", failed) from failure
+    astray = [r for r, entry in enumerate(table) if entry[-1] != expect]
+    if astray:
+        raise DistributedFitError(
+            f"biasfit: {_ranks(astray)} of {world} left the epoch loop at another epoch "
+            f"than rank {rank} ({what}); every rank stops", astray)
+    return table
+
+
+def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, exchange=_exchange):
     """One epoch's (loss, grad) summed over every rank's shard, identical
     bits on every rank.
 
@@ -176,29 +309,21 @@ def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor):
     float64, in rank order, and returned in the dtype and on the device of
     `like` (the trained parameter), as the single-process loss and gradient
     are. An exception in local_sums on any rank makes every rank raise
-    DistributedFitError naming it.
+    DistributedFitError naming it and its error (or, when every rank raised
+    the same, each its own exception). Inside a fit, Lockstep also carries
+    failures from outside local_sums.
     """
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = _collective_device()
     failure = None
     try:
         loss, grad = local_sums()
         row = torch.stack([loss.detach().double().reshape(()),
                            grad.detach().double().reshape(()),
-                           torch.ones((), dtype=torch.float64, device=loss.device)])
-    except Exception as e:  # reported to every rank below, then re-raised here
+                           torch.full((), _SUMS, dtype=torch.float64, device=loss.device)])
+    except Exception as e:  # reported to every rank by _exchange, then re-raised
         failure = e
-        row = torch.tensor([math.nan, math.nan, 0.0], dtype=torch.float64)
-    row = row.to(device)
-    parts = [torch.empty_like(row) for _ in range(world)]
-    _collective(dist.all_gather, parts, row, what=f"epoch {epoch}")
-    table = torch.stack(parts).tolist()
-    failed = [r for r, (_, _, ok) in enumerate(table) if ok != 1.0]
-    if failed:
-        own = f": {type(failure).__name__}: {failure}" if failure is not None else ""
-        raise DistributedFitError(
-            f"biasfit: {_ranks(failed)} of {world} failed in epoch {epoch}, so "
-            f"every rank stops (rank {rank} here{own})", failed) from failure
+        row = torch.tensor([math.nan, math.nan, _FAILED], dtype=torch.float64)
+    table = exchange(row.to(device), _SUMS, failure, epoch, what=f"epoch {epoch}")
     total_loss, total_grad = table[0][0], table[0][1]
     for part_loss, part_grad, _ in table[1:]:
         total_loss += part_loss
@@ -247,4 +372,4 @@ def fused_parts(inputs, labels, weights, bias, hyper: dict):
         # one process: rounded once, after the sum.
         return torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, param).unbind()
 
-    return local_sums, param, NativeSGD(param, **hyper)
+    return shard_sums(local_sums, inputs, param), param, NativeSGD(param, **hyper)

@@ -85,7 +85,8 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         return loss.detach(), model.final_bias.grad
 
     settings = {"optimizer": type(optimizer).__name__, "groups": [
-        {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]}
+        {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        "weights": model.weights().tolist()}  # ranks must train one model
     return _run_epochs(local_sums, model.final_bias, optimizer, epochs, tol, callback,
                        (inputs, labels), settings)
 
@@ -94,17 +95,23 @@ def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, setti
     """The epoch loop around local_sums() -> (loss, grad) of this process's
     data at `param`. Under torch.distributed every rank's sums are added
     (biasfit/distributed.py), and every rank steps and stops alike."""
-    sharded = distributed.is_distributed()
-    if sharded:
-        distributed.check_shards(*data, dict(
-            settings, bias=param.item(), epochs=epochs, tol=tol))
+    if not distributed.is_distributed():
+        return _epoch_loop(lambda epoch: local_sums(), param, optimizer, epochs, tol,
+                           callback)
+    distributed.check_shards(*data, dict(settings, bias=param.item(), epochs=epochs, tol=tol))
+    local_sums = distributed.shard_sums(local_sums, data[0], param)
+    # Every rank runs the loop in lockstep: an exception on one rank, in an
+    # epoch's sums, the callback or the step, stops them all.
+    with distributed.Lockstep() as lockstep:
+        return _epoch_loop(lambda epoch: lockstep.sums(local_sums, epoch, param), param,
+                           optimizer, epochs, tol, callback)
+
+
+def _epoch_loop(sums, param, optimizer, epochs, tol, callback):
     losses = []
     for epoch in range(epochs):
         optimizer.zero_grad()
-        if sharded:
-            loss, grad = distributed.sum_over_ranks(local_sums, epoch, param)
-        else:
-            loss, grad = local_sums()
+        loss, grad = sums(epoch)
         param.grad = grad
         value = loss.item()
         bias = param.item()

@@ -49,11 +49,11 @@ def make_optimizer(spec, model):
     return getattr(torch.optim, name)(model.parameters(), **kwargs)
 
 
-def run_fit(spec, x, y, model=None):
+def run_fit(spec, x, y, model=None, callback=None):
     model = model or biasfit.BasicNN(dtype=x.dtype)
     result = biasfit.fit(model, x, y, optimizer=make_optimizer(spec, model),
                          epochs=spec.get("epochs", 100), tol=spec.get("tol", 1e-4),
-                         engine=spec["engine"])
+                         engine=spec["engine"], callback=callback)
     return {"epochs_run": result.epochs_run, "final_bias": result.final_bias,
             "losses": result.losses, "converged": result.converged,
             "model_bias": model.final_bias.item()}
@@ -78,11 +78,23 @@ class FailingNN(biasfit.BasicNN):
         return super().loss(inputs, labels)
 
 
+def failing_callback(at, message):
+    def callback(epoch, loss, bias):
+        if epoch == at:
+            raise RuntimeError(message)
+    return callback
+
+
 def failing_case(spec, rank, world):
-    """Rank `spec['rank']` gets a broken shard, setting or model."""
+    """Rank `spec['rank']` gets a broken shard, setting, model or callback
+    ("all_empty" and "callback_everywhere" break every rank)."""
     x, y = shard(spec, rank, world, *make_data(spec))
-    model = None
-    if rank == spec["rank"]:
+    model = callback = None
+    if spec["kind"] == "all_empty":
+        x, y = x[:0], y[:0]
+    elif spec["kind"] == "callback_everywhere":
+        callback = failing_callback(spec["at"], f"stop at epoch {spec['at']}")
+    elif rank == spec["rank"]:
         kind = spec["kind"]
         if kind == "short_labels":
             y = y[:-1]
@@ -95,9 +107,15 @@ def failing_case(spec, rank, world):
         elif kind == "nan":
             x = x.clone()
             x[0] = float("nan")
+        elif kind == "weights":
+            model = biasfit.BasicNN(dtype=x.dtype)
+            with torch.no_grad():
+                model.w00.fill_(1.8)
+        elif kind == "callback":
+            callback = failing_callback(spec["at"], "injected callback failure")
         else:
             model = FailingNN(kind, spec.get("at", 3), x.dtype)
-    return run_fit(spec, x, y, model)
+    return run_fit(spec, x, y, model, callback)
 
 
 def fit_case(spec, rank, world):
@@ -118,11 +136,13 @@ def main():
         cases = json.load(f)
     results = []
     for spec in cases:
+        start = time.monotonic()
         try:
             run = failing_case if "kind" in spec else fit_case
             results.append(run(spec, rank, world))
         except Exception as e:  # the test reads what every rank raised
             results.append({"error": type(e).__name__, "message": str(e)})
+        results[-1]["seconds"] = time.monotonic() - start
         # Written after every case: a rank that a later case kills or hangs
         # still leaves its earlier results.
         with open(out_file, "w") as f:

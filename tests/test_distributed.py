@@ -49,6 +49,7 @@ def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None):
 # Uneven shards, one of them cut inside a native chunk.
 UNEVEN = {"2": [N // 4, N - N // 4], "3": [1000, 2**14 + 7, N - 1007 - 2**14]}
 LR = 0.2 / N  # the summed loss's gradient grows with N
+EMPTY = {"2": [0, N], "3": [N - 5, 0, 5]}
 
 FIT_CASES = [
     {"id": "tutorial-autograd", "data": "tutorial", "dtype": "float32", "engine": "autograd",
@@ -70,6 +71,10 @@ FIT_CASES = [
                 dtype="float32", sizes=UNEVEN),
     random_case("float32-fused", "fused", ["SGD", {"lr": LR, "momentum": 0.5}],
                 dtype="float32", sizes=UNEVEN),
+    # A rank with no rows (more ranks than rows) adds zero sums.
+    random_case("empty-shard-autograd", "autograd", ["SGD", {"lr": LR}], sizes=EMPTY),
+    random_case("empty-shard-fused", "fused", ["SGD", {"lr": LR, "momentum": 0.5}],
+                sizes=EMPTY),
 ]
 CASE_IDS = [c["id"] for c in FIT_CASES]
 
@@ -161,6 +166,11 @@ class Group:
             p.wait()
 
 
+def untimed(result):
+    """A worker's result without its "seconds" (which differ from rank to rank)."""
+    return {k: v for k, v in result.items() if k != "seconds"}
+
+
 def assert_fit_equal(got, want, rtol):
     assert "error" not in got, got
     assert got["epochs_run"] == want["epochs_run"]
@@ -199,13 +209,30 @@ class TorchRun:
         self.proc.communicate()
 
 
-def readme_script(tmp_path):
-    """The README's train.py for torchrun, written to tmp_path."""
+def readme_script(tmp_path, then=""):
+    """The README's train.py for torchrun, as written there (followed by
+    `then`), written to tmp_path."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     section = readme[readme.index("## Training on many processes and machines"):]
     script = tmp_path / "train.py"
-    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0])
+    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0] + then)
     return script
+
+
+# Appended to the README's script: the gloo threads still running once it
+# has destroyed its process group. A group that outlives
+# destroy_process_group keeps them until the interpreter shuts down, and
+# then one of them can abort the process (SIGABRT, "terminate called without
+# an active exception") after the script is done.
+GLOO_THREADS_LEFT = """
+import os, sys
+left = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", sorted(t for t in left if "gloo" in t), file=sys.stderr)
+"""
+README_OUT = ["34 epochs, final_bias = -16.0019"]
+# How many times test_the_readme_script_exits_cleanly_every_time runs the
+# script with 3 processes (a few seconds each); set more to hunt rare exits.
+README_RUNS = int(os.environ.get("BIASFIT_TEST_README_RUNS", "5"))
 
 
 CLI_POINTS = 1001
@@ -234,8 +261,10 @@ def groups(tmp_path_factory, fit_cases):
               for action in ("exit", "hang")}
     started = {2: Group(tmp("world2"), 2, fit_cases + FAIL_CASES),
                3: Group(tmp("world3"), 3, fit_cases), **vanish}
-    readme = tmp("readme")
-    started["readme"] = TorchRun(readme, 2, readme_script(readme))
+    for nproc in (1, 2, 4):  # 4 processes on 3 rows: one holds none
+        readme = tmp(f"readme{nproc}")
+        started[f"readme{nproc}"] = TorchRun(readme, nproc,
+                                             readme_script(readme, GLOO_THREADS_LEFT))
     cli = tmp("cli")
     write_points(cli / "points.csv")
     started["cli"] = TorchRun(cli, 2, "-m", "biasfit", "train", *CLI_ARGS)
@@ -272,7 +301,7 @@ def test_one_rank_gives_the_single_process_bits(tmp_path, fit_cases, single_proc
 @pytest.mark.parametrize("index", range(len(FIT_CASES)), ids=CASE_IDS)
 def test_sharded_fit_equals_single_process_fit(sharded, single_process, world, index):
     spec = FIT_CASES[index]
-    per_rank = [results[index] for results in sharded(world)]
+    per_rank = [untimed(results[index]) for results in sharded(world)]
     for rank, got in enumerate(per_rank):
         assert got == per_rank[0], f"rank {rank} ended unlike rank 0"
     assert_fit_equal(per_rank[0], single_process[spec["id"]], SHARDED_RTOL[spec["dtype"], spec["engine"]])
@@ -286,21 +315,45 @@ def test_tutorial_sharded_fit_is_the_tutorial_result(sharded):
 
 FAIL_BASE = {"data": "random", "n": 1000, "seed": 3, "dtype": "float64",
              "optimizer": ["SGD", {"lr": 1e-4}], "rank": 1}
+# FAIL_BASE never reaches tol (its noise keeps the loss near 2.5): its fits
+# run epochs 0 to 99.
+LAST_EPOCH = 99
 FAIL_CASES = [
     dict(FAIL_BASE, kind="short_labels", engine="fused",
          expect=["DistributedFitError", "rank 1", "labels has shape (499,) but inputs has shape (500,)"]),
     dict(FAIL_BASE, kind="dtype", engine="autograd",
          expect=["DistributedFitError", "rank 1", "torch.float32"]),
-    dict(FAIL_BASE, kind="empty", engine="fused",
-         expect=["DistributedFitError", "rank 1", "empty"]),
+    dict(FAIL_BASE, kind="all_empty", engine="fused",
+         expect=["DistributedFitError", "every rank's shard is empty (2 ranks, 0 rows in all)"]),
     dict(FAIL_BASE, kind="lr", engine="autograd",
          expect=["DistributedFitError", "rank 1", "'lr': 0.2"]),
+    # Another model on one rank: both engines refuse, before the first epoch.
+    *[dict(FAIL_BASE, kind="weights", engine=engine,
+           expect=["DistributedFitError", "rank 1 of 2 would fit with settings {'weights': "
+                   "[1.8, -0.85, -40.8, 12.6, 0.0, 2.7]} but rank 0 with {'weights': "
+                   "[1.7, -0.85, -40.8, 12.6, 0.0, 2.7]}"])
+      for engine in ("autograd", "fused")],
     dict(FAIL_BASE, kind="raise", engine="autograd",
-         expect=["DistributedFitError", "rank 1", "epoch 2"]),
+         expect=["DistributedFitError", "rank 1 of 2 failed in epoch 2 (rank 1: RuntimeError: "
+                 "injected failure)"]),
     # A NaN in one shard reaches every rank through the sum: all diverge.
     dict(FAIL_BASE, kind="nan", engine="fused",
          expect=["DivergedError", "the loss became nan at epoch 0"]),
+    # A callback that raises on one rank, which lives on: every rank stops at
+    # once (the group's timeout here is 30 s), told which rank and why, in
+    # the next epoch's collective or, after the last epoch, the closing one.
+    *[dict(FAIL_BASE, kind="callback", engine=engine, at=at,
+           expect=["DistributedFitError", f"rank 1 of 2 failed in epoch {at} (rank 1: "
+                   f"RuntimeError: injected callback failure)"])
+      for engine, at in (("autograd", 2), ("fused", 2), ("autograd", LAST_EPOCH),
+                         ("fused", LAST_EPOCH))],
+    # Every rank's callback raises alike: each rank gets its own exception,
+    # as one process would.
+    dict(FAIL_BASE, kind="callback_everywhere", engine="fused", at=5,
+         expect=["RuntimeError", "stop at epoch 5"]),
 ]
+FAIL_IDS = [f"{c['kind']}-{c['engine']}" + (f"-{c['at']}" if "at" in c else "")
+            for c in FAIL_CASES]
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +361,7 @@ def failures(sharded):
     return [results[len(FIT_CASES):] for results in sharded(2)]
 
 
-@pytest.mark.parametrize("index", range(len(FAIL_CASES)),
-                         ids=[c["kind"] for c in FAIL_CASES])
+@pytest.mark.parametrize("index", range(len(FAIL_CASES)), ids=FAIL_IDS)
 def test_a_failing_rank_stops_every_rank(failures, index):
     kind, *fragments = FAIL_CASES[index]["expect"]
     for rank, results in enumerate(failures):
@@ -317,6 +369,8 @@ def test_a_failing_rank_stops_every_rank(failures, index):
         assert got.get("error") == kind, (rank, got)
         for fragment in fragments:
             assert fragment in got["message"], (rank, got["message"])
+        # Within seconds, not after the group's 30 s timeout.
+        assert got["seconds"] < 10, (rank, got)
 
 
 def test_the_failing_rank_reports_its_own_error(failures):
@@ -332,11 +386,27 @@ def test_a_vanished_rank_makes_the_others_fail_not_hang(groups, action):
     assert "rank 0: a collective (epoch 2) failed" in got["message"]
 
 
-def test_the_readme_torchrun_script_trains_on_shards(groups):
+@pytest.mark.parametrize("nproc", [1, 2, 4])
+def test_the_readme_torchrun_script_trains_on_shards(groups, nproc):
     # init_from_env, shard_rows and fit together, under torchrun itself.
-    status, out, err = groups["readme"].results()
+    status, out, err = groups[f"readme{nproc}"].results()
     assert status == 0, err
-    assert out.splitlines() == ["34 epochs, final_bias = -16.0019"]
+    assert out.splitlines() == README_OUT
+    assert "terminate called" not in err
+    left = [line for line in err.splitlines() if line.startswith("gloo threads left:")]
+    assert left == ["gloo threads left: []"] * nproc, err
+
+
+def test_the_readme_script_exits_cleanly_every_time(tmp_path):
+    # The README's script exactly as written, again and again: every run
+    # must print the result once and exit 0, never abort at exit.
+    script = readme_script(tmp_path)
+    failed = []
+    for run in range(README_RUNS):
+        status, out, err = TorchRun(tmp_path, 3, script).results()
+        if status != 0 or out.splitlines() != README_OUT or "terminate called" in err:
+            failed.append(f"run {run}: exit {status}, stdout {out!r}, stderr:\n{err[-2000:]}")
+    assert not failed, f"{len(failed)} of {README_RUNS} runs failed:\n" + "\n".join(failed)
 
 
 def test_cli_under_torchrun_prints_once_what_one_process_prints(groups, capsys, monkeypatch):
