@@ -62,10 +62,21 @@ def test_any_optimizer_matches_the_tutorial_loop(name):
     epochs, bias, losses = reference.tutorial_fit(
         ref_model, x, y, OPTIMIZERS[name](ref_model.parameters()))
     model = biasfit.BasicNN(dtype=torch.float64)
-    result = biasfit.fit(model, x, y, optimizer=OPTIMIZERS[name](model.parameters()))
-    assert result.epochs_run == epochs
+    try:
+        result = biasfit.fit(model, x, y, optimizer=OPTIMIZERS[name](model.parameters()))
+    except biasfit.StalledError as stall:
+        # The tutorial's loop runs on where biasfit stops: every later epoch of
+        # it must have the stall's loss, and a bias no higher.
+        result = stall.result
+        assert epochs == 100 and len(losses) == 100
+        assert losses[result.epochs_run:] == [losses[result.epochs_run]] * (
+            100 - result.epochs_run)
+        assert bias <= result.final_bias
+        losses = losses[:result.epochs_run + 1]
+    else:
+        assert result.epochs_run == epochs
+        assert result.final_bias == pytest.approx(bias, rel=1e-10)
     assert_close_lists(result.losses, losses, 1e-10)
-    assert result.final_bias == pytest.approx(bias, rel=1e-10)
 
 
 def sgd_settings():
@@ -83,7 +94,8 @@ SGD_SETTINGS = list(sgd_settings())
 def engine_pair(x, y, bias0, lr, settings, epochs, tol):
     """Both engines' results; a fit that diverges (maximize climbs until the
     float32 loss overflows) yields a FitResult of what it saw before the error,
-    with epochs_run set to the failing epoch."""
+    with epochs_run set to the failing epoch; a fit that stalls (see
+    biasfit.StalledError) with -epochs_run, so a stall never matches a stop."""
     results = []
     for engine in biasfit.train.ENGINES:
         model = biasfit.BasicNN(bias0, dtype=x.dtype).to(x.device)
@@ -94,6 +106,9 @@ def engine_pair(x, y, bias0, lr, settings, epochs, tol):
                                  engine=engine, callback=lambda e, loss, b: seen.append(loss))
         except biasfit.DivergedError as err:
             result = biasfit.FitResult(err.epoch, math.nan, seen, False)
+        except biasfit.StalledError as err:  # both engines must stall alike
+            assert seen == err.result.losses
+            result = biasfit.FitResult(-err.epoch, err.result.final_bias, seen, False)
         results.append(result)
     return results
 
