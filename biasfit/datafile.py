@@ -65,15 +65,18 @@ def shard_bounds(n_rows: int, rank: int, world_size: int) -> tuple:
 
 
 def load_xy(path, x_col=None, y_col=None, *, dtype=torch.float32, rank=None,
-            world_size=None):
-    """(inputs, labels): two 1-D float tensors of the same length from `path`."""
-    x, y = _load(path, [(x_col, "x", 0), (y_col, "y", 1)], dtype, rank, world_size)
-    return x, y
+            world_size=None, with_names=False):
+    """(inputs, labels): two 1-D float tensors of the same length from `path`;
+    with_names, also the two columns' names (header names, array names or
+    "column 0"-style for a table without a header)."""
+    (x, y), names = _load(path, [(x_col, "x", 0), (y_col, "y", 1)], dtype, rank,
+                          world_size)
+    return (x, y, names) if with_names else (x, y)
 
 
 def load_x(path, x_col=None, *, dtype=torch.float32, rank=None, world_size=None):
     """The inputs alone (for prediction): one 1-D float tensor from `path`."""
-    return _load(path, [(x_col, "x", 0)], dtype, rank, world_size)[0]
+    return _load(path, [(x_col, "x", 0)], dtype, rank, world_size)[0][0]
 
 
 def _load(path, wanted, dtype, rank, world_size):
@@ -96,8 +99,9 @@ def _load(path, wanted, dtype, rank, world_size):
         else:
             reader = _load_text
         shard = (rank, world_size) if sharded else None
-        columns = reader(name, local, wanted, np_dtype, shard)
-    return [torch.from_numpy(c) for c in columns]
+        columns, names = reader(name, local, wanted, np_dtype, shard)
+    names = [n if isinstance(n, str) else f"column {n}" for n in names]
+    return [torch.from_numpy(c) for c in columns], names
 
 
 @contextlib.contextmanager
@@ -148,20 +152,21 @@ def _load_text(name, path, wanted, np_dtype, shard):
             n_rows = sum(1 for _ in lines)
             start, stop = shard_bounds(n_rows, *shard)
             if start == stop:
-                return [np.empty(0, np_dtype) for _ in cols]
+                return [np.empty(0, np_dtype) for _ in cols], [names[c] for c in cols]
             at = next(x for i, x in enumerate(_data_lines(path, skip)) if i == start)
             table = _loadtxt(path, np_dtype, delimiter, at, stop - start)
         if table.shape[0] == 0 and shard is None:
             raise DataFileError(f"{name} is empty: no rows of data")
         if table.shape[1] == len(names) and np.isfinite(table[:, cols]).all():
-            return [np.ascontiguousarray(table[:, c]) for c in cols]
+            return [np.ascontiguousarray(table[:, c]) for c in cols], [names[c] for c in cols]
     except DataFileError:
         raise
     except (ValueError, UnicodeDecodeError):
         pass
     table = None  # its memory is free for the slow pass
     # NumPy refused the file, or it holds inf/NaN: find the row at fault.
-    return _read_rows(name, path, skip, names, cols, np_dtype, shard)
+    return (_read_rows(name, path, skip, names, cols, np_dtype, shard),
+            [names[c] for c in cols])
 
 
 def _first_row(name, f):
@@ -274,7 +279,7 @@ def _load_npy(name, path, wanted, np_dtype, shard):
     columns = [np.array(table[start:stop, c], dtype=np_dtype) for c in cols]
     for c, column in zip(cols, columns):
         _check_finite(name, column, table[start:stop, c], str(c), np_dtype, start)
-    return columns
+    return columns, cols
 
 
 def _load_npz(name, path, wanted, np_dtype, shard):
@@ -306,7 +311,7 @@ def _load_npz(name, path, wanted, np_dtype, shard):
     columns = [np.array(a[start:stop], dtype=np_dtype) for a in arrays]
     for c, column, source in zip(cols, columns, arrays):
         _check_finite(name, column, source[start:stop], names[c], np_dtype, start)
-    return columns
+    return columns, [names[c] for c in cols]
 
 
 def _check_numeric(name, dtype):
