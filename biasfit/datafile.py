@@ -144,9 +144,12 @@ def _load_text(name, path, wanted, np_dtype, shard):
     delimiter = "," if "," in first else "\t" if "\t" in first else None
     table = None
     try:
+        if shard is None and delimiter is not None:
+            columns = _read_arrow(path, np_dtype, delimiter, skip, len(names), cols)
+            if columns is not None:
+                return columns, [names[c] for c in cols]
         if shard is None:
             table = _loadtxt(path, np_dtype, delimiter, skip, None)
-            start = 0
         else:
             lines = _data_lines(path, skip)
             n_rows = sum(1 for _ in lines)
@@ -189,6 +192,48 @@ def _data_lines(path, skip):
         for i, line in enumerate(f):
             if i >= skip and line.strip():
                 yield i
+
+
+def _read_arrow(path, np_dtype, delimiter, skip, width, cols):
+    """The chosen columns by pyarrow's CSV reader (C++, several threads: about
+    3x NumPy's loadtxt), or None when pyarrow is missing or refuses the file
+    (a field that is no number, a row of another width), or it holds empty,
+    inf or NaN values: the other readers then take over and explain."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    keys = [f"f{c}" for c in cols]
+    # Streamed batch by batch, each converted to the target dtype at once: a
+    # whole float64 table first would double the peak memory.
+    parts = [[] for _ in keys]
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(skip_rows=skip, autogenerate_column_names=True),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types={k: pa.float64() for k in keys}, include_columns=keys))
+        for batch in reader:
+            for k, part in zip(keys, parts):
+                column = batch.column(k)
+                if column.null_count:  # empty fields, "nan", "NA"...
+                    return None
+                # float64 first, as every other path parses, then the dtype.
+                values = column.to_numpy().astype(np_dtype)
+                if not np.isfinite(values).all():
+                    return None
+                part.append(values)
+    except (pa.ArrowException, ValueError):
+        return None
+    if not parts[0] or sum(len(p) for p in parts[0]) == 0:
+        return None
+    columns = []
+    for part in parts:
+        columns.append(np.concatenate(part))
+        part.clear()  # freed column by column
+    return columns
 
 
 def _loadtxt(path, np_dtype, delimiter, skip, max_rows):

@@ -197,3 +197,12 @@ def test_shards_of_a_file_with_blank_lines_and_a_header(tmp_path, world_size):
     parts = [load_xy(path, rank=r, world_size=world_size) for r in range(world_size)]
     assert torch.cat([x for x, _ in parts]).tolist() == [a for a, _ in rows]
     assert torch.cat([y for _, y in parts]).tolist() == [b for _, b in rows]
+
+
+@pytest.mark.parametrize("text", ["x,y\n0,0\n0.5,1\n\n1,0\n", "0\t0\n0.5\t1\n1\t0\n",
+                                  '"x","y"\n"0","0"\n0.5,1\n1,0\n'])
+def test_numpys_reader_gives_what_pyarrows_gives(tmp_path, monkeypatch, text):
+    path = write(tmp_path / "d.csv", text)
+    fast = [t.tolist() for t in load_xy(path)]
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import fails
+    assert [t.tolist() for t in load_xy(path)] == fast == [[0.0, 0.5, 1.0], [0.0, 1.0, 0.0]]
