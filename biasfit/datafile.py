@@ -99,7 +99,10 @@ def _load(path, wanted, dtype, rank, world_size):
         else:
             reader = _load_text
         shard = (rank, world_size) if sharded else None
-        columns, names = reader(name, local, wanted, np_dtype, shard)
+        # A value past float32's range casts to inf, which the readers find
+        # and name: NumPy's RuntimeWarning would only add lines before that.
+        with np.errstate(over="ignore", invalid="ignore"):
+            columns, names = reader(name, local, wanted, np_dtype, shard)
     names = [n if isinstance(n, str) else f"column {n}" for n in names]
     return [torch.from_numpy(c) for c in columns], names
 

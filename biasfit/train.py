@@ -97,7 +97,8 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
     optimizer: any torch.optim optimizer over model.parameters() (default
     SGD(lr=lr)); engine="fused" takes SGD only. callback(epoch, loss, bias) is
     called for every epoch (after the native call, for the fused engine).
-    Raises DivergedError if the loss or bias becomes inf or NaN.
+    Raises DivergedError if the loss or bias becomes inf or NaN, and
+    StalledError if SGD reaches a bias where every output unit is off.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -105,7 +106,8 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
     if engine == "fused":
         # No torch.optim.SGD unless given: building one imports torch._dynamo
         # (about a second), which the native loop never needs.
-        hyper = _sgd_hyperparameters(optimizer, model) if optimizer else {"lr": lr}
+        hyper = ({"lr": lr} if optimizer is None
+                 else _sgd_hyperparameters(optimizer, model))
         return _fit_model_fused(model, inputs, labels, hyper, epochs, tol, callback)
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)

@@ -206,3 +206,19 @@ def test_numpys_reader_gives_what_pyarrows_gives(tmp_path, monkeypatch, text):
     fast = [t.tolist() for t in load_xy(path)]
     monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import fails
     assert [t.tolist() for t in load_xy(path)] == fast == [[0.0, 0.5, 1.0], [0.0, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("kind", ["csv", "npy", "npz"])
+def test_a_value_past_float32_is_named_without_warnings(tmp_path, kind, recwarn):
+    if kind == "csv":
+        path = write(tmp_path / "d.csv", "x,y\n0,0\n1,1e39\n")
+    elif kind == "npy":
+        path = tmp_path / "d.npy"
+        np.save(path, np.array([[0.0, 0.0], [1.0, 1e39]]))
+    else:
+        path = tmp_path / "d.npz"
+        np.savez(path, x=np.array([0.0, 1.0]), y=np.array([0.0, 1e39]))
+    with pytest.raises(DataFileError, match=r"row 2.*1e\+39 is not a finite float32"):
+        load_xy(path)
+    assert [str(w.message) for w in recwarn] == []
+    assert load_xy(path, dtype=torch.float64)[1].tolist() == [0.0, 1e39]
