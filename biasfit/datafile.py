@@ -332,7 +332,8 @@ def _load_npy(name, path, wanted, np_dtype, shard):
 
 def _load_npz(name, path, wanted, np_dtype, shard):
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        # Our own handle: np.load leaves its file open when the zip is broken.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
             names = list(archive.files)
             if not names:
                 raise DataFileError(f"{name} is an .npz holding no arrays; expected "
