@@ -148,7 +148,7 @@ if __name__ == "__main__":
     folder = build_folder()
     setup(
         version=VERSION,
-        install_requires=[torch_requirement(), "tqdm>=4.60"],
+        install_requires=[torch_requirement(), "tqdm>=4.60", "numpy>=1.23", "pyarrow>=14"],
         ext_modules=ext_modules,
         cmdclass=cmdclass,
         options={"build": {"build_base": os.path.join(folder, "build")},

@@ -4,7 +4,9 @@
   biasfit predict --model MODEL (--data FILE | --x X [X ...])
 
 Every error ends the command with one line on stderr and a non-zero exit:
-2 for a bad option, 1 for bad data, a failed fit or an unwritable output.
+2 for a bad option, 1 for bad data, a failed fit or an unwritable output;
+Ctrl-C exits 130 and a closed output pipe (| head) 141, quietly, as Unix
+tools do.
 """
 import argparse
 import json
@@ -21,7 +23,7 @@ from . import distributed
 from .checkpoint import CheckpointError, load_model, save_model
 from .datafile import DataFileError, load_x, load_xy
 from .plot import PlotUnavailable, plot_fit, require_matplotlib
-from .train import ENGINES
+from .train import ENGINES, MAX_EPOCHS, StalledError
 
 # A progress bar appears once a fit has run this long (and stderr is a terminal).
 PROGRESS_DELAY_S = 1.0
@@ -37,18 +39,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(minimum=None, integer=False):
-    """An argparse type: a finite float (or int) >= minimum."""
+def _number(minimum=None, integer=False, maximum=None, why=""):
+    """An argparse type: a finite float (or int: 1e6 counts) in [minimum, maximum]."""
     def parse(text):
         try:
-            value = int(text) if integer else float(text)
+            value = float(text)
         except ValueError:
+            value = None
+        if integer and value is not None and math.isfinite(value):
+            value = int(text) if text.strip().lstrip("+-").isdigit() else (
+                int(value) if value.is_integer() else None)
+        if value is None:
             kind = "an integer" if integer else "a number"
             raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}{why}, got {text}")
         return value
     return parse
 
@@ -110,24 +119,26 @@ def _train(args) -> int:
     with distributed.all_or_none("reading the data"):
         if args.data:
             shard = {"rank": rank, "world_size": world} if sharded else {}
-            inputs, labels = load_xy(args.data, args.x_col, args.y_col, dtype=dtype, **shard)
+            inputs, labels, names = load_xy(args.data, args.x_col, args.y_col, dtype=dtype,
+                                            with_names=True, **shard)
         else:
+            names = ("dose", "effectiveness")  # the tutorial's
             inputs, labels = biasfit.tutorial_data()
             rows = distributed.shard_rows(len(inputs), rank, world)
             inputs, labels = inputs[rows].to(dtype), labels[rows].to(dtype)
     inputs, labels = inputs.to(device), labels.to(device)
 
     model = biasfit.BasicNN(args.init_bias, dtype=dtype).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                nesterov=args.nesterov, weight_decay=args.weight_decay)
+    every = args.log_every
     with _progress(args.epochs, shown=rank == 0) as bar:
         def show(epoch, loss, bias):
             bar.update()
-            if not args.json and rank == 0:
+            last = epoch + 1 == args.epochs or loss < args.tol
+            if (not (args.json or args.quiet) and rank == 0
+                    and (epoch % every == 0 or last)):
                 tqdm.write(f"epoch {epoch:4d}  total_loss {loss:.6g}  final_bias {bias:.6g}",
                            file=sys.stdout)
-        result = biasfit.fit(model, inputs, labels, optimizer=optimizer, epochs=args.epochs,
-                             tol=args.tol, callback=show, engine=args.engine)
+        result = _fit(args, model, inputs, labels, show)
 
     points = torch.tensor(len(inputs), device=device)
     if sharded:
@@ -137,6 +148,9 @@ def _train(args) -> int:
     record = _record(result, _settings(args, int(points)))
     if args.json:
         print(json.dumps(record, allow_nan=False))
+    elif not result.losses:
+        print(f"ran no epochs (--epochs 0): final_bias = {result.final_bias:.4f}, "
+              f"the starting value; no loss was computed")
     else:
         state = "converged" if result.converged else "did not converge"
         print(f"{state} after {result.epochs_run} epochs: final_bias = "
@@ -145,9 +159,26 @@ def _train(args) -> int:
         save_model(args.save, model, record)
         _note(args, f"saved the model to {args.save}")
     if args.plot:
-        plot_fit(args.plot, model, inputs, labels, result.losses)
+        plot_fit(args.plot, model, inputs, labels, result, names=names)
         _note(args, f"saved the plot to {args.plot}")
     return 0
+
+
+def _fit(args, model, inputs, labels, callback):
+    sgd = {"lr": args.lr, "momentum": args.momentum, "nesterov": args.nesterov,
+           "weight_decay": args.weight_decay}
+    if args.engine == "fused":
+        # fit_fused directly: a torch.optim.SGD would import torch._dynamo
+        # (about a second) for a loop that runs in native code.
+        result = biasfit.fit_fused(inputs, labels, weights=model.weights(),
+                                   bias=model.final_bias.detach(), epochs=args.epochs,
+                                   tol=args.tol, callback=callback, **sgd)
+        with torch.no_grad():
+            model.final_bias.fill_(result.final_bias)
+        return result
+    optimizer = torch.optim.SGD(model.parameters(), **sgd)
+    return biasfit.fit(model, inputs, labels, optimizer=optimizer, epochs=args.epochs,
+                       tol=args.tol, callback=callback, engine=args.engine)
 
 
 def _note(args, text):
@@ -161,42 +192,95 @@ def _predict(args) -> int:
     dtype = model.final_bias.dtype
     if args.data:
         inputs = load_x(args.data, args.x_col, dtype=dtype)
+        where = lambda i: f"{args.data} row {i + 1} (x = {inputs[i].item():g})"  # noqa: E731
     else:
         inputs = torch.tensor(args.x, dtype=dtype)
+        where = lambda i: f"--x {args.x[i]:g}"  # noqa: E731
+    kind = str(dtype).removeprefix("torch.")
+    refuse = UsageError if args.data is None else DataFileError  # exit 2 or 1
+    too_big = (~torch.isfinite(inputs)).nonzero()
+    if len(too_big):  # --x 1e39 is inf in float32
+        raise refuse(f"{where(int(too_big[0]))} does not fit the model's dtype {kind}")
     with torch.no_grad():
         outputs = model(inputs.to(device)).cpu()
+    bad = (~torch.isfinite(outputs)).nonzero()
+    if len(bad):
+        raise refuse(f"{where(int(bad[0]))}: the model's output is not a finite {kind} "
+                         f"number (the weights times x overflow); use inputs of smaller "
+                         f"magnitude")
     digits = 9 if dtype == torch.float32 else 17  # enough to round-trip
+    lines = [f"{x:.{digits}g},{y:.{digits}g}" for x, y in zip(inputs.tolist(), outputs.tolist())]
     print("x,prediction")
-    for x, y in zip(inputs.tolist(), outputs.tolist()):
-        print(f"{x:.{digits}g},{y:.{digits}g}")
+    print("\n".join(lines))
     return 0
 
 
+EXAMPLES = """examples:
+  biasfit train                                   the tutorial's fit, every epoch shown
+  biasfit train --data doses.csv --x-col dose --y-col effect --lr 0.0005
+  biasfit train --data points.npy --engine fused --quiet --save model.pt
+  cat points.csv | biasfit train --data - --log-every 100
+  biasfit predict --model model.pt --x 0 0.5 1
+"""
+
+TRAIN_EXAMPLES = """The loss is the SUM of squared errors over the N points (the tutorial's), not
+their mean: its gradient grows with N, so an lr that suits 3 points overshoots
+on thousands. Scale lr by 1/N (0.1 for the tutorial's 3 points is 0.1/3 per
+point): e.g. --lr 0.0005 for 200 points. A step so large that every output
+unit turns off leaves a gradient of exactly 0: the fit stops there and says so.
+
+examples:
+  biasfit train
+  biasfit train --data doses.csv --x-col dose --y-col effect --lr 0.0005
+  biasfit train --data big.csv --lr 1e-7 --epochs 20000 --log-every 1000
+  biasfit train --data points.npy --engine fused --quiet --save model.pt --plot fit.png
+  biasfit train --data - --json < points.csv
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="biasfit", description=__doc__.split("\n")[0])
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="biasfit", description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                     formatter_class=raw)
     parser.add_argument("--version", action="version",
                         version=f"biasfit {biasfit.__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fit final_bias (default: the tutorial data)")
+    train = sub.add_parser("train", help="fit final_bias (default: the tutorial data)",
+                           description="Fit final_bias by SGD on the summed squared error.",
+                           epilog=TRAIN_EXAMPLES, formatter_class=raw)
     train.add_argument("--data", metavar="FILE",
-                       help="CSV/text (header optional), .npy of shape (N, 2), or .npz with x, y")
+                       help="CSV/text (header optional), .npy of shape (N, 2), or .npz with "
+                            "x, y; - reads standard input (default: the tutorial's 3 points)")
     train.add_argument("--x-col", help="input column: header name or 0-based index")
     train.add_argument("--y-col", help="label column: header name or 0-based index")
-    train.add_argument("--lr", type=_number(0), default=0.1, help="learning rate (0.1)")
-    train.add_argument("--epochs", type=_number(0, integer=True), default=100,
-                       help="most epochs to run (100)")
+    train.add_argument("--lr", type=_number(0), default=0.1,
+                       help="learning rate on the SUMMED loss: scale it by 1/N (0.1)")
+    train.add_argument("--epochs", type=_number(0, integer=True, maximum=MAX_EPOCHS,
+                                                why=" (2**31 - 1)"),
+                       default=100, help="most epochs to run (100)")
     train.add_argument("--tol", type=_number(0), default=1e-4,
-                       help="stop once the total loss is below this (1e-4)")
+                       help="stop once the total (summed) loss is below this (1e-4)")
     train.add_argument("--momentum", type=_number(0), default=0.0, help="SGD momentum (0)")
     train.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     train.add_argument("--weight-decay", type=_number(0), default=0.0, help="L2 penalty (0)")
     train.add_argument("--engine", choices=ENGINES, default="autograd",
-                       help="autograd: one step per Python iteration; fused: one native call")
-    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    train.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+                       help="autograd (the default): torch.optim.SGD, one step per Python "
+                            "iteration; fused: the whole fit in one native call, same "
+                            "results, and it starts about a second sooner")
+    train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="where the data and the fit live (cpu); cuda needs a GPU and "
+                            "biasfit built with CUDA")
+    train.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                       help="precision of the data, model and loss terms (float32); sums "
+                            "run in float64 either way")
     train.add_argument("--init-bias", type=_number(), default=0.0,
                        help="starting final_bias (0)")
+    shown = train.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", "-q", action="store_true",
+                       help="print only the result, not every epoch")
+    shown.add_argument("--log-every", type=_number(1, integer=True), default=1, metavar="K",
+                       help="print every K-th epoch (and the last) (1)")
     train.add_argument("--json", action="store_true",
                        help="print one JSON object (result, losses, settings, versions)")
     train.add_argument("--plot", metavar="FILE.png",
@@ -204,31 +288,57 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save", metavar="FILE", help="save the trained model and its history")
     train.set_defaults(run=_train)
 
-    predict = sub.add_parser("predict", help="predict with a model saved by train --save")
-    predict.add_argument("--model", metavar="FILE", required=True)
+    predict = sub.add_parser("predict", help="predict with a model saved by train --save",
+                             epilog="example:\n  biasfit predict --model model.pt --x 0 0.5 1",
+                             formatter_class=raw)
+    predict.add_argument("--model", metavar="FILE", required=True,
+                         help="a model file written by biasfit train --save")
     given = predict.add_mutually_exclusive_group(required=True)
-    given.add_argument("--data", metavar="FILE", help="inputs from a data file")
+    given.add_argument("--data", metavar="FILE",
+                       help="inputs from a data file (- reads standard input)")
     given.add_argument("--x", type=_number(), nargs="+", metavar="X", help="inputs")
     predict.add_argument("--x-col", help="input column: header name or 0-based index")
-    predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                         help="where to run the model (cpu)")
     predict.set_defaults(run=_predict)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return _interrupted("biasfit")
     try:
         code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except KeyboardInterrupt:
+        return _interrupted(f"biasfit {args.command}")
+    except BrokenPipeError:
+        return _pipe_closed()
     except UsageError as e:
         code, message = 2, str(e)
     except (DataFileError, CheckpointError, PlotUnavailable, biasfit.DivergedError,
-            distributed.DistributedFitError, OSError) as e:
+            StalledError, distributed.DistributedFitError, OSError) as e:
         code, message = 1, str(e).removeprefix("biasfit: ")
     if code != 0 and _reports():
         print(f"biasfit {args.command}: error: {message}", file=sys.stderr)
     if distributed.is_distributed():
         _leave_group(code)
     return code
+
+
+def _interrupted(prog) -> int:
+    # Ctrl-C: one line, and the shell's 128 + SIGINT, as Unix tools do.
+    print(f"{prog}: interrupted", file=sys.stderr)
+    return 130
+
+
+def _pipe_closed() -> int:
+    # The reader (| head) is gone: nothing more can be said on stdout, and
+    # Python must not complain while flushing it at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a Unix tool killed by it reports
 
 
 def _reports() -> bool:

@@ -3,13 +3,21 @@
 Formats, told apart by their first bytes rather than the file name:
 
 - text (CSV): comma-, tab- or whitespace-separated columns, optionally with a
-  header row naming them (a first row with no number in it is a header);
-- NumPy .npy: a 2-D array of shape (N, K), columns by index;
+  header row naming them (a first row with no number in it is a header), in
+  UTF-8 with or without a byte order mark (Excel's "CSV UTF-8");
+- NumPy .npy: a 2-D array of shape (N, K), columns by index, memory-mapped;
 - NumPy .npz: 1-D arrays named x and y (or chosen by name).
+The path "-" reads standard input (spooled to a temporary file).
 
 Columns: x_col/y_col name a header column or a 0-based index. By default the
 input is the column named "x", else the first; the label the column named "y",
 else the second; a table of more than two columns must name what it lacks.
+An .npz has no order that means anything, so its arrays are taken by name:
+x and y, or what x_col/y_col name.
+
+Text is parsed by NumPy's C reader (np.loadtxt); when it refuses a file, a
+line-by-line pass finds the row and column at fault (or reads the file when
+only an unused column holds text).
 
 Sharding: with rank and world_size, only rows [start, stop) of
 shard_bounds(N, rank, world_size) are converted and returned, a contiguous
@@ -18,13 +26,23 @@ block per rank (e.g. for torchrun). Rows outside the shard are not checked.
 Every problem with a file raises DataFileError, a ValueError whose message is
 one line naming the file and, where it applies, the row and column.
 """
+import contextlib
 import csv
 import math
+import shutil
+import sys
+import tempfile
+import warnings
+import zipfile
+from array import array
 
+import numpy as np
 import torch
 
 _NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
+_SNIFF = 1 << 16  # bytes looked at to tell the format
+_MAX_LINE = 1 << 20  # a "line" longer than this is no table
 
 
 class DataFileError(ValueError):
@@ -47,72 +65,222 @@ def shard_bounds(n_rows: int, rank: int, world_size: int) -> tuple:
 
 
 def load_xy(path, x_col=None, y_col=None, *, dtype=torch.float32, rank=None,
-            world_size=None):
-    """(inputs, labels): two 1-D float tensors of the same length from `path`."""
-    table = _read(path)
-    xi = _column(table, x_col, "x", 0)
-    yi = _column(table, y_col, "y", 1)
-    # Transposed first so that each returned tensor is contiguous.
-    return tuple(_values(table, [xi, yi], dtype, rank, world_size).T.contiguous())
+            world_size=None, with_names=False):
+    """(inputs, labels): two 1-D float tensors of the same length from `path`;
+    with_names, also the two columns' names (header names, array names or
+    "column 0"-style for a table without a header)."""
+    (x, y), names = _load(path, [(x_col, "x", 0), (y_col, "y", 1)], dtype, rank,
+                          world_size)
+    return (x, y, names) if with_names else (x, y)
 
 
 def load_x(path, x_col=None, *, dtype=torch.float32, rank=None, world_size=None):
     """The inputs alone (for prediction): one 1-D float tensor from `path`."""
-    table = _read(path)
-    xi = _column(table, x_col, "x", 0)
-    return _values(table, [xi], dtype, rank, world_size)[:, 0]
+    return _load(path, [(x_col, "x", 0)], dtype, rank, world_size)[0][0]
 
 
-class _Table:
-    """A file's columns before conversion: `rows(start, stop)` yields
-    (where, fields) with `where` saying where the row is in the file."""
+def _load(path, wanted, dtype, rank, world_size):
+    sharded = rank is not None or world_size is not None
+    if sharded:
+        shard_bounds(0, rank, world_size)  # refuse a bad rank before any reading
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    with _local_file(path) as (name, local):
+        try:
+            with open(local, "rb") as f:
+                head = f.read(_SNIFF)
+        except OSError as e:
+            raise DataFileError(f"cannot read {name}: {e.strerror}") from None
+        if head.startswith(_NPY_MAGIC):
+            reader = _load_npy
+        elif head.startswith(_ZIP_MAGICS):
+            reader = _load_npz
+        elif b"\0" in head:  # binary (or /dev/zero): never read it as lines
+            raise DataFileError(f"{name} is not a UTF-8 text, .npy or .npz file")
+        else:
+            reader = _load_text
+        shard = (rank, world_size) if sharded else None
+        # A value past float32's range casts to inf, which the readers find
+        # and name: NumPy's RuntimeWarning would only add lines before that.
+        with np.errstate(over="ignore", invalid="ignore"):
+            columns, names = reader(name, local, wanted, np_dtype, shard)
+    names = [n if isinstance(n, str) else f"column {n}" for n in names]
+    return [torch.from_numpy(c) for c in columns], names
 
-    def __init__(self, path, names, n_rows, rows):
-        self.path, self.names, self.n_rows, self.rows = path, names, n_rows, rows
+
+@contextlib.contextmanager
+def _local_file(path):
+    """(name for messages, a path to read): "-" is standard input, copied to
+    a temporary file in blocks so that it can be sniffed and re-read."""
+    if str(path) != "-":
+        yield str(path), path
+        return
+    with tempfile.NamedTemporaryFile(prefix="biasfit-stdin-") as tmp:
+        shutil.copyfileobj(sys.stdin.buffer, tmp, 1 << 20)
+        tmp.flush()
+        yield "stdin", tmp.name
 
 
-def _read(path) -> _Table:
+def _bounds(n_rows, shard):
+    return (0, n_rows) if shard is None else shard_bounds(n_rows, *shard)
+
+
+def _clean(text) -> str:
+    """One printable line, whatever a library's message held."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+# -- text ---------------------------------------------------------------------
+
+def _load_text(name, path, wanted, np_dtype, shard):
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(_NPY_MAGIC))
-    except OSError as e:
-        raise DataFileError(f"cannot read {path}: {e.strerror}") from None
-    if head == _NPY_MAGIC:
-        return _read_npy(path)
-    if head.startswith(_ZIP_MAGIC):
-        return _read_npz(path)
-    return _read_text(path)
-
-
-def _read_text(path) -> _Table:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8-sig") as f:
+            before, first = _first_row(name, f)
     except UnicodeDecodeError:
-        raise DataFileError(f"{path} is not a UTF-8 text, .npy or .npz file") from None
-    except OSError as e:
-        raise DataFileError(f"cannot read {path}: {e.strerror}") from None
-    # (line number, fields) of every non-blank line.
-    records = [(n, _split(line)) for n, line in enumerate(lines, 1) if line.strip()]
-    if not records:
-        raise DataFileError(f"{path} is empty: no rows of data")
-    names = None
-    first = records[0][1]
-    if not any(_is_number(field) for field in first):
-        names = [field.strip() for field in first]
-        records = records[1:]
-    width = len(first)
+        raise DataFileError(f"{name} is not a UTF-8 text, .npy or .npz file") from None
+    if first is None:
+        raise DataFileError(f"{name} is empty: no rows of data")
+    fields = _split(first)
+    header = not any(_is_number(field) for field in fields)
+    names = [field.strip() for field in fields] if header else list(range(len(fields)))
+    cols = [_column(name, names, col, role, default) for col, role, default in wanted]
+    skip = before + header  # lines before the first data row
+    delimiter = "," if "," in first else "\t" if "\t" in first else None
+    table = None
+    try:
+        if shard is None and delimiter is not None:
+            columns = _read_arrow(path, np_dtype, delimiter, skip, len(names), cols)
+            if columns is not None:
+                return columns, [names[c] for c in cols]
+        if shard is None:
+            table = _loadtxt(path, np_dtype, delimiter, skip, None)
+        else:
+            lines = _data_lines(path, skip)
+            n_rows = sum(1 for _ in lines)
+            start, stop = shard_bounds(n_rows, *shard)
+            if start == stop:
+                return [np.empty(0, np_dtype) for _ in cols], [names[c] for c in cols]
+            at = next(x for i, x in enumerate(_data_lines(path, skip)) if i == start)
+            table = _loadtxt(path, np_dtype, delimiter, at, stop - start)
+        if table.shape[0] == 0 and shard is None:
+            raise DataFileError(f"{name} is empty: no rows of data")
+        if table.shape[1] == len(names) and np.isfinite(table[:, cols]).all():
+            return [np.ascontiguousarray(table[:, c]) for c in cols], [names[c] for c in cols]
+    except DataFileError:
+        raise
+    except (ValueError, UnicodeDecodeError):
+        pass
+    table = None  # its memory is free for the slow pass
+    # NumPy refused the file, or it holds inf/NaN: find the row at fault.
+    return (_read_rows(name, path, skip, names, cols, np_dtype, shard),
+            [names[c] for c in cols])
 
-    def rows(start, stop):
-        for i in range(start, stop):
-            line, fields = records[i]
-            where = f"row {i + 1} (line {line})"
+
+def _first_row(name, f):
+    """(number of lines before it, text) of the first non-blank line."""
+    for before in range(_MAX_LINE):
+        line = f.readline(_MAX_LINE)
+        if not line:
+            return before, None
+        if len(line) == _MAX_LINE and not line.endswith("\n"):
+            raise DataFileError(f"{name} line {before + 1} is longer than {_MAX_LINE} "
+                                f"characters: not a table of numbers")
+        if line.strip():
+            return before, line.rstrip("\r\n")
+    raise DataFileError(f"{name} starts with {_MAX_LINE} blank lines: no rows of data")
+
+
+def _data_lines(path, skip):
+    """The 0-based line index of every non-blank line after the first `skip`."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if i >= skip and line.strip():
+                yield i
+
+
+def _read_arrow(path, np_dtype, delimiter, skip, width, cols):
+    """The chosen columns by pyarrow's CSV reader (C++, several threads: about
+    3x NumPy's loadtxt), or None when pyarrow is missing or refuses the file
+    (a field that is no number, a row of another width), or it holds empty,
+    inf or NaN values: the other readers then take over and explain."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    keys = [f"f{c}" for c in cols]
+    # Streamed batch by batch, each converted to the target dtype at once: a
+    # whole float64 table first would double the peak memory.
+    parts = [[] for _ in keys]
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(skip_rows=skip, autogenerate_column_names=True),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types={k: pa.float64() for k in keys}, include_columns=keys))
+        for batch in reader:
+            for k, part in zip(keys, parts):
+                column = batch.column(k)
+                if column.null_count:  # empty fields, "nan", "NA"...
+                    return None
+                # float64 first, as every other path parses, then the dtype.
+                values = column.to_numpy().astype(np_dtype)
+                if not np.isfinite(values).all():
+                    return None
+                part.append(values)
+    except (pa.ArrowException, ValueError):
+        return None
+    if not parts[0] or sum(len(p) for p in parts[0]) == 0:
+        return None
+    columns = []
+    for part in parts:
+        columns.append(np.concatenate(part))
+        part.clear()  # freed column by column
+    return columns
+
+
+def _loadtxt(path, np_dtype, delimiter, skip, max_rows):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "input contained no data", blank lines
+        return np.loadtxt(path, dtype=np_dtype, delimiter=delimiter, skiprows=skip,
+                          max_rows=max_rows, ndmin=2, encoding="utf-8-sig",
+                          quotechar='"' if delimiter == "," else None)
+
+
+def _read_rows(name, path, skip, names, cols, np_dtype, shard):
+    """The slow, exact pass: every data row of the shard split and converted in
+    Python, so a refusal names its row, line and column."""
+    lines = _data_lines(path, skip)
+    n_rows = sum(1 for _ in lines) if shard is not None else None
+    start, stop = _bounds(n_rows, shard) if shard is not None else (0, math.inf)
+    limit = float(np.finfo(np_dtype).max)
+    kind = np.dtype(np_dtype).name
+    values = [array("d") for _ in cols]
+    width = len(names)
+    row = 0
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if number <= skip or not line.strip():
+                continue
+            row += 1
+            if row <= start:
+                continue
+            if row > stop:
+                break
+            fields = _split(line.rstrip("\r\n"))
+            where = f"row {row} (line {number})"
             if len(fields) != width:
-                raise DataFileError(f"{path} {where} has {len(fields)} fields, "
+                raise DataFileError(f"{name} {where} has {len(fields)} fields, "
                                     f"expected {width}")
-            yield where, fields
-
-    return _Table(path, names or list(range(width)), len(records), rows)
+            for c, out in zip(cols, values):
+                value = _number(name, where, names[c], fields[c])
+                if not math.isfinite(value) or abs(value) > limit:
+                    raise DataFileError(f"{name} {where}, column {names[c]}: {value} is "
+                                        f"not a finite {kind} number")
+                out.append(value)
+    if row == 0:
+        raise DataFileError(f"{name} is empty: no rows of data")
+    return [np.frombuffer(out, dtype=np.float64).astype(np_dtype) for out in values]
 
 
 def _split(line):
@@ -131,109 +299,102 @@ def _is_number(text) -> bool:
     return True
 
 
-def _numpy(path):
+def _number(name, where, column, field) -> float:
     try:
-        import numpy
-    except ImportError:
-        raise DataFileError(f"{path} is a NumPy file; reading it needs numpy "
-                            f"(pip install numpy)") from None
-    return numpy
+        return float(field)
+    except ValueError:
+        raise DataFileError(f"{name} {where}, column {column}: "
+                            f"{str(field).strip()!r} is not a number") from None
 
 
-def _read_npy(path) -> _Table:
-    np = _numpy(path)
+# -- NumPy files ----------------------------------------------------------------
+
+def _load_npy(name, path, wanted, np_dtype, shard):
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise DataFileError(f"cannot read {path} as .npy: {e}") from None
-    if array.ndim != 2:
-        raise DataFileError(f"{path} holds an array of shape {array.shape}; "
+        raise DataFileError(f"cannot read {name} as .npy: {_clean(e)}") from None
+    if table.ndim != 2:
+        raise DataFileError(f"{name} holds an array of shape {table.shape}; "
                             f"expected (N, 2): one row per point")
-    _check_numeric(path, array.dtype, np)
+    _check_numeric(name, table.dtype)
+    names = list(range(table.shape[1]))
+    cols = [_column(name, names, col, role, default) for col, role, default in wanted]
+    start, stop = _bounds(table.shape[0], shard)
+    if table.shape[0] == 0:
+        raise DataFileError(f"{name} is empty: no rows of data")
+    # One copy per column, straight from the mapped file into the target dtype.
+    columns = [np.array(table[start:stop, c], dtype=np_dtype) for c in cols]
+    for c, column in zip(cols, columns):
+        _check_finite(name, column, table[start:stop, c], str(c), np_dtype, start)
+    return columns, cols
 
-    def rows(start, stop):
-        for i in range(start, stop):
-            yield f"row {i + 1}", array[i]
 
-    return _Table(path, list(range(array.shape[1])), array.shape[0], rows)
-
-
-def _read_npz(path) -> _Table:
-    np = _numpy(path)
+def _load_npz(name, path, wanted, np_dtype, shard):
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as e:
-        raise DataFileError(f"cannot read {path} as .npz: {e}") from None
-    lengths = {}
-    for name, array in arrays.items():
-        if array.ndim != 1:
-            raise DataFileError(f"{path}: array {name} has shape {array.shape}; "
+        # Our own handle: np.load leaves its file open when the zip is broken.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if not names:
+                raise DataFileError(f"{name} is an .npz holding no arrays; expected "
+                                    f"arrays x and y")
+            cols = [_column(name, names, col, role, None) for col, role, _ in wanted]
+            arrays = [archive[names[c]] for c in cols]
+    except DataFileError:
+        raise
+    except Exception as e:  # zipfile, zlib and NumPy's errors for a broken archive
+        raise DataFileError(f"cannot read {name} as .npz: {_clean(e)}") from None
+    for c, array_ in zip(cols, arrays):
+        if not isinstance(array_, np.ndarray):
+            raise DataFileError(f"{name}: member {names[c]!r} is not a NumPy array (.npy)")
+        if array_.ndim != 1:
+            raise DataFileError(f"{name}: array {names[c]} has shape {array_.shape}; "
                                 f"expected a 1-D array of values")
-        _check_numeric(path, array.dtype, np)
-        lengths[name] = len(array)
-    if len(set(lengths.values())) > 1:
-        sizes = ", ".join(f"{name} has {n}" for name, n in lengths.items())
-        raise DataFileError(f"{path}: arrays of different lengths ({sizes})")
-    names = list(arrays)
-    columns = [arrays[name] for name in names]
-
-    def rows(start, stop):
-        for i in range(start, stop):
-            yield f"row {i + 1}", [column[i] for column in columns]
-
-    return _Table(path, names, next(iter(lengths.values()), 0), rows)
+        _check_numeric(name, array_.dtype)
+    if len({len(a) for a in arrays}) > 1:
+        sizes = ", ".join(f"{names[c]} has {len(a)}" for c, a in zip(cols, arrays))
+        raise DataFileError(f"{name}: arrays of different lengths ({sizes})")
+    if len(arrays[0]) == 0:
+        raise DataFileError(f"{name} is empty: no rows of data")
+    start, stop = _bounds(len(arrays[0]), shard)
+    columns = [np.array(a[start:stop], dtype=np_dtype) for a in arrays]
+    for c, column, source in zip(cols, columns, arrays):
+        _check_finite(name, column, source[start:stop], names[c], np_dtype, start)
+    return columns, [names[c] for c in cols]
 
 
-def _check_numeric(path, dtype, np):
+def _check_numeric(name, dtype):
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
-        raise DataFileError(f"{path} holds {dtype} values; expected numbers")
+        raise DataFileError(f"{name} holds {dtype} values; expected numbers")
 
 
-def _column(table, col, role, default_index) -> int:
-    names = table.names
-    shown = ", ".join(str(name) for name in names)
+def _check_finite(name, column, source, label, np_dtype, start):
+    bad = np.flatnonzero(~np.isfinite(column))
+    if len(bad):
+        i = int(bad[0])
+        raise DataFileError(f"{name} row {start + i + 1}, column {label}: "
+                            f"{float(source[i])} is not a finite "
+                            f"{np.dtype(np_dtype).name} number")
+
+
+def _column(name, names, col, role, default_index) -> int:
+    """The index in `names` of the column that `col` (None, a name or an
+    index) picks for `role` ("x" or "y"); default_index None: by name only."""
+    shown = ", ".join(str(n) for n in names)
+    option = f"{role}_col"
     if col is None:
         if role in names:
             return names.index(role)
-        if len(names) <= 2 and default_index < len(names):
+        if default_index is not None and len(names) <= 2 and default_index < len(names):
             return default_index
-        raise DataFileError(f"{table.path} has {len(names)} column(s) ({shown}); "
-                            f"choose the {role} column with {role}_col")
+        what = "arrays" if default_index is None else f"{len(names)} column(s)"
+        raise DataFileError(f"{name} has {what} ({shown}); choose the {role} "
+                            f"{'array' if default_index is None else 'column'} "
+                            f"with {option}")
     if col in names:
         return names.index(col)
     if isinstance(col, int) or (isinstance(col, str) and col.isdigit()):
         if 0 <= int(col) < len(names):
             return int(col)
-    raise DataFileError(f"{role}_col {col!r} is not a column of {table.path} "
+    raise DataFileError(f"{option} {col!r} is not a column of {name} "
                         f"(columns: {shown}; or a 0-based index)")
-
-
-def _values(table, cols, dtype, rank, world_size) -> torch.Tensor:
-    """The chosen columns of the shard's rows as an (n, len(cols)) tensor."""
-    if table.n_rows == 0:
-        raise DataFileError(f"{table.path} is empty: no rows of data")
-    start, stop = 0, table.n_rows
-    if rank is not None or world_size is not None:
-        start, stop = shard_bounds(table.n_rows, rank, world_size)
-    limit = torch.finfo(dtype).max
-    out = []
-    for where, fields in table.rows(start, stop):
-        row = []
-        for c in cols:
-            value = _number(table, where, c, fields[c])
-            if not math.isfinite(value) or abs(value) > limit:
-                raise DataFileError(
-                    f"{table.path} {where}, column {table.names[c]}: {value} is not "
-                    f"a finite {str(dtype).removeprefix('torch.')} number")
-            row.append(value)
-        out.append(row)
-    return torch.tensor(out, dtype=torch.float64).reshape(-1, len(cols)).to(dtype)
-
-
-def _number(table, where, c, field) -> float:
-    try:
-        return float(field)
-    except ValueError:
-        raise DataFileError(f"{table.path} {where}, column {table.names[c]}: "
-                            f"{str(field).strip()!r} is not a number") from None

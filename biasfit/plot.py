@@ -6,6 +6,8 @@ only here, and only when a plot is asked for.
 import torch
 
 INSTALL_HINT = "pip install 'biasfit[plot]' (or: pip install matplotlib)"
+# Evenly spaced samples of the curve; the kinks and data points are added.
+SAMPLES = 1001
 
 
 class PlotUnavailable(ImportError):
@@ -20,32 +22,50 @@ def require_matplotlib():
         raise PlotUnavailable(f"plotting needs matplotlib: {INSTALL_HINT}") from None
 
 
-def plot_fit(path, model, inputs, labels, losses, title=None) -> None:
-    """Save a two-panel PNG (or any format matplotlib knows from `path`)."""
+def curve_points(model, inputs) -> torch.Tensor:
+    """Where to sample the fitted curve over the inputs' range: an even grid,
+    every data x, and the hidden units' kinks (x = -b/w). The network is
+    piecewise linear, so its peaks lie on kinks or data points: a curve
+    through these reaches them exactly (1.92 at x = 0.5 for the tutorial)."""
+    lo, hi = inputs.min().item(), inputs.max().item()
+    w = model.weights().double().cpu().tolist()
+    kinks = [-b / a for a, b in ((w[0], w[1]), (w[3], w[4])) if a != 0]
+    extra = torch.tensor([k for k in kinks if lo <= k <= hi], dtype=torch.float64)
+    grid = torch.cat([torch.linspace(lo, hi, SAMPLES, dtype=torch.float64),
+                      inputs.detach().double().cpu(), extra])
+    return torch.unique(grid).to(inputs.dtype)  # sorted, once each
+
+
+def plot_fit(path, model, inputs, labels, result, names=("x", "y")) -> None:
+    """Save a two-panel PNG (or any format matplotlib knows from `path`):
+    `result` is the fit's FitResult, `names` the data's (x, y) column names."""
     require_matplotlib()
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no globals
 
     x = inputs.detach().double().cpu()
     y = labels.detach().double().cpu()
+    grid = curve_points(model, inputs).to(inputs.device)
     with torch.no_grad():
-        grid = torch.linspace(x.min().item(), x.max().item(), 201,
-                              dtype=inputs.dtype, device=inputs.device)
         curve = model(grid).double().cpu()
         fitted = model(inputs).double().cpu()
+    losses = result.losses
+    state = "converged" if result.converged else "did not converge"
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     left.plot(grid.double().cpu(), curve, color="green", linewidth=2.5, label="fitted network")
     left.vlines(x, y, fitted, color="red", linestyle=":", label="residuals")
     left.scatter(x, y, color="black", zorder=3, label="training data")
-    left.set_xlabel("input (dose)")
-    left.set_ylabel("output (effectiveness)")
-    left.set_title(title or f"final_bias = {model.final_bias.item():.4f}")
+    left.set_xlabel(f"input ({names[0]})")
+    left.set_ylabel(f"output ({names[1]})")
+    # The same words as the text output's last line.
+    left.set_title(f"{state} after {result.epochs_run} epochs: "
+                   f"final_bias = {result.final_bias:.4f}")
     left.legend()
 
     right.semilogy(range(len(losses)), losses, marker=".")
     right.set_xlabel("epoch")
-    right.set_ylabel("total squared error")
-    right.set_title(f"loss per epoch ({len(losses)} epochs)")
+    right.set_ylabel("total (summed) squared error")
+    right.set_title(f"loss per epoch ({len(losses)} epochs evaluated)")
     right.grid(True, which="both", alpha=0.3)
     fig.savefig(path, dpi=100)

@@ -15,6 +15,7 @@ gradient each epoch: see biasfit/distributed.py.
 """
 import functools
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -53,13 +54,40 @@ class DivergedError(FloatingPointError):
             f"the data for inf/NaN")
 
 
+# The most epochs one fit may run. Every epoch's loss and bias are kept (16
+# bytes in float64), so 2**31 - 1 epochs already hold 32 GiB of history: a
+# larger count is a mistake, not a plan.
+MAX_EPOCHS = 2**31 - 1
+
+
+def _real(name, value, *, minimum=None, finite=True):
+    """value as a float, or a TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if minimum is not None and not value >= minimum:  # NaN fails this too
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def _flag(name, value) -> bool:
+    # bool("no") is True: only a real bool says what the caller meant.
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_loop_args(lr, epochs, tol):
-    if not lr >= 0:  # also NaN
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+    _real("lr", lr, minimum=0)
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol}")
+    if epochs > MAX_EPOCHS:
+        raise ValueError(
+            f"epochs must be at most {MAX_EPOCHS} (2**31 - 1), got {epochs}: every "
+            f"epoch's loss and bias are kept, 16 bytes each")
+    _real("tol", tol, minimum=0, finite=False)  # tol=inf stops at epoch 0
 
 
 def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
@@ -69,15 +97,21 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
     optimizer: any torch.optim optimizer over model.parameters() (default
     SGD(lr=lr)); engine="fused" takes SGD only. callback(epoch, loss, bias) is
     called for every epoch (after the native call, for the fused engine).
-    Raises DivergedError if the loss or bias becomes inf or NaN.
+    Raises DivergedError if the loss or bias becomes inf or NaN, and
+    StalledError if SGD reaches a bias where every output unit is off.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     _check_loop_args(lr, epochs, tol)
+    if engine == "fused":
+        # No torch.optim.SGD unless given: building one imports torch._dynamo
+        # (about a second), which the native loop never needs.
+        hyper = ({"lr": lr} if optimizer is None
+                 else _sgd_hyperparameters(optimizer, model))
+        return _fit_model_fused(model, inputs, labels, hyper, epochs, tol, callback)
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    if engine == "fused":
-        return _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback)
+    _check_optimizer_holds(optimizer, model)
 
     def local_sums():
         loss = model.loss(inputs, labels)
@@ -88,16 +122,20 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
         "weights": model.weights().tolist()}  # ranks must train one model
     return _run_epochs(local_sums, model.final_bias, optimizer, epochs, tol, callback,
-                       (inputs, labels), settings)
+                       (inputs, labels), settings, model.weights())
 
 
-def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, settings):
+def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, settings,
+                weights=None):
     """The epoch loop around local_sums() -> (loss, grad) of this process's
     data at `param`. Under torch.distributed every rank's sums are added
-    (biasfit/distributed.py), and every rank steps and stops alike."""
+    (biasfit/distributed.py), and every rank steps and stops alike. With
+    `weights` (one process, SGD), a stall (see StalledError) stops the fit."""
     if not distributed.is_distributed():
+        watch = (weights is not None and type(optimizer) is torch.optim.SGD
+                 and all(_may_stall(group) for group in optimizer.param_groups))
         return _epoch_loop(lambda epoch: local_sums(), param, optimizer, epochs, tol,
-                           callback)
+                           callback, data[0] if watch else None, weights)
     distributed.check_shards(*data, dict(settings, bias=param.item(), epochs=epochs, tol=tol))
     local_sums = distributed.shard_sums(local_sums, data[0], param)
     # Every rank runs the loop in lockstep: an exception on one rank, in an
@@ -107,7 +145,9 @@ def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, setti
                            optimizer, epochs, tol, callback)
 
 
-def _epoch_loop(sums, param, optimizer, epochs, tol, callback):
+def _epoch_loop(sums, param, optimizer, epochs, tol, callback, watch_inputs=None,
+                weights=None):
+    """watch_inputs: the inputs, when a stall is to stop the fit."""
     losses = []
     for epoch in range(epochs):
         optimizer.zero_grad()
@@ -125,10 +165,28 @@ def _epoch_loop(sums, param, optimizer, epochs, tol, callback):
         optimizer.step()
         if not math.isfinite(param.item()):
             raise DivergedError(epoch, "final_bias", param.item())
+        # Every unit off gives a gradient of exactly 0: only then look further.
+        if watch_inputs is not None and grad.item() == 0 and _first_stall(
+                watch_inputs, weights, [bias, param.item()]) is not None:
+            raise StalledError(FitResult(epoch, param.item(), losses, False),
+                               len(watch_inputs), optimizer.param_groups[0]["lr"])
     return FitResult(epochs, param.item(), losses, False)
 
 
-def _sgd_hyperparameters(optimizer):
+def _check_optimizer_holds(optimizer, model):
+    """An optimizer over another model's parameters would step those and
+    leave this model's untouched, every epoch, silently."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in model.named_parameters()
+               if p.requires_grad and id(p) not in held]
+    if missing:
+        raise ValueError(
+            f"optimizer does not hold the model's trainable parameter(s) "
+            f"{', '.join(missing)}: build it from this model's parameters(), e.g. "
+            f"torch.optim.SGD(model.parameters(), lr=0.1)")
+
+
+def _sgd_hyperparameters(optimizer, model):
     if type(optimizer) is not torch.optim.SGD:
         raise TypeError(
             f"engine='fused' trains with torch.optim.SGD only, got "
@@ -137,16 +195,21 @@ def _sgd_hyperparameters(optimizer):
         raise ValueError(
             "engine='fused' needs a fresh SGD with one parameter group "
             "(it starts its momentum buffer from scratch)")
+    _check_optimizer_holds(optimizer, model)
     group = optimizer.param_groups[0]
     return {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov",
                                   "weight_decay", "maximize")}
 
 
-def _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback):
-    hyper = _sgd_hyperparameters(optimizer)
+def _fit_model_fused(model, inputs, labels, hyper, epochs, tol, callback):
     bias = model.final_bias
-    result = fit_fused(inputs, labels, weights=model.weights(), bias=bias.detach(),
-                       epochs=epochs, tol=tol, callback=callback, **hyper)
+    try:
+        result = fit_fused(inputs, labels, weights=model.weights(), bias=bias.detach(),
+                           epochs=epochs, tol=tol, callback=callback, **hyper)
+    except StalledError as e:
+        with torch.no_grad():  # where the autograd engine leaves it too
+            bias.fill_(e.result.final_bias)
+        raise
     with torch.no_grad():
         bias.fill_(result.final_bias)
     return result
@@ -155,13 +218,15 @@ def _fit_model_fused(model, inputs, labels, optimizer, epochs, tol, callback):
 @functools.lru_cache(maxsize=None)
 def _tutorial_weights(dtype, device):
     # Cached: for the tutorial's 3 points, building this tensor on every call
-    # would cost a noticeable part of the whole fit.
+    # would cost a noticeable part of the whole fit. Never handed out (callers
+    # could write to it): fit_fused reads it, tutorial_weights hands out copies.
     return torch.tensor(TUTORIAL_WEIGHTS, dtype=dtype, device=device)
 
 
 def tutorial_weights(like: torch.Tensor) -> torch.Tensor:
-    """The tutorial's six frozen weights in `like`'s dtype and device (read-only)."""
-    return _tutorial_weights(like.dtype, like.device)
+    """The tutorial's six frozen weights in `like`'s dtype and device: a new
+    tensor each call, so writing to it changes nothing else."""
+    return _tutorial_weights(like.dtype, like.device).clone()
 
 
 def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
@@ -178,18 +243,24 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
                                   ("weights", weights, True)):
         if not (isinstance(value, torch.Tensor) or (optional and value is None)):
             raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
-    if weights is None:
-        weights = tutorial_weights(inputs)
+    hyper = {"lr": float(lr), "momentum": _real("momentum", momentum, minimum=0),
+             "dampening": _real("dampening", dampening),
+             "nesterov": _flag("nesterov", nesterov),
+             "weight_decay": _real("weight_decay", weight_decay, minimum=0),
+             "maximize": _flag("maximize", maximize)}
+    start = _start_bias(bias, inputs.dtype)
     if distributed.is_distributed():
+        if weights is None:
+            weights = tutorial_weights(inputs)
         if not isinstance(bias, torch.Tensor):
-            bias = torch.scalar_tensor(float(bias), dtype=inputs.dtype, device=inputs.device)
-        hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
-                 "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
+            bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
         local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
         return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
                            dict(hyper, weights=weights.tolist()))
-    args = (_start_bias(bias), float(lr), float(momentum), float(dampening),
-            bool(nesterov), float(weight_decay), bool(maximize), int(epochs), float(tol))
+    if weights is None:
+        weights = _tutorial_weights(inputs.dtype, inputs.device)
+    args = (start, hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["nesterov"],
+            hyper["weight_decay"], hyper["maximize"], int(epochs), float(tol))
     if _direct_ok(inputs, labels, weights):
         # The CPU trainer called directly: for small data the op's own call
         # (boxing, four result tensors, .tolist()) would cost more than the fit.
@@ -198,6 +269,13 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
             inputs.dtype is torch.float64, *args, torch.get_num_threads())
     else:
         epoch, status, final, losses, biases = _fit_sgd_op(inputs, labels, weights, *args)
+    stall = None
+    if status == _EXHAUSTED and _may_stall(hyper) and len(biases) > 0 and final <= biases[-1]:
+        stall = _first_stall(inputs, weights, biases + [final])
+        if stall is not None:
+            losses, final = losses[:stall + 1], biases[stall + 1] if stall + 1 < len(
+                biases) else final
+            biases = biases[:stall + 1]
     if callback is not None:  # replayed: the native loop has no Python in it
         for e, (loss, b) in enumerate(zip(losses, biases)):
             callback(e, loss, b)
@@ -205,6 +283,8 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
         raise DivergedError(epoch, "the loss", losses[-1])
     if status == _BIAS_NONFINITE:
         raise DivergedError(epoch, "final_bias", final)
+    if stall is not None:
+        raise StalledError(FitResult(stall, final, losses, False), len(inputs), hyper["lr"])
     return FitResult(epoch, final, losses, status == _CONVERGED)
 
 
@@ -235,11 +315,62 @@ def _fit_sgd_op(inputs, labels, weights, bias, *options):
     return epoch, status, final.item(), losses[:seen].tolist(), biases[:seen].tolist()
 
 
-def _start_bias(bias) -> float:
+def _start_bias(bias, dtype) -> float:
     if isinstance(bias, torch.Tensor):
         if bias.numel() != 1:
             raise ValueError(f"bias must hold one value, got {bias.numel()}")
-        return bias.item()
-    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+        value = bias.item()
+    elif isinstance(bias, bool) or not isinstance(bias, numbers.Real):
         raise TypeError(f"bias must be a number or a one-value tensor, got {bias!r}")
-    return float(bias)
+    else:
+        value = float(bias)
+    if not math.isfinite(value):
+        raise ValueError(f"bias must be a finite number, got {value}")
+    if dtype.is_floating_point and abs(value) > torch.finfo(dtype).max:
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"bias {value:g} does not fit the data's dtype {name} "
+                         f"(largest {torch.finfo(dtype).max:.4g})")
+    return value
+
+
+# -- the summed loss's stall ----------------------------------------------------
+#
+# Once final_bias is so low that every point's output unit is off
+# (hidden + final_bias <= 0), every output is 0 and the gradient exactly 0.
+# With SGD without weight decay the step is then momentum alone, whose
+# direction never changes: a step down (or none) means every later one is
+# down too, so the units stay off and no epoch can ever change the loss.
+
+
+class StalledError(RuntimeError):
+    """The fit reached a final_bias where every output unit is off: the
+    gradient is 0 and no later epoch can change anything. `result` is the fit
+    up to that epoch."""
+
+    def __init__(self, result: FitResult, n_points: int, lr: float):
+        self.result = result
+        self.epoch = result.epochs_run
+        super().__init__(
+            f"biasfit: the fit stalled at epoch {self.epoch}: final_bias = "
+            f"{result.final_bias:.6g} turns every output unit off (hidden + final_bias "
+            f"<= 0 at all {n_points} points), so the gradient is exactly 0 and no later "
+            f"step can change it. The loss is summed over the points, so its gradient "
+            f"grows with N: lower lr, e.g. scaled by 1/N (lr/N = {lr / n_points:.3g})")
+
+
+def _may_stall(group) -> bool:
+    """Whether the stall argument above holds for these SGD settings."""
+    return group["weight_decay"] == 0 and group["momentum"] <= 1
+
+
+def _first_stall(inputs, weights, biases):
+    """The first epoch e whose bias biases[e] turns every unit off and whose
+    step does not go up (biases[e + 1] <= biases[e]), or None. One pass over
+    the inputs, in their dtype and network.h's order of operations."""
+    w00, b00, w01, w10, b10, w11 = weights.unbind()
+    with torch.no_grad():
+        hidden = (inputs * w00 + b00).relu() * w01 + (inputs * w10 + b10).relu() * w11
+        b = torch.tensor(biases, dtype=inputs.dtype, device=inputs.device)
+        stalled = ((hidden.max() + b[:-1]) <= 0) & (b[1:] <= b[:-1])
+        hits = stalled.nonzero()
+    return int(hits[0]) if len(hits) else None

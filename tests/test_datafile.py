@@ -117,3 +117,108 @@ def test_bad_rank_or_world_size_is_refused(tmp_path, rank, world_size):
 def test_a_file_without_data_rows_is_empty(tmp_path, text):
     with pytest.raises(DataFileError, match="is empty: no rows of data"):
         load_xy(write(tmp_path / "d.csv", text))
+
+
+# -- issue 14: what Excel, pipes and hostile files hand us ----------------------------
+
+def test_a_utf8_bom_is_not_part_of_the_first_name_or_number(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufeffdose,effect\r\n0.5,1\r\n1,0\r\n".encode())
+    x, y, names = load_xy(path, "dose", "effect", with_names=True)
+    assert x.tolist() == [0.5, 1.0] and y.tolist() == [1.0, 0.0]
+    assert names == ["dose", "effect"]
+    path.write_bytes("\ufeff0.5,1\n".encode())
+    assert [t.tolist() for t in load_xy(path)] == [[0.5], [1.0]]
+
+
+def test_binary_input_is_refused_from_its_first_block(tmp_path):
+    path = tmp_path / "d.bin"
+    path.write_bytes(b"0,1\n" + b"\0" * 100)
+    with pytest.raises(DataFileError, match="is not a UTF-8 text, .npy or .npz file"):
+        load_xy(path)
+
+
+def test_a_text_column_that_is_not_used_does_not_stop_the_read(tmp_path):
+    path = write(tmp_path / "d.csv", "name,dose,effect\nalice,0.5,1\nbob,1,0\n")
+    x, y = load_xy(path, "dose", "effect")
+    assert x.tolist() == [0.5, 1.0] and y.tolist() == [1.0, 0.0]
+
+
+def test_values_are_parsed_as_python_parses_them(tmp_path):
+    values = ["0.1", "1e-45", "3.4028235e38", "-0.0", "123456789.123456789", " 7 "]
+    path = write(tmp_path / "d.csv", "".join(f"{v},{v}\n" for v in values))
+    for dtype in (torch.float32, torch.float64):
+        x, _ = load_xy(path, dtype=dtype)
+        assert x.tolist() == torch.tensor([float(v) for v in values], dtype=dtype).tolist()
+
+
+def test_npz_arrays_by_name_only(tmp_path):
+    np.savez(tmp_path / "d.npz", a=np.zeros(2), b=np.ones(2))
+    with pytest.raises(DataFileError, match=r"has arrays \(a, b\); choose the x array"):
+        load_xy(tmp_path / "d.npz")
+    x, y, names = load_xy(tmp_path / "d.npz", "a", "b", with_names=True)
+    assert (x.tolist(), y.tolist(), names) == ([0.0, 0.0], [1.0, 1.0], ["a", "b"])
+
+
+def test_an_empty_or_broken_npz_is_one_printable_line(tmp_path):
+    np.savez(tmp_path / "e.npz")
+    with pytest.raises(DataFileError, match="is an .npz holding no arrays") as err:
+        load_xy(tmp_path / "e.npz")
+    assert str(err.value).isprintable()
+    np.savez(tmp_path / "g.npz", x=np.zeros(100), y=np.zeros(100))
+    (tmp_path / "b.npz").write_bytes((tmp_path / "g.npz").read_bytes()[:300])
+    with pytest.raises(DataFileError, match="cannot read .* as .npz") as err:
+        load_xy(tmp_path / "b.npz")
+    assert str(err.value).isprintable()
+
+
+def test_dash_reads_standard_input(monkeypatch):
+    import io
+    import types
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(
+        buffer=io.BytesIO(b"x,y\n0,0\n0.5,1\n")))
+    x, y = load_xy("-")
+    assert x.tolist() == [0.0, 0.5] and y.tolist() == [0.0, 1.0]
+
+
+def test_errors_name_stdin(monkeypatch):
+    import io
+    import types
+    monkeypatch.setattr("sys.stdin", types.SimpleNamespace(buffer=io.BytesIO(b"0,1\n0,z\n")))
+    with pytest.raises(DataFileError, match=r"^stdin row 2 \(line 2\), column 1: 'z'"):
+        load_xy("-")
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_shards_of_a_file_with_blank_lines_and_a_header(tmp_path, world_size):
+    rows = [(i * 0.5, i * 0.25) for i in range(7)]
+    text = "\n x,y\n" + "".join(f"{a},{b}\n\n" for a, b in rows)
+    path = write(tmp_path / "d.csv", text)
+    parts = [load_xy(path, rank=r, world_size=world_size) for r in range(world_size)]
+    assert torch.cat([x for x, _ in parts]).tolist() == [a for a, _ in rows]
+    assert torch.cat([y for _, y in parts]).tolist() == [b for _, b in rows]
+
+
+@pytest.mark.parametrize("text", ["x,y\n0,0\n0.5,1\n\n1,0\n", "0\t0\n0.5\t1\n1\t0\n",
+                                  '"x","y"\n"0","0"\n0.5,1\n1,0\n'])
+def test_numpys_reader_gives_what_pyarrows_gives(tmp_path, monkeypatch, text):
+    path = write(tmp_path / "d.csv", text)
+    fast = [t.tolist() for t in load_xy(path)]
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # import fails
+    assert [t.tolist() for t in load_xy(path)] == fast == [[0.0, 0.5, 1.0], [0.0, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("kind", ["csv", "npy", "npz"])
+def test_a_value_past_float32_is_named_without_warnings(tmp_path, kind, recwarn):
+    if kind == "csv":
+        path = write(tmp_path / "d.csv", "x,y\n0,0\n1,1e39\n")
+    elif kind == "npy":
+        path = tmp_path / "d.npy"
+        np.save(path, np.array([[0.0, 0.0], [1.0, 1e39]]))
+    else:
+        path = tmp_path / "d.npz"
+        np.savez(path, x=np.array([0.0, 1.0]), y=np.array([0.0, 1e39]))
+    with pytest.raises(DataFileError, match=r"row 2.*1e\+39 is not a finite float32"):
+        load_xy(path)
+    assert [str(w.message) for w in recwarn] == []
+    assert load_xy(path, dtype=torch.float64)[1].tolist() == [0.0, 1e39]
