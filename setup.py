@@ -32,6 +32,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, str(ROOT / "build_backend"))
 import cuda_toolkit  # noqa: E402
 
@@ -87,10 +88,10 @@ def cuda_toolkit_to_use(torch):
 
 
 def extensions():
-    import pybind11
     import torch
 
-    cuda_home = cuda_toolkit_to_use(torch)
+    cuda_home = cuda_toolkit_to_use(torch)  # first: BIASFIT_CUDA=1 fails early
+    import pybind11
     if cuda_home is not None:
         # cpp_extension reads CUDA_HOME when imported, and links from it.
         os.environ["CUDA_HOME"] = str(cuda_home)

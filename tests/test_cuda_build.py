@@ -1,5 +1,7 @@
 """The CUDA build without a GPU: setup.py's CUDA settings, and csrc/cuda.cu
 compiling with nvcc wherever nvcc exists (tools/check_cuda_compile.py)."""
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +45,60 @@ def test_cuda_sources_compile_without_warnings():
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "check_cuda_compile.py")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- finding the toolkit (build_backend/cuda_toolkit.py) -------------------------
+
+toolkit = setup.cuda_toolkit
+HOME = toolkit.candidate_home() if check_cuda_compile.find_nvcc() else None
+needs_nvcc = pytest.mark.skipif(HOME is None, reason="no nvcc on this machine")
+
+
+def test_a_cpu_torch_builds_without_cuda_and_says_why():
+    found = toolkit.find("2.13.0+cpu", None)
+    assert found.home is None and found.reason == "torch 2.13.0+cpu is a CPU build"
+
+
+@needs_nvcc
+def test_an_nvcc_wrapper_on_path_leads_to_the_real_toolkit(monkeypatch, tmp_path):
+    # /usr/local/bin/nvcc here is a script running /usr/local/cuda-13.0/bin/nvcc;
+    # torch's own guess (nvcc's folder's parent) would be /usr/local.
+    real = HOME / "bin" / "nvcc"
+    wrapper = tmp_path / "bin" / "nvcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{real}" "$@"\n')
+    wrapper.chmod(0o755)
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:/usr/bin:/bin")
+    assert toolkit.candidate_home().resolve() == HOME.resolve()
+
+
+@needs_nvcc
+def test_toolkit_and_torch_cuda_major_versions_must_match(monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(HOME))
+    version = toolkit._toolkit_version(HOME)
+    major = int(version.split(".")[0])
+    found = toolkit.find("2.14.1+cu", f"{major}.0")
+    assert found.home == HOME, found.reason
+    other = toolkit.find("2.14.1+cu", f"{major - 1}.8")
+    assert other.home is None
+    assert f"is CUDA {version} but torch 2.14.1+cu was built with CUDA {major - 1}.8" in other.reason
+
+
+def test_biasfit_cuda_1_fails_early_with_the_reason_and_writes_nothing(tmp_path):
+    # A copy of the sources: the build must leave it exactly as it was.
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for folder in ("csrc", "biasfit", "build_backend"):
+        shutil.copytree(ROOT / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    env = dict(os.environ, BIASFIT_CUDA="1", CUDA_HOME=str(tmp_path / "no-toolkit"))
+    done = subprocess.run([sys.executable, "setup.py", "bdist_wheel"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("biasfit: BIASFIT_CUDA=1 but no CUDA build can be made: ")
+    assert "CPU build" in last or "no CUDA toolkit" in last
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
