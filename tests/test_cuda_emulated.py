@@ -23,11 +23,6 @@ ops = torch.ops.biasfit
 pytestmark = pytest.mark.skipif(eh.GXX is None, reason="no g++ to build the CUDA emulation")
 
 
-@pytest.fixture(scope="session")
-def emu(tmp_path_factory):
-    return eh.Harness(eh.build(tmp_path_factory.mktemp("emu") / "harness"))
-
-
 def data(n, dtype, seed=0):
     """Doses over [-0.25, 1.25] (both hidden units on and off), labels in [0, 2]."""
     rng = np.random.default_rng(seed)
