@@ -33,7 +33,7 @@ struct SgdState {
         buf = grad;
         has_buf = true;
       } else {
-        buf = add_rn(mul_rn(buf, T(o.momentum)), mul_rn(T(1 - o.dampening), grad));
+        buf = add_rn(mul_rn(buf, T(o.momentum)), mul_rn(T(sub_rn(1.0, o.dampening)), grad));
       }
       grad = o.nesterov ? add_rn(grad, mul_rn(T(o.momentum), buf)) : buf;
     }
