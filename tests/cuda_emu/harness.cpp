@@ -163,7 +163,7 @@ void run_big(const Args& a, EmuLauncher& l) {
   float loss = 0, seen_bias = 0, final_bias = 0;
   int64_t info[2] = {-1, -1};
   bc::fit<float>(l, in, w, &bias, opt, {&loss, &seen_bias, &final_bias, info});
-  std::printf("loss=%.17g grad=%.17g fit_loss=%.9g info=%lld,%lld\n", sums[0],
+  std::printf("loss=%.17g grad=%.17g fit_loss=%.17g info=%lld,%lld\n", sums[0],
               sums[1], double(loss), (long long)info[0], (long long)info[1]);
 }
 
