@@ -35,7 +35,7 @@ struct FitOptions {
 
 template <typename T>
 BIASFIT_HD bool is_finite(T v) {
-  return v == v && v - v == T(0);  // false for NaN and for +-inf
+  return v == v && sub_rn(v, v) == T(0);  // false for NaN and for +-inf
 }
 
 template <typename T>

@@ -16,19 +16,13 @@
 //
 // Precision: each point is evaluated in the data's own type T, in the same
 // order of operations as the tutorial's PyTorch module, so float32 points
-// round exactly as eager PyTorch rounds them (the build disables FMA
-// contraction for that reason). Sums over points are the kernels' business and
+// round exactly as eager PyTorch rounds them: every multiply and add goes
+// through rounding.h, which never fuses them into an FMA. Sums over points are the kernels' business and
 // always run in double: r is widened first, and since a float32 squared fits
 // a double exactly, the float32 path loses nothing before the sum.
 #pragma once
 
-// Always inlined: the CPU kernels compile the same loop for several
-// instruction sets (cpu.cpp), and only inlined code takes on the caller's.
-#if defined(__CUDACC__)
-#define BIASFIT_HD __host__ __device__ __forceinline__
-#else
-#define BIASFIT_HD inline __attribute__((always_inline))
-#endif
+#include "rounding.h"
 
 namespace biasfit {
 
@@ -59,14 +53,14 @@ BIASFIT_HD T relu(T z) {
 // top + bottom + final_bias; the same order here gives the same rounding.
 template <typename T>
 BIASFIT_HD T hidden(T x, const Weights<T>& w) {
-  const T top = relu(x * w.w00 + w.b00) * w.w01;
-  const T bottom = relu(x * w.w10 + w.b10) * w.w11;
-  return top + bottom;
+  const T top = mul_rn(relu(add_rn(mul_rn(x, w.w00), w.b00)), w.w01);
+  const T bottom = mul_rn(relu(add_rn(mul_rn(x, w.w10), w.b10)), w.w11);
+  return add_rn(top, bottom);
 }
 
 template <typename T>
 BIASFIT_HD T predict(T x, const Weights<T>& w, T bias) {
-  return relu(hidden(x, w) + bias);
+  return relu(add_rn(hidden(x, w), bias));
 }
 
 // One point's contribution to the loss and to d(loss)/d(final_bias), widened
@@ -87,10 +81,10 @@ BIASFIT_HD T active_residual(T z, T r) {
 // bias changes between epochs; the result is the same bits either way.
 template <typename T>
 BIASFIT_HD LossGrad loss_grad_from_hidden(T h, T y, T bias) {
-  const T z = h + bias;
-  const T r = relu(z) - y;
+  const T z = add_rn(h, bias);
+  const T r = sub_rn(relu(z), y);
   const double rd = double(r);
-  return {rd * rd, 2.0 * double(active_residual(z, r))};
+  return {mul_rn(rd, rd), mul_rn(2.0, double(active_residual(z, r)))};
 }
 
 template <typename T>
@@ -102,7 +96,7 @@ BIASFIT_HD LossGrad point_loss_grad(T x, T y, const Weights<T>& w, T bias) {
 template <typename T>
 BIASFIT_HD double point_bias_grad(T x, T grad_out, const Weights<T>& w,
                                   T bias) {
-  return hidden(x, w) + bias > T(0) ? double(grad_out) : 0.0;
+  return add_rn(hidden(x, w), bias) > T(0) ? double(grad_out) : 0.0;
 }
 
 }  // namespace biasfit

@@ -18,6 +18,10 @@
 //    partials t, t + kThreads, ... in order, then the same tree.
 //
 // 64-bit indices throughout: n may exceed 2^31.
+//
+// Free of torch and of the CUDA runtime API: csrc/cuda.cu compiles it with
+// nvcc, and the test harness (tests/cuda_emu/) with g++ over an emulation of
+// the few CUDA built-ins it uses, so the tests run this very text.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +42,13 @@ constexpr int kMaxBlocks = 4096;
 constexpr int64_t kGroupsPerThread = 4;
 // Groups a thread loads before it adds any: loads in flight hide latency.
 constexpr int kUnroll = 4;
+
+// What block_sum's two-level tree assumes: whole warps (a partial warp would
+// shuffle with lanes that do not exist), and one warp enough to hold every
+// warp's sum for the second level.
+static_assert(kThreads % kWarpSize == 0, "kThreads must be whole warps");
+static_assert(kWarps <= kWarpSize, "the second level sums kWarps values in one warp");
+static_assert(kThreads <= 1024, "CUDA's limit on threads per block");
 
 template <typename T>
 constexpr int kVec = 16 / int(sizeof(T));
@@ -60,8 +71,8 @@ struct alignas(16) Pack {
 };
 
 __device__ __forceinline__ void add_to(LossGrad& acc, const LossGrad& p) {
-  acc.loss += p.loss;
-  acc.grad += p.grad;
+  acc.loss = add_rn(acc.loss, p.loss);
+  acc.grad = add_rn(acc.grad, p.grad);
 }
 
 // Group g of `a` (point i at a[i * step]): its kVec points, or for the last
@@ -134,8 +145,8 @@ __device__ __forceinline__ LossGrad thread_sum(const Inputs<T>& in,
 __device__ __forceinline__ LossGrad warp_sum(LossGrad v) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    v.loss += __shfl_down_sync(0xffffffffu, v.loss, offset);
-    v.grad += __shfl_down_sync(0xffffffffu, v.grad, offset);
+    v.loss = add_rn(v.loss, __shfl_down_sync(0xffffffffu, v.loss, offset));
+    v.grad = add_rn(v.grad, __shfl_down_sync(0xffffffffu, v.grad, offset));
   }
   return v;
 }
@@ -173,6 +184,19 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 
+// The second pass's order, in every thread of one block: thread t adds
+// partials t, t + kThreads, ... in order, then block_sum's tree; valid in
+// thread 0. The loads bypass L1 (__ldcg): fit_epoch_kernel reads partials
+// that other blocks of the same launch have just written.
+__device__ __forceinline__ LossGrad sum_partials(const LossGrad* partials,
+                                                 int count, LossGrad* smem) {
+  LossGrad acc{0.0, 0.0};
+  for (int i = threadIdx.x; i < count; i += kThreads) {
+    add_to(acc, LossGrad{__ldcg(&partials[i].loss), __ldcg(&partials[i].grad)});
+  }
+  return block_sum(acc, smem);
+}
+
 // Second pass, one block of kThreads: hands the total of `count` partials to
 // sink (in thread 0), unless sink.active() is false.
 template <typename Sink>
@@ -180,9 +204,7 @@ __global__ void __launch_bounds__(kThreads)
     finish_kernel(const LossGrad* __restrict__ partials, int count, Sink sink) {
   if (!sink.active()) return;
   __shared__ LossGrad smem[kWarps];
-  LossGrad acc{0.0, 0.0};
-  for (int i = threadIdx.x; i < count; i += kThreads) add_to(acc, partials[i]);
-  const LossGrad total = block_sum(acc, smem);
+  const LossGrad total = sum_partials(partials, count, smem);
   if (threadIdx.x == 0) sink(total);
 }
 

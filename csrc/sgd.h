@@ -2,7 +2,8 @@
 // CUDA trainers. It follows torch/optim/sgd.py (_single_tensor_sgd) line by
 // line and computes in the parameter's type T, with each hyperparameter
 // rounded to T first as the tensor ops do with their Python-float alpha, so
-// the fused trainer rounds like the standard optimizer step.
+// the fused trainer rounds like the standard optimizer step (each multiply
+// and add rounded on its own: rounding.h).
 #pragma once
 
 #include "network.h"
@@ -26,17 +27,17 @@ struct SgdState {
   // Returns the parameter after one step with gradient `grad`.
   BIASFIT_HD T step(T param, T grad, const SgdOptions& o) {
     if (o.maximize) grad = -grad;
-    if (o.weight_decay != 0) grad = grad + T(o.weight_decay) * param;
+    if (o.weight_decay != 0) grad = add_rn(grad, mul_rn(T(o.weight_decay), param));
     if (o.momentum != 0) {
       if (!has_buf) {
         buf = grad;
         has_buf = true;
       } else {
-        buf = buf * T(o.momentum) + T(1 - o.dampening) * grad;
+        buf = add_rn(mul_rn(buf, T(o.momentum)), mul_rn(T(sub_rn(1.0, o.dampening)), grad));
       }
-      grad = o.nesterov ? grad + T(o.momentum) * buf : buf;
+      grad = o.nesterov ? add_rn(grad, mul_rn(T(o.momentum), buf)) : buf;
     }
-    return param + T(-o.lr) * grad;
+    return add_rn(param, mul_rn(T(-o.lr), grad));
   }
 };
 

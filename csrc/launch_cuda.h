@@ -1,0 +1,163 @@
+// The host side of the CUDA ops: which kernels each op queues, in what order,
+// with what grid; written once over a Launcher, the one thing that differs
+// between the GPU (cuda.cu's CudaLauncher: streams, torch's allocator) and
+// the test harness (tests/cuda_emu/emu_launcher.h: threads on the CPU).
+//
+// A Launcher provides:
+//   launch(kernel, grid, block, args...)  queue kernel<<<grid, block>>>(args)
+//                                         on the op's stream and check it
+//   scratch(bytes)        device memory, 16-byte aligned, uninitialized,
+//                         alive as long as the launcher (stream-ordered)
+//   poll_start()          set up the status poll; false if it must not run
+//                         (e.g. the stream is being captured into a graph)
+//   poll_copy(status)     queue a copy of one device int64 to the host and
+//                         mark the stream there
+//   poll_landed()         whether the last poll_copy has landed (never waits)
+//   poll_value()          what it brought
+//
+// Nothing here waits for the device.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fit.h"
+#include "kernels_cuda.cuh"
+#include "network.h"
+#include "reduce_cuda.cuh"
+
+namespace biasfit {
+namespace cuda {
+
+template <typename T>
+bool aligned16(const T* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+// 128-bit loads need dense, 16-byte aligned arrays.
+template <typename T>
+bool dense_and_aligned(const Inputs<T>& in) {
+  return in.a_step == 1 && in.b_step == 1 && aligned16(in.a) &&
+         aligned16(in.b);
+}
+
+template <typename T, typename Launcher>
+void predict(Launcher& l, const T* x, int64_t n, const T* weights,
+             const T* bias, T* out) {
+  // Elementwise, so the grid only sets how many points a thread takes.
+  l.launch(predict_kernel<T>, grid_blocks<T>(n), kThreads, x, n, weights,
+           bias, out);
+}
+
+// sink(sum over i of point(a[i], b[i])): partial sums by block, then one
+// block adds them (reduce_cuda.cuh's order), all on the device.
+template <typename Point, typename T, typename Sink, typename Launcher>
+void sum_points(Launcher& l, const Inputs<T>& in, const T* weights,
+                const T* bias, const Sink& sink) {
+  const int blocks = grid_blocks<T>(in.n);
+  auto* partials =
+      static_cast<LossGrad*>(l.scratch(sizeof(LossGrad) * size_t(blocks)));
+  const int64_t* no_status = nullptr;
+  l.launch(dense_and_aligned(in) ? partial_sums_kernel<true, Point, T>
+                                 : partial_sums_kernel<false, Point, T>,
+           blocks, kThreads, in, weights, bias, no_status, partials);
+  l.launch(finish_kernel<Sink>, 1, kThreads,
+           static_cast<const LossGrad*>(partials), blocks, sink);
+}
+
+// Where fit_sgd writes: losses[epochs], biases[epochs], the final bias, and
+// info = [epoch, status].
+template <typename T>
+struct FitOutputPointers {
+  T* losses;
+  T* biases;
+  T* final_bias;
+  int64_t* info;
+};
+
+// See StatusPoll.
+constexpr int64_t kPollEvery = 64;
+
+// A big epoch budget that converges early would queue millions of no-op
+// launches, so every kPollEvery epochs the multi-block fit asks stopped():
+// it queues an asynchronous copy of the device status to the host and
+// answers true once an earlier copy has landed showing the fit stopped. It
+// changes how many no-op epochs are queued, never a result.
+template <typename Launcher>
+class StatusPoll {
+ public:
+  StatusPoll(Launcher& l, const int64_t* status) : l_(l), status_(status) {}
+
+  bool stopped() {
+    if (!started_) {
+      // Set up on first use, so fits too short to poll pay nothing.
+      if (disabled_ || !(started_ = l_.poll_start())) {
+        disabled_ = true;
+        return false;
+      }
+    }
+    if (pending_) {
+      if (!l_.poll_landed()) return false;
+      pending_ = false;
+      if (l_.poll_value() != kRunning) return true;
+    }
+    l_.poll_copy(status_);
+    pending_ = true;
+    return false;
+  }
+
+ private:
+  Launcher& l_;
+  const int64_t* status_;
+  bool started_ = false, disabled_ = false, pending_ = false;
+};
+
+// fit_sgd. Which of two shapes runs depends on n alone:
+//
+//  - n fits one block (fits_one_block: up to 1024 groups, e.g. the
+//    tutorial's 3 points): ONE launch runs every epoch in a loop inside one
+//    block, each thread's points held in registers.
+//  - otherwise ONE launch an epoch (fit_epoch_kernel: the block that
+//    finishes last ends the epoch), queued back to back between a start
+//    and a publish kernel. Each returns at once after the stop, so an epoch
+//    after the stop costs only a launch; StatusPoll stops the queueing.
+//
+// Rejected: a cooperative kernel with a grid-wide sync per epoch (one launch
+// for any n) needs its whole grid resident at once, which would tie the block
+// count, hence the sum's bits, to the GPU model; a CUDA graph of the epochs
+// costs its instantiation (tens of microseconds and up) on every call, where
+// the default 100 epochs cost about as much in launches; tail launches from
+// the device need relocatable device code, a harder build for torch
+// extensions.
+template <typename T, typename Launcher>
+void fit(Launcher& l, const Inputs<T>& in, const T* weights, const T* bias,
+         const FitOptions& opt, const FitOutputPointers<T>& out) {
+  const bool aligned = dense_and_aligned(in);
+  if (fits_one_block<T>(in.n)) {
+    l.launch(aligned ? fit_one_block_kernel<true, T>
+                     : fit_one_block_kernel<false, T>,
+             1, kThreads, in, weights, bias, opt, out.losses, out.biases,
+             out.final_bias, out.info);
+    return;
+  }
+  const int blocks = grid_blocks<T>(in.n);
+  auto* state = static_cast<FitDeviceState<T>*>(
+      l.scratch(sizeof(FitDeviceState<T>)));
+  auto* partials =
+      static_cast<LossGrad*>(l.scratch(sizeof(LossGrad) * size_t(blocks)));
+  l.launch(fit_start_kernel<T>, 1, 1, bias, opt.epochs, state);
+  StatusPoll<Launcher> poll(l, &state->state.status);
+  const auto epoch_kernel =
+      aligned ? fit_epoch_kernel<true, T> : fit_epoch_kernel<false, T>;
+  for (int64_t e = 0; e < opt.epochs; ++e) {
+    if (e > 0 && e % kPollEvery == 0 && poll.stopped()) break;
+    l.launch(epoch_kernel, blocks, kThreads, in, weights, state, partials,
+             opt, out.losses, out.biases);
+  }
+  l.launch(fit_publish_kernel<T>, 1, 1,
+           static_cast<const FitDeviceState<T>*>(state), out.final_bias,
+           out.info);
+}
+
+}  // namespace cuda
+}  // namespace biasfit

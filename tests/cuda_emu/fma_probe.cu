@@ -1,0 +1,25 @@
+// Instantiates every kernel of csrc/kernels_cuda.cuh for both dtypes, for
+// tests/test_cuda_build.py: compiled to PTX with FMA contraction ON
+// (--fmad=true), their math must still contain no fused multiply-add,
+// because csrc/rounding.h rounds each multiply and add on its own.
+#include "launch_cuda.h"
+
+namespace bc = biasfit::cuda;
+
+template <typename T>
+void* probe() {
+  void* kernels[] = {
+      reinterpret_cast<void*>(bc::predict_kernel<T>),
+      reinterpret_cast<void*>(bc::partial_sums_kernel<true, bc::LossPoint<T>, T>),
+      reinterpret_cast<void*>(bc::partial_sums_kernel<false, bc::BiasGradPoint<T>, T>),
+      reinterpret_cast<void*>(bc::finish_kernel<bc::LossSink<T>>),
+      reinterpret_cast<void*>(bc::fit_one_block_kernel<true, T>),
+      reinterpret_cast<void*>(bc::fit_one_block_kernel<false, T>),
+      reinterpret_cast<void*>(bc::fit_epoch_kernel<true, T>),
+      reinterpret_cast<void*>(bc::fit_start_kernel<T>),
+      reinterpret_cast<void*>(bc::fit_publish_kernel<T>),
+  };
+  return kernels[0];
+}
+
+void* probe_all() { return probe<float>() == probe<double>() ? nullptr : probe<float>(); }

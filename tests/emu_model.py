@@ -1,0 +1,158 @@
+"""A sequential NumPy model of the CUDA kernels' documented summing order
+(csrc/reduce_cuda.cuh) and of the trainer's epoch (csrc/fit.h, csrc/sgd.h),
+written from the comments, not the code: what the emulated kernels must
+equal bit for bit.
+
+Per point, network.h's math in the data's dtype (NumPy rounds each float32
+operation to float32, as the kernels do); sums in float64:
+  - points go in groups of VEC = 16 bytes; grid_blocks(n) blocks of 256
+    threads; thread t adds groups t, t + S, t + 2S, ... (S = threads in the
+    grid), points in index order, starting from 0.0;
+  - a warp combines its lanes by shuffles down by 16, 8, 4, 2, 1 (lane i
+    adds lane i + d; past the warp a lane adds its own value), lane 0 holds
+    the sum; a block puts its 8 warp sums in lanes 0..7 of warp 0 (zeros
+    above) and does the same tree;
+  - the partials, one per block in block order, are summed by one block:
+    thread t adds partials t, t + 256, ... from 0.0, then the same trees.
+"""
+import numpy as np
+
+THREADS, WARP, MAX_BLOCKS, GROUPS_PER_THREAD = 256, 32, 4096, 4
+WARPS = THREADS // WARP
+
+
+def vec(dtype):
+    return 16 // np.dtype(dtype).itemsize
+
+
+def num_groups(n, dtype):
+    return -(-n // vec(dtype))
+
+
+def grid_blocks(n, dtype):
+    per_block = THREADS * GROUPS_PER_THREAD
+    return int(min(max(-(-num_groups(n, dtype) // per_block), 1), MAX_BLOCKS))
+
+
+def fits_one_block(n, dtype):
+    return num_groups(n, dtype) <= THREADS * GROUPS_PER_THREAD
+
+
+def relu(z):
+    return np.where(z < 0, z.dtype.type(0), z)  # NaN and -0 pass through
+
+
+def hidden(x, w):
+    w00, b00, w01, w10, b10, w11 = (x.dtype.type(v) for v in w)
+    return relu(x * w00 + b00) * w01 + relu(x * w10 + b10) * w11
+
+
+def predict(x, w, bias):
+    return relu(hidden(x, w) + x.dtype.type(bias))
+
+
+def point_loss_grad(x, y, w, bias):
+    z = hidden(x, w) + x.dtype.type(bias)
+    r = relu(z) - y
+    rd = r.astype(np.float64)
+    return rd * rd, 2.0 * np.where(z > 0, r, x.dtype.type(0)).astype(np.float64)
+
+
+def point_bias_grad(x, g, w, bias):
+    return np.where(hidden(x, w) + x.dtype.type(bias) > 0, g, 0).astype(np.float64)
+
+
+def warp_tree(v):
+    """Lane 0 of the shuffle-down tree over the last axis (32 lanes)."""
+    for d in (16, 8, 4, 2, 1):
+        out = v + v  # lanes past the warp add their own value
+        out[..., :WARP - d] = v[..., :WARP - d] + v[..., d:]
+        v = out
+    return v[..., 0]
+
+
+def block_tree(v):
+    """block_sum over the last axis (256 threads, in thread order)."""
+    warps = warp_tree(v.reshape(v.shape[:-1] + (WARPS, WARP)))
+    lanes = np.zeros(v.shape[:-1] + (WARP,))
+    lanes[..., :WARPS] = warps
+    return warp_tree(lanes)
+
+
+def sequential(columns):
+    """Adds the columns left to right from 0.0, one row per thread."""
+    acc = np.zeros(columns.shape[0])
+    for j in range(columns.shape[1]):
+        acc = acc + columns[:, j]
+    return acc
+
+
+def grid_sum(values, dtype):
+    """The kernels' sum of per-point float64 `values` (n of them)."""
+    n = values.size
+    v, blocks = vec(dtype), grid_blocks(n, dtype)
+    threads = blocks * THREADS
+    rounds = -(-num_groups(n, dtype) // threads)
+    # idx[t, j, k]: point k of thread t's j-th group; past n adds nothing
+    # (0.0 added to a sum that never is -0 changes no bit).
+    t = np.arange(threads)[:, None, None]
+    idx = (t + np.arange(rounds)[None, :, None] * threads) * v + np.arange(v)
+    padded = np.concatenate([values, [0.0]])
+    per_thread = sequential(padded[np.minimum(idx, n)].reshape(threads, -1))
+    partials = block_tree(per_thread.reshape(blocks, THREADS))
+    cols = -(-blocks // THREADS)
+    finish = np.zeros(cols * THREADS)
+    finish[:blocks] = partials
+    return float(block_tree(sequential(finish.reshape(cols, THREADS).T)))
+
+
+def fused_loss_sums(x, y, w, bias):
+    loss, grad = point_loss_grad(x, y, w, bias)
+    return grid_sum(loss, x.dtype), grid_sum(grad, x.dtype)
+
+
+def sgd_step(state, bias, grad, lr, momentum, dampening, nesterov, weight_decay,
+             maximize):
+    """csrc/sgd.h, in the parameter's type T (each hyperparameter rounded to T)."""
+    T = type(bias)
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        grad = grad + T(weight_decay) * bias
+    if momentum != 0:
+        if state.get("buf") is None:
+            state["buf"] = grad
+        else:
+            state["buf"] = state["buf"] * T(momentum) + T(1 - dampening) * grad
+        grad = grad + T(momentum) * state["buf"] if nesterov else state["buf"]
+    return bias + T(-lr) * grad
+
+
+def fit(x, y, w, bias, lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+        weight_decay=0.0, maximize=False, epochs=100, tol=1e-4):
+    """fit_sgd's outputs (final bias, losses, biases, [epoch, status]) by
+    csrc/fit.h's end of an epoch over grid sums."""
+    T = x.dtype.type
+    bias = T(bias)
+    losses, biases = np.zeros(epochs, x.dtype), np.zeros(epochs, x.dtype)
+    state, epoch, status = {}, 0, 0 if epochs > 0 else 2
+    with np.errstate(all="ignore"):
+        while status == 0:
+            loss_sum, grad_sum = fused_loss_sums(x, y, w, bias)
+            loss = T(loss_sum)
+            losses[epoch], biases[epoch] = loss, bias
+            if not np.isfinite(loss):
+                status = 3
+                break
+            if float(loss) < tol:
+                status = 1
+                break
+            bias = sgd_step(state, bias, T(grad_sum), lr, momentum, dampening,
+                            nesterov, weight_decay, maximize)
+            if not np.isfinite(bias):
+                status = 4
+                break
+            epoch += 1
+            if epoch == epochs:
+                status = 2
+    return bias, losses, biases, np.array([epoch, status])
