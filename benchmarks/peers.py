@@ -138,15 +138,17 @@ class CompileLoop(_Peer):
         b = torch.tensor(self.bias, dtype=self.x.dtype)
         lr = torch.tensor(self.lr, dtype=self.x.dtype)
         losses, biases = [], []
-        while len(losses) < self.epochs:
+        for _ in range(0, self.epochs, LOOP_CHUNK):
             ls, bs, b = chunk(h, self.y, b, lr)
             losses.append(ls)
             biases.append(bs)
             if self.tol > 0 and bool((ls < self.tol).any()):
                 break
+        # A last chunk past `epochs` ran epochs the fit would not: the bias
+        # they reached is discarded with them.
         losses = torch.cat(losses)[:self.epochs].tolist()
-        biases = torch.cat(biases)[:self.epochs].tolist()
-        return _finish(losses, biases, self.epochs, self.tol, b.item())
+        biases = torch.cat(biases + [b[None]])[:self.epochs + 1].tolist()
+        return _finish(losses, biases, self.epochs, self.tol, biases[-1])
 
 
 # -- Numba ----------------------------------------------------------------------
