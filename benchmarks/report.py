@@ -1,18 +1,26 @@
-"""The benchmark report: runs benchmarks/ (or reads its saved JSON) and writes
-a Markdown table and a log-log plot of time per epoch against N.
+"""The benchmark report: runs the suite beside it (or reads its saved JSON) and
+writes Markdown tables and a log-log plot of time per epoch against N.
 
-    python -m biasfit.bench                      # run the default sizes, report
-    python -m biasfit.bench --large              # also N = 1e7 and 1e8
-    python -m biasfit.bench --from-json FILE     # report a saved --benchmark-json
+    python benchmarks/report.py                   # biasfit against its peers: the grid,
+                                                  # 1 and 2 threads, float32 and float64
+    python benchmarks/report.py --large           # also N = 1e7 and 1e8 (N * epochs <= 1e10)
+    python benchmarks/report.py --suite kernels   # bench_kernels.py: every biasfit engine
+    python benchmarks/report.py --from-json FILE  # report a saved --benchmark-json
 
 A benchmark joins the report through its extra_info: kernel, device, dtype,
 n, epochs (epochs timed in one round) and bytes_per_epoch (input + label
 bytes), optionally compile_s. The kernel "read" (a plain sum over inputs and
 labels) is each size's bandwidth baseline; "eager" and "compiled" are the
-baselines for speed-ups.
+baselines for speed-ups. bench_peers.py's benchmarks also carry grid=True,
+dataset, grid_epochs, threads and spread, and form the grid: per cell,
+biasfit.fit_fused against the fastest peer and the read pass.
+
+It lives in benchmarks/, not in the biasfit package, because it runs the
+suite that only a source checkout has.
 """
 import argparse
 import datetime
+import importlib.metadata
 import json
 import math
 import os
@@ -27,7 +35,22 @@ KERNEL_NAMES = {
     "compiled": "torch.compile", "autograd": "biasfit fit (autograd)",
     "fused-fit": "biasfit fit(engine=\"fused\")", "fused": "biasfit fit_fused",
     "read": "plain read pass",
+    # bench_peers.py's peers (peers.PEER_NAMES; copied so that reading a saved
+    # JSON needs neither torch nor the peers' libraries)
+    "eager-analytic": "eager PyTorch, analytic gradient",
+    "compile-epoch": "torch.compile epoch", "compile-loop": "torch.compile loop",
+    "numba-epoch-par-fm": "Numba epoch fn, parallel, fastmath",
+    "numba-epoch-par": "Numba epoch fn, parallel",
+    "numba-epoch-ser-fm": "Numba epoch fn, serial, fastmath",
+    "numba-epoch-ser": "Numba epoch fn, serial",
+    "numba-fit-par-fm": "Numba whole fit, parallel, fastmath",
+    "numba-fit-par": "Numba whole fit, parallel",
+    "numba-fit-ser-fm": "Numba whole fit, serial, fastmath",
+    "numba-fit-ser": "Numba whole fit, serial",
+    "jax-fit": "JAX jit fit (while_loop)",
 }
+GRID_OWN = ("fused", "read")  # in the grid, every other kernel is a peer
+SPREAD_FLAG = 2.0  # a kernel's slowest round over its fastest that flags its cell
 REQUIRED = ("kernel", "device", "dtype", "n", "epochs", "bytes_per_epoch")
 # min by default: on a shared machine interference only ever adds time, so the
 # fastest round is the closest to a kernel's own cost.
@@ -65,6 +88,13 @@ def load_average():
 
 
 def cpu_model():
+    try:  # lscpu's name first: /proc/cpuinfo lacks it on some machines (ARM)
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -85,9 +115,15 @@ def machine_summary(load_start=None):
         pass
     vector = [f for f in ("avx512f", "avx2", "neon") if f" {f}" in flags]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    versions = {}
+    for name in ("numba", "jax"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "vector": vector,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "gpu": gpu, "python": platform.python_version(),
+            "gpu": gpu, "python": platform.python_version(), **versions,
             "load_start": load_start, "load_end": load_average()}
 
 
@@ -101,6 +137,20 @@ class Row:
     seconds: float  # one round, by the chosen statistic
     bytes_per_epoch: int
     compile_s: float = None
+    median: float = None  # one round's median, whatever `seconds` is
+    grid: bool = False    # from bench_peers.py; then also:
+    dataset: str = None
+    grid_epochs: int = None  # None: fitted to convergence
+    threads: int = None
+    spread: float = None  # slowest round over fastest
+
+    @property
+    def median_per_epoch(self):
+        return None if self.median is None else self.median / self.epochs
+
+    @property
+    def cell(self):
+        return (self.dtype, self.threads, self.dataset, self.n, self.grid_epochs)
 
     @property
     def per_epoch(self):
@@ -127,9 +177,12 @@ def parse_results(data, stat="min"):
         if any(k not in info for k in REQUIRED) or not info["epochs"]:
             skipped.append(bench.get("fullname", bench.get("name", "?")))
             continue
+        stats = bench["stats"]
         rows.append(Row(info["kernel"], info["device"], info["dtype"], int(info["n"]),
-                        int(info["epochs"]), float(bench["stats"][stat]),
-                        int(info["bytes_per_epoch"]), info.get("compile_s")))
+                        int(info["epochs"]), float(stats[stat]),
+                        int(info["bytes_per_epoch"]), info.get("compile_s"),
+                        stats.get("median"), bool(info.get("grid")), info.get("dataset"),
+                        info.get("grid_epochs"), info.get("threads"), info.get("spread")))
     return rows, skipped
 
 
@@ -225,29 +278,196 @@ def _target_table(targets):
     return lines
 
 
+# -- the grid: biasfit against its peers (bench_peers.py) ---------------------------
+
+@dataclass
+class Cell:
+    key: tuple       # Row.cell: (dtype, threads, dataset, n, grid_epochs)
+    fused: Row
+    best: Row        # the fastest peer, by the report's statistic
+    read: Row
+    flagged: list    # kernels whose rounds spread more than SPREAD_FLAG
+    rows: list
+
+    @property
+    def lead(self):
+        """The best peer's time over biasfit's: above 1, biasfit is ahead."""
+        if self.fused is None or self.best is None:
+            return None
+        return self.best.per_epoch / self.fused.per_epoch
+
+    @property
+    def of_read(self):
+        if self.fused is None or self.read is None:
+            return None
+        return self.fused.per_epoch / self.read.per_epoch
+
+
+def _cell_order(key):
+    dtype, threads, dataset, n, epochs = key
+    return (dtype, threads or 0, dataset != "tutorial", dataset or "", n, epochs or 0)
+
+
+def grid_cells(rows):
+    """The grid's cells, in order, from bench_peers.py's rows."""
+    by_cell = {}
+    for r in rows:
+        if r.grid:
+            by_cell.setdefault(r.cell, []).append(r)
+    cells = []
+    for key in sorted(by_cell, key=_cell_order):
+        rs = by_cell[key]
+        get = {r.kernel: r for r in rs}
+        peers = [r for r in rs if r.kernel not in GRID_OWN]
+        best = min(peers, key=lambda r: r.per_epoch) if peers else None
+        flagged = sorted(r.kernel for r in rs if r.spread and r.spread > SPREAD_FLAG)
+        cells.append(Cell(key, get.get("fused"), best, get.get("read"), flagged, rs))
+    return cells
+
+
+# Issue 15's targets, as (description, which cells, measure, goal): measure(cell)
+# is a ratio that meets the goal when at most `goal`.
+def _vs_numba_serial_fit(cell):
+    peer = next((r for r in cell.rows if r.kernel == "numba-fit-ser"), None)
+    return None if peer is None or cell.fused is None else cell.fused.seconds / peer.seconds
+
+
+GRID_TARGETS = (
+    ("biasfit fastest in every cell (best peer's time over biasfit's, at least 1)",
+     lambda c: True, lambda c: None if c.lead is None else 1 / c.lead, 1.0),
+    ("the tutorial fit whole at most the serial Numba whole fit's time",
+     lambda c: c.key[3] == 3, _vs_numba_serial_fit, 1.0),
+    ("dense epochs (units on) at most 1.1x the read pass, N >= 1e6",
+     lambda c: c.key[2] == "dense" and c.key[3] >= 10**6, lambda c: c.of_read, 1.1),
+    ("N = 1e8, 10 epochs: at most 1.2x the read pass per epoch",
+     lambda c: c.key[3] == 10**8 and c.key[4] == 10, lambda c: c.of_read, 1.2),
+)
+
+
+def evaluate_grid_targets(cells):
+    """[(description, cells measured, cells met, worst ratio or None, goal)]."""
+    out = []
+    for desc, applies, measure, goal in GRID_TARGETS:
+        values = [v for v in (measure(c) for c in cells if applies(c)) if v is not None]
+        out.append((desc, len(values), sum(v <= goal for v in values),
+                    max(values) if values else None, goal))
+    return out
+
+
+def _cell_label(cell):
+    dtype, threads, dataset, n, epochs = cell.key
+    runs = cell.fused or cell.best or cell.read
+    epochs_text = f"to convergence ({runs.epochs})" if epochs is None else str(epochs)
+    return f"| {dataset} | {size_label(n)} | {epochs_text}"
+
+
+def _min_median(row):
+    if row is None:
+        return "–"
+    if row.median_per_epoch is None:
+        return fmt_time(row.per_epoch)
+    return f"{fmt_time(row.per_epoch)} ({fmt_time(row.median_per_epoch)})"
+
+
+def _grid_table(cells):
+    lines = ["| data | N | epochs | biasfit fit_fused | fastest peer | its time "
+             "| biasfit ahead by | read pass | fit_fused / read | rounds spread > 2× |",
+             "|---" * 10 + "|"]
+    for c in cells:
+        lead = c.lead
+        verdict = "–" if lead is None else (f"**{lead:.3g}×**" if lead >= 1
+                                            else f"{lead:.3g}× (behind)")
+        lines.append(" | ".join([
+            _cell_label(c), _min_median(c.fused),
+            "–" if c.best is None else KERNEL_NAMES.get(c.best.kernel, c.best.kernel),
+            _min_median(c.best), verdict, _min_median(c.read),
+            "–" if c.of_read is None else f"{c.of_read:.3g}×",
+            ", ".join(c.flagged) or "–"]) + " |")
+    return lines
+
+
+def _grid_detail(cells):
+    kernels = [k for k in KERNEL_NAMES if any(r.kernel == k for c in cells for r in c.rows)]
+    lines = ["| data | N | epochs | " + " | ".join(KERNEL_NAMES[k] for k in kernels) + " |",
+             "|---" * (len(kernels) + 3) + "|"]
+    for c in cells:
+        get = {r.kernel: r for r in c.rows}
+        lines.append(_cell_label(c) + " | " + " | ".join(
+            "–" if k not in get else fmt_time(get[k].per_epoch)
+            + ("" if not get[k].compile_s or get[k].compile_s < 0.05
+               else f" (+{get[k].compile_s:.1f} s JIT)") for k in kernels) + " |")
+    return lines
+
+
+def _grid_target_table(targets):
+    lines = ["| target | cells | met | worst | goal |", "|---" * 5 + "|"]
+    for desc, measured, met, worst, goal in targets:
+        lines.append(f"| {desc} | {measured} | {met} | "
+                     f"{'–' if worst is None else f'{worst:.3g}×'} | {goal:g}× |")
+    return lines
+
+
+def render_grid(rows, stat, h="##", detail=True):
+    cells = grid_cells(rows)
+    if not cells:
+        return []
+    lead = [c for c in cells if c.lead is not None]
+    ahead = sum(c.lead >= 1 for c in lead)
+    out = [f"{h} biasfit against its peers", "",
+           f"Per cell, time per epoch as the {stat} of its rounds (the median in "
+           "brackets), every kernel's rounds interleaved with the others'. \"biasfit "
+           "ahead by\" is the fastest peer's time over fit_fused's. A JIT peer's "
+           "compile time is kept out of its rounds. biasfit is ahead in "
+           f"{ahead} of {len(lead)} cells.", ""]
+    out += [f"{h}# Targets (issue 15)", ""] + _grid_target_table(
+        evaluate_grid_targets(cells)) + [""]
+    sections = sorted({(c.key[0], c.key[1] or 0) for c in cells})
+    for dtype, threads in sections:
+        mine = [c for c in cells if (c.key[0], c.key[1] or 0) == (dtype, threads)]
+        out += [f"{h}# {dtype}, {threads} thread{'' if threads == 1 else 's'}", ""]
+        out += _grid_table(mine) + [""]
+        if detail:
+            out += [f"{h}## Every kernel ({dtype}, {threads} thread"
+                    f"{'' if threads == 1 else 's'}; {stat} per epoch)", ""]
+            out += _grid_detail(mine) + [""]
+    return out
+
+
 def describe_machine(m):
     if not m:
         return "unknown machine"
     gpu = m.get("gpu") or "no GPU"
     vector = ", ".join(m.get("vector") or []) or "no AVX2"
-    return (f"{m.get('cpu')}, {m.get('cores')} cores ({vector}), torch {m.get('torch')} "
-            f"with {m.get('threads')} thread{'' if m.get('threads') == 1 else 's'}, {gpu}; load average "
-            f"{m.get('load_start')} at start, {m.get('load_end')} at end")
+    peers = ", ".join(f"{k} {m[k]}" for k in ("numba", "jax") if m.get(k))
+    text = (f"{m.get('cpu')}, {m.get('cores')} cores ({vector}), torch {m.get('torch')}"
+            + (f", {peers}" if peers else ""))
+    runs = m.get("runs")
+    if runs:  # one suite run per thread count
+        loads = "; ".join(f"{r.get('threads')} thread{'' if r.get('threads') == 1 else 's'}: "
+                          f"load average {r.get('load_start')} at start, "
+                          f"{r.get('load_end')} at end" for r in runs)
+        return f"{text}, {gpu}; {loads}"
+    return (f"{text} with {m.get('threads')} thread{'' if m.get('threads') == 1 else 's'}, "
+            f"{gpu}; load average {m.get('load_start')} at start, {m.get('load_end')} at end")
 
 
 def render_markdown(rows, machine, stat, command, plot_path=None, when=None, *,
                     level=2, detail=True):
     """The report in Markdown, its headings at `level` (2: "##")."""
+    grid = [r for r in rows if r.grid]
+    rows = [r for r in rows if not r.grid]
     by = lookup(rows)
     h = "#" * level
     out = [f"Machine: {describe_machine(machine)}.", "",
            f"Made by `{command}`" + (f" on {when}" if when else "") +
-           f"; a round's time is the {stat} of its rounds, divided by the epochs it ran. "
-           "Speed-ups are eager's (or torch.compile's) time per epoch over the kernel's; "
-           "GB/s is input and label bytes per epoch over time per epoch; \"of read pass\" "
-           "is that bandwidth over a plain sum's over the same bytes, in the same run.", ""]
+           f"; a round's time is the {stat} of its rounds, divided by the epochs it ran."
+           + (" Speed-ups are eager's (or torch.compile's) time per epoch over the kernel's; "
+              "GB/s is input and label bytes per epoch over time per epoch; \"of read pass\" "
+              "is that bandwidth over a plain sum's over the same bytes, in the same run."
+              if rows else ""), ""]
     if plot_path:
         out += [f"![time per epoch against N]({plot_path})", ""]
+    out += render_grid(grid, stat, h, detail)
     targets = evaluate_targets(rows)
     if targets:
         out += [f"{h} Targets (float32)", ""] + _target_table(targets) + [""]
@@ -258,6 +478,17 @@ def render_markdown(rows, machine, stat, command, plot_path=None, when=None, *,
             out += [f"{h}# Detail ({device}, {dtype})", ""]
             out += _detail_table(rows, device, dtype, by) + [""]
     return "\n".join(out)
+
+
+def plot_rows(rows):
+    """What the plot draws: the engines suite's rows, or else the grid's
+    tutorial data at 100 epochs (and N = 3 to convergence) with the most threads."""
+    plain = [r for r in rows if not r.grid]
+    if plain:
+        return plain
+    threads = max((r.threads or 0 for r in rows), default=0)
+    return [r for r in rows if (r.threads or 0) == threads and r.dataset == "tutorial"
+            and r.grid_epochs in (None, 100)]
 
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -313,24 +544,46 @@ def plot(rows, path):
     plt.close(fig)
 
 
+SUITES = {"grid": "bench_peers.py", "kernels": "bench_kernels.py"}
+
+
 def suite_dir():
-    here = Path(__file__).resolve().parent.parent / "benchmarks"
-    for candidate in (here, Path.cwd() / "benchmarks"):
-        if (candidate / "bench_kernels.py").exists():
-            return candidate
-    raise SystemExit("biasfit.bench: the benchmark suite (benchmarks/ in the source "
-                     "checkout) was not found; run from the checkout, or report saved "
-                     "results with --from-json FILE")
+    return Path(__file__).resolve().parent
 
 
-def run_suite(json_path, large, pytest_args):
-    cmd = [sys.executable, "-m", "pytest", str(suite_dir()), "--benchmark-only", "-q",
-           f"--benchmark-json={json_path}", *(["--bench-large"] if large else []),
-           *pytest_args]
+def _run_pytest(json_path, suite, large, pytest_args, extra=()):
+    cmd = [sys.executable, "-m", "pytest", str(suite_dir() / SUITES[suite]),
+           "--benchmark-only", "-q", f"--benchmark-json={json_path}",
+           *(["--bench-large"] if large else []), *extra, *pytest_args]
     print("running:", " ".join(cmd), flush=True)
-    code = subprocess.call(cmd)
+    code = subprocess.call(cmd, cwd=suite_dir().parent)
     if code != 0:
-        raise SystemExit(f"biasfit.bench: the benchmarks failed (pytest exit {code})")
+        raise SystemExit(f"report: the benchmarks failed (pytest exit {code})")
+
+
+def run_suite(json_path, large, pytest_args, suite="kernels", threads=(1, 2)):
+    """Runs the suite into json_path. The grid runs once per thread count,
+    each in its own process (XLA reads its thread count once, at start), and
+    the runs' JSON is merged: their benchmarks, and each run's threads and
+    load in machine_info["biasfit"]["runs"]."""
+    if suite != "grid":
+        return _run_pytest(json_path, suite, large, pytest_args)
+    merged = None
+    for t in threads:
+        part = json_path.with_name(f"{json_path.stem}-threads{t}.json")
+        _run_pytest(part, suite, large, pytest_args, ["--bench-threads", str(t)])
+        data = json.loads(part.read_text())
+        part.unlink()
+        info = data.get("machine_info", {}).get("biasfit", {})
+        run = {"threads": t, "load_start": info.get("load_start"),
+               "load_end": info.get("load_end")}
+        if merged is None:
+            merged = data
+            merged.setdefault("machine_info", {}).setdefault("biasfit", {})["runs"] = [run]
+        else:
+            merged["benchmarks"] += data.get("benchmarks", [])
+            merged["machine_info"]["biasfit"]["runs"].append(run)
+    json_path.write_text(json.dumps(merged, indent=1))
 
 
 def write_readme_summary(readme, out, rows, machine, stat, command, plot_name, when):
@@ -341,15 +594,21 @@ def write_readme_summary(readme, out, rows, machine, stat, command, plot_name, w
     try:
         readme.write_text(replace_readme_block(readme.read_text(), block))
     except (OSError, ValueError) as e:
-        raise SystemExit(f"biasfit.bench: cannot update {readme}: {e}")
+        raise SystemExit(f"report: cannot update {readme}: {e}")
     print(f"updated {readme}")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m biasfit.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from-json", metavar="FILE", help="report this saved JSON; run nothing")
-    p.add_argument("--large", action="store_true", help="also run N = 1e7 and 1e8")
+    p.add_argument("--suite", choices=sorted(SUITES), default="grid",
+                   help="grid: biasfit against its peers (bench_peers.py, default); "
+                        "kernels: every biasfit engine (bench_kernels.py)")
+    p.add_argument("--threads", default="1,2",
+                   help="the grid's thread counts, one run each (default 1,2)")
+    p.add_argument("--large", action="store_true",
+                   help="also run N = 1e7 and 1e8 (the grid: cells with N * epochs <= 1e10)")
     p.add_argument("--out", default="benchmarks/results", help="output folder")
     p.add_argument("--stat", choices=STATS, default="min",
                    help="which round statistic is the time (default min)")
@@ -366,22 +625,27 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python -m biasfit.bench", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python benchmarks/report.py",
+                        *(sys.argv[1:] if argv is None else argv)])
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise SystemExit(f"report: --threads: {args.threads!r} is not a list of counts")
     if args.from_json:
         json_path = Path(args.from_json)
     else:
         json_path = out / "benchmark.json"
-        run_suite(json_path, args.large, args.pytest_args)
+        run_suite(json_path, args.large, args.pytest_args, args.suite, threads)
     try:
         data = json.loads(json_path.read_text())
     except (OSError, ValueError) as e:
-        raise SystemExit(f"biasfit.bench: cannot read benchmark JSON {json_path}: {e}")
+        raise SystemExit(f"report: cannot read benchmark JSON {json_path}: {e}")
     rows, skipped = parse_results(data, args.stat)
     if not rows:
-        raise SystemExit(f"biasfit.bench: no benchmark in {json_path} has the extra_info "
+        raise SystemExit(f"report: no benchmark in {json_path} has the extra_info "
                          f"the report needs ({', '.join(REQUIRED)})")
     for name in skipped:
-        print(f"biasfit.bench: skipped {name} (no report extra_info)", file=sys.stderr)
+        print(f"report: skipped {name} (no report extra_info)", file=sys.stderr)
     machine = data.get("machine_info", {}).get("biasfit")
     when = data.get("datetime", datetime.datetime.now(datetime.timezone.utc).isoformat())
     plot_name = None if args.no_plot else "time_per_epoch.png"
@@ -391,18 +655,22 @@ def main(argv=None):
     print(f"wrote {out / 'results.md'}")
     if plot_name:
         try:
-            plot(rows, out / plot_name)
+            plot(plot_rows(rows), out / plot_name)
         except PlotUnavailable as e:
-            raise SystemExit(f"biasfit.bench: {e}")
+            raise SystemExit(f"report: {e}")
         print(f"wrote {out / plot_name}")
     if args.readme:
         write_readme_summary(Path(args.readme), out, rows, machine, args.stat, command,
                              plot_name, stamp)
-    missed = [t for t in evaluate_targets(rows) if t[5] is False]
-    if args.check and missed:
+    missed = [t for t in evaluate_targets([r for r in rows if not r.grid]) if t[5] is False]
+    missed_grid = [t for t in evaluate_grid_targets(grid_cells(rows)) if t[2] < t[1]]
+    if args.check and (missed or missed_grid):
         for desc, device, n, measured, goal, _ in missed:
             print(f"target missed: {desc} ({device}, N={size_label(n)}): "
                   f"{measured:.3g}x, goal {goal:.3g}x", file=sys.stderr)
+        for desc, measured, met, worst, goal in missed_grid:
+            print(f"target missed: {desc}: {measured - met} of {measured} cells, "
+                  f"worst {worst:.3g}x, goal {goal:.3g}x", file=sys.stderr)
         return 1
     return 0
 
