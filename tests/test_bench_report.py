@@ -273,3 +273,14 @@ def test_nothing_in_the_package_imports_the_benchmarks():
             else:
                 continue
             assert not {n.split(".")[0] for n in names} & suite, (source, names)
+
+
+def test_failed_kernels_are_reported_and_fail_the_report(tmp_path, monkeypatch):
+    def fake_pytest(json_path, suite, large, pytest_args, extra=()):
+        json_path.write_text(json.dumps(saved(cell_entry("fused", 10**6, 0.01))))
+        return 1  # some kernel missed the reference: pytest exit 1, JSON written
+
+    monkeypatch.setattr(report, "_run_pytest", fake_pytest)
+    out = tmp_path / "results"
+    assert report.main(["--out", str(out), "--no-plot", "--threads", "2"]) == 1
+    assert "Some benchmarks failed" in (out / "results.md").read_text()
