@@ -27,7 +27,7 @@ from conftest import (bench_datasets, bench_dtypes, bench_epochs, bench_max_work
 from report import size_label
 
 KERNELS = ("fused", "read", *peers.PEERS)
-ROUND_BUDGET_S = 2.0     # the time a cell's timed rounds aim at, all kernels together
+ROUND_BUDGET_S = 1.0     # the time a cell's timed rounds aim at, all kernels together
 MIN_ROUNDS, MAX_ROUNDS = 5, 25
 MIN_ROUND_S = 2e-3       # shorter calls are repeated within a round and averaged
 SPREAD_FLAG = 2.0        # a kernel's slowest round over its fastest

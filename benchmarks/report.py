@@ -286,7 +286,8 @@ class Cell:
     fused: Row
     best: Row        # the fastest peer, by the report's statistic
     read: Row
-    flagged: list    # kernels whose rounds spread more than SPREAD_FLAG
+    flagged: list    # (kernel, spread) of the cell's shown kernels (fit_fused, the
+                     # best peer, the read pass) whose rounds spread more than SPREAD_FLAG
     rows: list
 
     @property
@@ -320,7 +321,8 @@ def grid_cells(rows):
         get = {r.kernel: r for r in rs}
         peers = [r for r in rs if r.kernel not in GRID_OWN]
         best = min(peers, key=lambda r: r.per_epoch) if peers else None
-        flagged = sorted(r.kernel for r in rs if r.spread and r.spread > SPREAD_FLAG)
+        shown = [r for r in (get.get("fused"), best, get.get("read")) if r is not None]
+        flagged = [(r.kernel, r.spread) for r in shown if r.spread and r.spread > SPREAD_FLAG]
         cells.append(Cell(key, get.get("fused"), best, get.get("read"), flagged, rs))
     return cells
 
@@ -369,9 +371,13 @@ def _min_median(row):
     return f"{fmt_time(row.per_epoch)} ({fmt_time(row.median_per_epoch)})"
 
 
+def _short(kernel):
+    return {"fused": "biasfit", "read": "read"}.get(kernel, "peer")
+
+
 def _grid_table(cells):
     lines = ["| data | N | epochs | biasfit fit_fused | fastest peer | its time "
-             "| biasfit ahead by | read pass | fit_fused / read | rounds spread > 2× |",
+             "| biasfit ahead by | read pass | fit_fused / read | rounds spread over 2× |",
              "|---" * 10 + "|"]
     for c in cells:
         lead = c.lead
@@ -382,7 +388,7 @@ def _grid_table(cells):
             "–" if c.best is None else KERNEL_NAMES.get(c.best.kernel, c.best.kernel),
             _min_median(c.best), verdict, _min_median(c.read),
             "–" if c.of_read is None else f"{c.of_read:.3g}×",
-            ", ".join(c.flagged) or "–"]) + " |")
+            ", ".join(f"{_short(k)} {v:.2g}×" for k, v in c.flagged) or "–"]) + " |")
     return lines
 
 
@@ -394,6 +400,7 @@ def _grid_detail(cells):
         get = {r.kernel: r for r in c.rows}
         lines.append(_cell_label(c) + " | " + " | ".join(
             "–" if k not in get else fmt_time(get[k].per_epoch)
+            + ("†" if (get[k].spread or 0) > SPREAD_FLAG else "")
             + ("" if not get[k].compile_s or get[k].compile_s < 0.05
                else f" (+{get[k].compile_s:.1f} s JIT)") for k in kernels) + " |")
     return lines
@@ -417,7 +424,10 @@ def render_grid(rows, stat, h="##", detail=True):
            f"Per cell, time per epoch as the {stat} of its rounds (the median in "
            "brackets), every kernel's rounds interleaved with the others'. \"biasfit "
            "ahead by\" is the fastest peer's time over fit_fused's. A JIT peer's "
-           "compile time is kept out of its rounds. biasfit is ahead in "
+           "compile time is kept out of its rounds. A cell is flagged where biasfit's, the "
+           f"best peer's or the read pass's slowest round took over {SPREAD_FLAG:g}× its "
+           "fastest (in the tables of every kernel, † marks such a kernel): there, "
+           "load decided more than the kernels did. biasfit is ahead in "
            f"{ahead} of {len(lead)} cells.", ""]
     out += [f"{h}# Targets (issue 15)", ""] + _grid_target_table(
         evaluate_grid_targets(cells)) + [""]
@@ -577,8 +587,8 @@ def run_suite(json_path, large, pytest_args, suite="kernels", threads=(1, 2)):
     merged, code = None, 0
     for t in threads:
         part = json_path.with_name(f"{json_path.stem}-threads{t}.json")
-        code = max(code, _run_pytest(part, suite, large, pytest_args,
-                                     ["--bench-threads", str(t)]) or 0)
+        code = max(code, _run_pytest(part, suite, large, pytest_args, [
+            "--bench-threads", str(t), "--bench-dtypes", "float32,float64"]) or 0)
         data = json.loads(part.read_text())
         part.unlink()
         info = data.get("machine_info", {}).get("biasfit", {})

@@ -197,7 +197,7 @@ def test_grid_cells_pick_the_fastest_peer_and_compare():
     tut = cells[("float32", 2, "tutorial", 10**6, 100)]
     assert tut.best.kernel == "compile-loop"
     assert tut.lead == pytest.approx(3.0) and tut.of_read == pytest.approx(0.5)
-    assert tut.flagged == ["compile-loop"]  # its rounds spread 2.5x
+    assert tut.flagged == [("compile-loop", 2.5)]  # its rounds spread 2.5x
     dense = cells[("float32", 2, "dense", 10**6, 100)]
     assert dense.best.kernel == "numba-fit-par-fm"
     assert dense.lead == pytest.approx(0.8) and dense.of_read == pytest.approx(1.5)
@@ -221,7 +221,8 @@ def test_grid_markdown_shows_each_cell_with_min_and_median():
     text = report.render_markdown(rows_of(GRID, "min"), MACHINE, "min", "report.py")
     assert "biasfit is ahead in 2 of 4 cells" in text
     assert ("| tutorial | 1e6 | 100 | 100 µs (200 µs) | torch.compile loop | 300 µs (600 µs) "
-            "| **3×** | 200 µs (400 µs) | 0.5× | compile-loop |") in text
+            "| **3×** | 200 µs (400 µs) | 0.5× | peer 2.5× |") in text
+    assert "| 300 µs† |" in text  # the flagged kernel in the table of every kernel
     assert "| dense | 1e6 | 100 | 300 µs (600 µs) | Numba whole fit, parallel, fastmath" in text
     assert "| 0.8× (behind) |" in text
     assert "| tutorial | 3 | to convergence (35) | 1 µs (2 µs) |" in text
@@ -238,6 +239,9 @@ def test_grid_check_fails_on_a_missed_target(tmp_path, capsys):
     assert "target missed: biasfit fastest in every cell" in capsys.readouterr().err
 
 
+BOTH = ("--bench-dtypes", "float32,float64")
+
+
 def test_the_grid_runs_once_per_thread_count_and_merges(tmp_path, monkeypatch):
     calls = []
 
@@ -251,8 +255,8 @@ def test_the_grid_runs_once_per_thread_count_and_merges(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "_run_pytest", fake_pytest)
     out = tmp_path / "results"
     assert report.main(["--out", str(out), "--no-plot", "--threads", "1,2", "--", "-k", "x"]) == 0
-    assert calls == [("grid", ["--bench-threads", "1"], ("-k", "x")),
-                     ("grid", ["--bench-threads", "2"], ("-k", "x"))]
+    assert calls == [("grid", ["--bench-threads", "1", *BOTH], ("-k", "x")),
+                     ("grid", ["--bench-threads", "2", *BOTH], ("-k", "x"))]
     data = json.loads((out / "benchmark.json").read_text())
     assert [b["extra_info"]["threads"] for b in data["benchmarks"]] == [1, 2]
     assert sorted(p.name for p in out.iterdir()) == ["benchmark.json", "results.md"]
