@@ -27,6 +27,7 @@ import os
 import platform
 import subprocess
 import sys
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ KERNEL_NAMES = {
     "numba-fit-ser": "Numba whole fit, serial",
     "jax-fit": "JAX jit fit (while_loop)",
 }
+KERNEL_NAMES["best-peer"] = "fastest peer (each N's own)"
 GRID_OWN = ("fused", "read")  # in the grid, every other kernel is a peer
 SPREAD_FLAG = 2.0  # a kernel's slowest round over its fastest that flags its cell
 REQUIRED = ("kernel", "device", "dtype", "n", "epochs", "bytes_per_epoch")
@@ -491,14 +493,20 @@ def render_markdown(rows, machine, stat, command, plot_path=None, when=None, *,
 
 
 def plot_rows(rows):
-    """What the plot draws: the engines suite's rows, or else the grid's
-    tutorial data at 100 epochs (and N = 3 to convergence) with the most threads."""
+    """What the plot draws: the engines suite's rows, or else from the grid,
+    float32 tutorial data at 100 epochs (N = 3: to convergence) with the most
+    threads: fit_fused, the read pass, and per N the fastest peer."""
     plain = [r for r in rows if not r.grid]
     if plain:
         return plain
     threads = max((r.threads or 0 for r in rows), default=0)
-    return [r for r in rows if (r.threads or 0) == threads and r.dataset == "tutorial"
-            and r.grid_epochs in (None, 100)]
+    mine = [r for r in rows if (r.threads or 0) == threads and r.dataset == "tutorial"
+            and r.grid_epochs in (None, 100) and r.dtype == "float32"]
+    out = [r for r in mine if r.kernel in GRID_OWN]
+    for cell in grid_cells(mine):
+        if cell.best is not None:
+            out.append(dataclasses.replace(cell.best, kernel="best-peer"))
+    return out
 
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"

@@ -288,3 +288,10 @@ def test_failed_kernels_are_reported_and_fail_the_report(tmp_path, monkeypatch):
     out = tmp_path / "results"
     assert report.main(["--out", str(out), "--no-plot", "--threads", "2"]) == 1
     assert "Some benchmarks failed" in (out / "results.md").read_text()
+
+
+def test_the_grid_plot_draws_biasfit_the_read_pass_and_each_sizes_best_peer():
+    rows = report.plot_rows(rows_of(GRID, "min"))
+    assert sorted((r.kernel, r.n) for r in rows) == [
+        ("best-peer", 3), ("best-peer", 10**6), ("fused", 3), ("fused", 10**6), ("read", 10**6)]
+    assert next(r for r in rows if r.kernel == "best-peer" and r.n == 10**6).seconds == 0.03
