@@ -24,7 +24,7 @@ import peers
 import workloads
 from conftest import (bench_datasets, bench_dtypes, bench_epochs, bench_max_work,
                       bench_sizes)
-from report import size_label
+from report import load_average, size_label
 
 KERNELS = ("fused", "read", *peers.PEERS)
 ROUND_BUDGET_S = 1.0     # the time a cell's timed rounds aim at, all kernels together
@@ -83,7 +83,7 @@ def _call_time(run, iterations):
     return (time.perf_counter() - start) / iterations
 
 
-def measure(cell):
+def measure(cell, kernels=KERNELS):
     dtype_name, dataset, n, grid_epochs = cell
     dtype = getattr(torch, dtype_name)
     x, y = workloads.make_data(n, dtype, dataset=dataset)
@@ -92,8 +92,9 @@ def measure(cell):
     expected = workloads.reference_fit(x, y, lr, epochs, tol, bias)
     evaluated = len(expected[2])
     out = Measured()
+    out.load = load_average()  # the 1-minute load as the cell starts
     runners = {}
-    for kernel in KERNELS:
+    for kernel in kernels:
         cls = runner_class(kernel)
         why = getattr(cls, "unavailable", lambda: None)()
         if why:
@@ -139,11 +140,18 @@ def measured_cells():
     return {}
 
 
-def test_peer(benchmark, peer_case, measured_cells):
+def _selected(session, cell):
+    """The cell's kernels this session runs (-k may deselect some)."""
+    return [item.callspec.params["peer_case"][1] for item in session.items
+            if getattr(item, "callspec", None) is not None
+            and item.callspec.params.get("peer_case", (None,))[0] == cell]
+
+
+def test_peer(benchmark, peer_case, measured_cells, request):
     cell, kernel = peer_case
     if measured_cells.get("cell") != cell:
         measured_cells.clear()  # the previous cell's runners and buffers go
-        measured_cells.update(cell=cell, result=measure(cell))
+        measured_cells.update(cell=cell, result=measure(cell, _selected(request.session, cell)))
     m = measured_cells["result"]
     if kernel in m.why:
         what, why = m.why[kernel]
@@ -154,7 +162,7 @@ def test_peer(benchmark, peer_case, measured_cells):
         kernel=kernel, device="cpu", dtype=dtype, n=n, epochs=m.evaluated,
         bytes_per_epoch=m.bytes_per_epoch, dataset=dataset, grid=True,
         grid_epochs=grid_epochs, converge=grid_epochs is None,
-        threads=torch.get_num_threads(), **m.extra[kernel])
+        threads=torch.get_num_threads(), load=m.load, **m.extra[kernel])
     if benchmark.disabled:
         return
     # The rounds were timed above, interleaved with the other kernels';

@@ -145,6 +145,7 @@ class Row:
     grid_epochs: int = None  # None: fitted to convergence
     threads: int = None
     spread: float = None  # slowest round over fastest
+    load: float = None    # the load average as its cell started
 
     @property
     def median_per_epoch(self):
@@ -184,7 +185,8 @@ def parse_results(data, stat="min"):
                         int(info["epochs"]), float(stats[stat]),
                         int(info["bytes_per_epoch"]), info.get("compile_s"),
                         stats.get("median"), bool(info.get("grid")), info.get("dataset"),
-                        info.get("grid_epochs"), info.get("threads"), info.get("spread")))
+                        info.get("grid_epochs"), info.get("threads"), info.get("spread"),
+                        info.get("load")))
     return rows, skipped
 
 
@@ -379,8 +381,8 @@ def _short(kernel):
 
 def _grid_table(cells):
     lines = ["| data | N | epochs | biasfit fit_fused | fastest peer | its time "
-             "| biasfit ahead by | read pass | fit_fused / read | rounds spread over 2× |",
-             "|---" * 10 + "|"]
+             "| biasfit ahead by | read pass | fit_fused / read | rounds spread over 2× "
+             "| load |", "|---" * 11 + "|"]
     for c in cells:
         lead = c.lead
         verdict = "–" if lead is None else (f"**{lead:.3g}×**" if lead >= 1
@@ -390,7 +392,8 @@ def _grid_table(cells):
             "–" if c.best is None else KERNEL_NAMES.get(c.best.kernel, c.best.kernel),
             _min_median(c.best), verdict, _min_median(c.read),
             "–" if c.of_read is None else f"{c.of_read:.3g}×",
-            ", ".join(f"{_short(k)} {v:.2g}×" for k, v in c.flagged) or "–"]) + " |")
+            ", ".join(f"{_short(k)} {v:.2g}×" for k, v in c.flagged) or "–",
+            "–" if c.rows[0].load is None else f"{c.rows[0].load:g}"]) + " |")
     return lines
 
 

@@ -165,9 +165,9 @@ def test_report_refuses_json_without_report_info(tmp_path):
 # -- the grid: bench_peers.py's benchmarks ------------------------------------------
 
 def cell_entry(kernel, n, seconds, epochs=100, dataset="tutorial", threads=2, spread=1.1,
-               grid_epochs=100, **extra):
+               grid_epochs=100, load=1.5, **extra):
     e = entry(kernel, n, seconds * 2, epochs=epochs, dataset=dataset, threads=threads,
-              grid=True, grid_epochs=grid_epochs, spread=spread, **extra)
+              grid=True, grid_epochs=grid_epochs, spread=spread, load=load, **extra)
     e["stats"]["min"] = seconds  # entry() makes min half the median
     return e
 
@@ -221,7 +221,7 @@ def test_grid_markdown_shows_each_cell_with_min_and_median():
     text = report.render_markdown(rows_of(GRID, "min"), MACHINE, "min", "report.py")
     assert "biasfit is ahead in 2 of 4 cells" in text
     assert ("| tutorial | 1e6 | 100 | 100 µs (200 µs) | torch.compile loop | 300 µs (600 µs) "
-            "| **3×** | 200 µs (400 µs) | 0.5× | peer 2.5× |") in text
+            "| **3×** | 200 µs (400 µs) | 0.5× | peer 2.5× | 1.5 |") in text
     assert "| 300 µs† |" in text  # the flagged kernel in the table of every kernel
     assert "| dense | 1e6 | 100 | 300 µs (600 µs) | Numba whole fit, parallel, fastmath" in text
     assert "| 0.8× (behind) |" in text
