@@ -497,14 +497,18 @@ def render_markdown(rows, machine, stat, command, plot_path=None, when=None, *,
 
 def plot_rows(rows):
     """What the plot draws: the engines suite's rows, or else from the grid,
-    float32 tutorial data at 100 epochs (N = 3: to convergence) with the most
-    threads: fit_fused, the read pass, and per N the fastest peer."""
+    float32 tutorial data at 100 epochs (or the fewest measured; N = 3: to
+    convergence) with the most threads: fit_fused, the read pass, and per N
+    the fastest peer."""
     plain = [r for r in rows if not r.grid]
     if plain:
         return plain
     threads = max((r.threads or 0 for r in rows), default=0)
+    counts = {r.grid_epochs for r in rows if r.grid_epochs is not None}
+    epochs = 100 if 100 in counts or not counts else min(counts)
+    dtype = "float32" if any(r.dtype == "float32" for r in rows) else "float64"
     mine = [r for r in rows if (r.threads or 0) == threads and r.dataset == "tutorial"
-            and r.grid_epochs in (None, 100) and r.dtype == "float32"]
+            and r.grid_epochs in (None, epochs) and r.dtype == dtype]
     out = [r for r in mine if r.kernel in GRID_OWN]
     for cell in grid_cells(mine):
         if cell.best is not None:
