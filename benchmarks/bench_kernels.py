@@ -3,7 +3,7 @@
 N = 3 is the tutorial itself, fitted to convergence (35 epochs); larger N run
 a fixed number of epochs, so time per epoch = round time / epochs. Each
 benchmark checks its result against the reference before its time counts.
-`python -m biasfit.bench` turns the saved JSON into a table and a plot.
+`python benchmarks/report.py --suite kernels` turns the saved JSON into a table and a plot.
 """
 import time
 
@@ -12,7 +12,7 @@ import torch
 
 import biasfit
 import workloads
-from biasfit.bench import size_label
+from report import size_label
 from conftest import bench_dtypes, bench_sizes
 
 # Kernel order within a size: eager first, so its result becomes the size's

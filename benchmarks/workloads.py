@@ -24,6 +24,13 @@ NOISE = 0.05
 X_RANGE = (-0.5, 1.5)
 TUTORIAL_N = 3  # the tutorial's own three points, fitted to convergence
 
+# The data sets, by name: (x range, the bias the labels come from, the bias a
+# fit starts at). "tutorial": the above, most output units off at the fitted
+# bias. "dense": x in [0, 1] and bias 5, where hidden + 5 >= 4.34, so every
+# output unit is on at the start and stays on: every point feeds the gradient
+# every epoch, and no regrouping can skip any.
+DATASETS = {"tutorial": (X_RANGE, TRUE_BIAS, 0.0), "dense": ((0.0, 1.0), 5.0, 5.0)}
+
 # The tutorial's loop: SGD, lr 0.1 on the summed loss, stop below 1e-4 within
 # 100 epochs. On N random points the summed gradient grows with N, so the step
 # is scaled by 3 / N to keep the tutorial's step per point (0.1 / 3 of a
@@ -41,16 +48,16 @@ LOSS_ATOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
 @functools.lru_cache(maxsize=1)  # a size's kernels share it; 1e8 takes seconds to make
-def make_data(n, dtype=torch.float32, device="cpu", seed=0):
-    """The tutorial's three points for n == 3, else n random ones. Callers
-    must not modify them."""
+def make_data(n, dtype=torch.float32, device="cpu", seed=0, dataset="tutorial"):
+    """The tutorial's three points for n == 3, else n random ones of `dataset`
+    (see DATASETS). Callers must not modify them."""
     if n == TUTORIAL_N:
         x, y = biasfit.tutorial_data()
     else:
         gen = torch.Generator().manual_seed(seed)
-        lo, hi = X_RANGE
+        (lo, hi), true_bias, _ = DATASETS[dataset]
         x = torch.rand(n, generator=gen, dtype=torch.float64) * (hi - lo) + lo
-        truth = reference.TutorialNN(TRUE_BIAS, dtype=torch.float64)
+        truth = reference.TutorialNN(true_bias, dtype=torch.float64)
         with torch.no_grad():
             y = truth(x) + NOISE * torch.randn(n, generator=gen, dtype=torch.float64)
     return x.to(device, dtype), y.to(device, dtype)
@@ -158,8 +165,8 @@ class FusedFit(Autograd):
 class Fused:
     """biasfit's fused trainer, biasfit.fit_fused: every epoch in one native call."""
 
-    def __init__(self, x, y, lr, epochs, tol):
-        self.x, self.y, self.lr, self.epochs, self.tol = x, y, lr, epochs, tol
+    def __init__(self, x, y, lr, epochs, tol, bias=0.0):
+        self.x, self.y, self.lr, self.epochs, self.tol, self.bias = x, y, lr, epochs, tol, bias
 
     def prepare(self):
         return {}
@@ -168,7 +175,8 @@ class Fused:
         pass
 
     def run(self):
-        r = biasfit.fit_fused(self.x, self.y, lr=self.lr, epochs=self.epochs, tol=self.tol)
+        r = biasfit.fit_fused(self.x, self.y, bias=self.bias, lr=self.lr, epochs=self.epochs,
+                              tol=self.tol)
         return r.epochs_run, r.final_bias, r.losses
 
 
@@ -176,7 +184,7 @@ class Read:
     """The bandwidth baseline: one plain sum over inputs and labels an epoch,
     the least any kernel must do with the same bytes."""
 
-    def __init__(self, x, y, lr, epochs, tol):
+    def __init__(self, x, y, lr, epochs, tol, bias=0.0):
         self.x, self.y, self.epochs = x, y, epochs
 
     def prepare(self):
@@ -199,12 +207,14 @@ KERNELS = {"tutorial": Tutorial, "eager": Eager, "compiled": Compiled,
 
 # -- checks -----------------------------------------------------------------------
 
-def reference_fit(x, y, lr, epochs, tol):
+def reference_fit(x, y, lr, epochs, tol, bias=0.0):
     """The reference result: the tutorial's own loop on its three points, eager
-    vectorized PyTorch (in x's dtype, on the CPU) for random data."""
+    vectorized PyTorch (in x's dtype, on the CPU) for random data, from `bias`."""
     cls = Tutorial if x.numel() == TUTORIAL_N else Eager
     runner = cls(x.cpu(), y.cpu(), lr, epochs, tol)
     runner.setup()
+    with torch.no_grad():
+        runner.model.final_bias.fill_(bias)
     return runner.run()
 
 
