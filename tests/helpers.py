@@ -1,7 +1,13 @@
 """Data makers shared by the tests."""
+from pathlib import Path
+
 import torch
 
 import biasfit
+
+# Where `python -c` children run: in a checkout the repository root holds the
+# source folder biasfit/, which would shadow the installed package.
+CHILD_CWD = Path(__file__).resolve().parent
 
 
 def random_problem(n, dtype, device, seed=0):

@@ -6,6 +6,7 @@ import torch
 
 import biasfit
 from biasfit.train import MAX_EPOCHS, tutorial_weights
+from helpers import CHILD_CWD
 
 X, Y = biasfit.tutorial_data()
 
@@ -74,7 +75,7 @@ def test_fused_engine_without_an_optimizer_does_not_import_dynamo():
     code = ("import sys, biasfit; x, y = biasfit.tutorial_data(); "
             "r = biasfit.fit(biasfit.BasicNN(), x, y, engine='fused'); "
             "print(r.epochs_run, 'torch._dynamo' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=CHILD_CWD, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.split() == ["34", "False"], out.stderr
 

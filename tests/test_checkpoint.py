@@ -4,6 +4,7 @@ import torch
 
 import biasfit
 from biasfit.checkpoint import CheckpointError, load_model, save_model
+from helpers import CHILD_CWD
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -126,7 +127,8 @@ def test_a_killed_saves_temporary_is_removed_by_the_next_save(tmp_path):
             "    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
             "torch.save = hang\n"
             f"save_model({str(tmp_path / 'm.pt')!r}, biasfit.BasicNN(), {{}})\n")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=CHILD_CWD, stdout=subprocess.PIPE,
+                             text=True)
     try:
         assert child.stdout.readline() == "writing\n"
     finally:

@@ -16,6 +16,7 @@ import biasfit
 from biasfit import cli
 from biasfit.checkpoint import save_model
 
+from helpers import CHILD_CWD
 from test_cli import BIASFIT
 
 
@@ -178,7 +179,7 @@ def test_help_says_the_loss_is_summed_and_shows_examples(capsys):
 def test_the_fused_engine_starts_without_torch_dynamo():
     code = ("import sys; from biasfit import cli; cli.main(['train', '-q', '--engine', "
             "'fused']); print('torch._dynamo' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=CHILD_CWD, capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.splitlines()[-1] == "False", out.stderr
 

@@ -7,6 +7,7 @@ import textwrap
 import time
 
 import pytest
+from helpers import CHILD_CWD
 
 SCRIPT = textwrap.dedent("""
     import sys, time, torch, biasfit
@@ -27,7 +28,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigint_interrupts_fit_fused_within_a_second():
-    child = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=CHILD_CWD, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "fitting"
