@@ -12,12 +12,13 @@ of CSV. Not part of the test suite: timings belong to a quiet machine.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
+
+from report import cpu_model  # beside this file: benchmarks/report.py
 
 TARGET_MB_S = 50.0
 SLACK_MB = 100.0
@@ -66,16 +67,6 @@ def measure(path, tiny):
     result["limit_mb"] = 2 * result["returned_mb"] + SLACK_MB
     return result
 
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None):
