@@ -12,9 +12,12 @@ TUTORIAL_WEIGHTS = (1.7, -0.85, -40.8, 12.6, 0.0, 2.7)
 class BasicNN(nn.Module):
     """relu(w01 relu(w00 x + b00) + w11 relu(w10 x + b10) + final_bias).
 
-    The six weights are frozen at the tutorial's values; final_bias (0.0 by
-    default) is the one trainable parameter. `model(x)` runs the native
-    predict kernel; `model.loss(x, y)` the fused loss-and-gradient kernel.
+    As in the tutorial, the six weights start frozen at its values and
+    final_bias (0.0 by default) is the one trainable parameter; any of the
+    seven trains once it requires grad (`model.w00.requires_grad_(True)`).
+    `model(x)` runs the native predict kernel; `model.loss(x, y)` the fused
+    loss-and-gradient kernel, which computes in its one pass the gradient of
+    every parameter that requires grad.
     """
 
     def __init__(self, final_bias: float = 0.0, dtype=None):
@@ -28,12 +31,27 @@ class BasicNN(nn.Module):
                                        requires_grad=True)
 
     def weights(self) -> torch.Tensor:
-        """The six frozen weights as one tensor (w00, b00, w01, w10, b10, w11)."""
+        """The six weights' values as one tensor (w00, b00, w01, w10, b10, w11),
+        detached."""
         return torch.stack([getattr(self, name).detach() for name in WEIGHT_NAMES])
 
+    def trainable_names(self) -> tuple:
+        """The names of the parameters that require grad, in the native ops'
+        order (w00, b00, w01, w10, b10, w11, final_bias)."""
+        return tuple(n for n in WEIGHT_NAMES + ("final_bias",)
+                     if getattr(self, n).requires_grad)
+
+    def _live_weights(self) -> torch.Tensor:
+        # Stacked without detaching, so the weights that require grad get
+        # their gradients through the stack; frozen ones stay out of the graph.
+        if any(getattr(self, n).requires_grad for n in WEIGHT_NAMES):
+            return torch.stack([getattr(self, n) for n in WEIGHT_NAMES])
+        return self.weights()
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return ops.predict(inputs, self.weights(), self.final_bias)
+        return ops.predict(inputs, self._live_weights(), self.final_bias)
 
     def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """sum((model(inputs) - labels)^2), 0-d, differentiable in final_bias."""
-        return ops.fused_loss(inputs, labels, self.weights(), self.final_bias)
+        """sum((model(inputs) - labels)^2), 0-d, differentiable in every
+        parameter that requires grad."""
+        return ops.fused_loss(inputs, labels, self._live_weights(), self.final_bias)

@@ -38,6 +38,9 @@ class FitResult:
     final_bias: float
     losses: list = field(default_factory=list)
     converged: bool = False
+    # The final value of every parameter the fit trained, by name (w00, ...,
+    # final_bias); empty for a fit of final_bias alone by fit_fused.
+    params: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float:
@@ -94,15 +97,28 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         callback=None, engine="autograd"):
     """Train model.final_bias on (inputs, labels) with the tutorial's loop.
 
+    Trains every parameter of the model that requires grad (the tutorial's
+    BasicNN: final_bias alone, unless others are set to require grad).
     optimizer: any torch.optim optimizer over model.parameters() (default
-    SGD(lr=lr)); engine="fused" takes SGD only. callback(epoch, loss, bias) is
-    called for every epoch (after the native call, for the fused engine).
+    SGD(lr=lr)); engine="fused" takes SGD, Adam and AdamW. callback(epoch,
+    loss, bias) is called for every epoch (after the native call, for the
+    fused engine).
     Raises DivergedError if the loss or bias becomes inf or NaN, and
     StalledError if SGD reaches a bias where every output unit is off.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     _check_loop_args(lr, epochs, tol)
+    result = _fit(model, inputs, labels, optimizer, lr, epochs, tol, callback, engine)
+    if not result.params and hasattr(model, "trainable_names"):
+        result.params = _trained_values(model)
+    return result
+
+
+def _fit(model, inputs, labels, optimizer, lr, epochs, tol, callback, engine):
+    if engine == "fused" and (_trains_more_than_the_bias(model) or (
+            optimizer is not None and type(optimizer) is not torch.optim.SGD)):
+        return _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callback)
     if engine == "fused":
         # No torch.optim.SGD unless given: building one imports torch._dynamo
         # (about a second), which the native loop never needs.
@@ -112,6 +128,8 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
     if optimizer is None:
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     _check_optimizer_holds(optimizer, model)
+    if _trains_more_than_the_bias(model):
+        return _fit_params_autograd(model, inputs, labels, optimizer, epochs, tol, callback)
 
     def local_sums():
         loss = model.loss(inputs, labels)
@@ -123,6 +141,45 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         "weights": model.weights().tolist()}  # ranks must train one model
     return _run_epochs(local_sums, model.final_bias, optimizer, epochs, tol, callback,
                        (inputs, labels), settings, model.weights())
+
+
+def _trains_more_than_the_bias(model) -> bool:
+    names = getattr(model, "trainable_names", None)
+    return names is not None and names() != ("final_bias",)
+
+
+def _trained_values(model) -> dict:
+    return {name: getattr(model, name).item() for name in model.trainable_names()}
+
+
+def _fit_params_autograd(model, inputs, labels, optimizer, epochs, tol, callback):
+    """The tutorial's loop over every parameter that requires grad: the fused
+    op's one pass gives all their gradients, the optimizer steps them."""
+    if distributed.is_distributed():
+        raise NotImplementedError(
+            f"biasfit: under torch.distributed, fit trains final_bias alone; this model "
+            f"also trains {', '.join(n for n in model.trainable_names() if n != 'final_bias')}"
+            f": train it in one process")
+    names = model.trainable_names()
+    losses = []
+    for epoch in range(epochs):
+        optimizer.zero_grad()
+        loss = model.loss(inputs, labels)
+        loss.backward()
+        value = loss.item()
+        bias = model.final_bias.item()
+        losses.append(value)
+        if callback is not None:
+            callback(epoch, value, bias)
+        if not math.isfinite(value):
+            raise DivergedError(epoch, "the loss", value)
+        if value < tol:
+            return FitResult(epoch, bias, losses, True, _trained_values(model))
+        optimizer.step()
+        for name in names:
+            if not math.isfinite(getattr(model, name).item()):
+                raise DivergedError(epoch, name, getattr(model, name).item())
+    return FitResult(epochs, model.final_bias.item(), losses, False, _trained_values(model))
 
 
 def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, settings,
@@ -186,19 +243,78 @@ def _check_optimizer_holds(optimizer, model):
             f"torch.optim.SGD(model.parameters(), lr=0.1)")
 
 
-def _sgd_hyperparameters(optimizer, model):
-    if type(optimizer) is not torch.optim.SGD:
+# The optimizers the fused trainer runs natively (csrc/trainer_params_cpu.h's
+# OptimizerKind), with torch.optim's update rules.
+_FUSED_OPTIMIZERS = {"SGD": 0, "Adam": 1, "AdamW": 2}
+_PARAM_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+
+
+def _check_fused_optimizer(optimizer, model):
+    name = type(optimizer).__name__
+    if type(optimizer) not in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
         raise TypeError(
-            f"engine='fused' trains with torch.optim.SGD only, got "
-            f"{type(optimizer).__name__}; use engine='autograd' for other optimizers")
+            f"engine='fused' trains with torch.optim.SGD, Adam or AdamW only, got "
+            f"{name}; use engine='autograd' for other optimizers")
     if len(optimizer.param_groups) != 1 or any(optimizer.state.values()):
         raise ValueError(
-            "engine='fused' needs a fresh SGD with one parameter group "
-            "(it starts its momentum buffer from scratch)")
+            f"engine='fused' needs a fresh {name} with one parameter group "
+            f"(it starts its optimizer state from scratch)")
     _check_optimizer_holds(optimizer, model)
+
+
+def _sgd_hyperparameters(optimizer, model):
+    _check_fused_optimizer(optimizer, model)
     group = optimizer.param_groups[0]
     return {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov",
                                   "weight_decay", "maximize")}
+
+
+def _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callback):
+    """engine="fused" for any subset of the seven parameters (those that
+    require grad) or with Adam/AdamW: the whole fit in one fit_params call."""
+    if distributed.is_distributed():
+        raise NotImplementedError(
+            "biasfit: under torch.distributed, engine='fused' trains final_bias with "
+            "SGD alone; train other parameters or optimizers in one process")
+    names = getattr(model, "trainable_names", lambda: ("final_bias",))()
+    opts = {"kind": 0, "lr": lr, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
+            "weight_decay": 0.0, "maximize": False, "beta1": 0.9, "beta2": 0.999,
+            "eps": 1e-8, "amsgrad": False}
+    if optimizer is not None:
+        _check_fused_optimizer(optimizer, model)
+        group = optimizer.param_groups[0]
+        kind = _FUSED_OPTIMIZERS[type(optimizer).__name__]
+        if kind == 1 and group.get("decoupled_weight_decay", False):
+            kind = 2  # Adam(decoupled_weight_decay=True) is AdamW
+        opts.update(kind=kind, lr=float(group["lr"]), weight_decay=group["weight_decay"],
+                    maximize=group["maximize"])
+        if kind == 0:
+            opts.update({k: group[k] for k in ("momentum", "dampening", "nesterov")})
+        else:
+            beta1, beta2 = (float(b) for b in group["betas"])
+            opts.update(beta1=beta1, beta2=beta2, eps=group["eps"], amsgrad=group["amsgrad"])
+    params = torch.stack([getattr(model, n).detach() for n in _PARAM_NAMES]).contiguous()
+    trained = sum(1 << i for i, n in enumerate(_PARAM_NAMES) if n in names)
+    final, losses, biases, info = torch.ops.biasfit.fit_params(
+        inputs, labels, params, trained, opts["kind"], opts["lr"], opts["momentum"],
+        opts["dampening"], opts["nesterov"], opts["weight_decay"], opts["maximize"],
+        opts["beta1"], opts["beta2"], opts["eps"], opts["amsgrad"], int(epochs), float(tol))
+    epoch, status, bad = info.tolist()
+    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
+    losses, biases, final = losses[:seen].tolist(), biases[:seen].tolist(), final.tolist()
+    with torch.no_grad():  # where the autograd engine leaves them
+        for i, n in enumerate(_PARAM_NAMES):
+            if n in names:
+                getattr(model, n).fill_(final[i])
+    if callback is not None:  # replayed: the native loop has no Python in it
+        for e, (loss, b) in enumerate(zip(losses, biases)):
+            callback(e, loss, b)
+    if status == _LOSS_NONFINITE:
+        raise DivergedError(epoch, "the loss", losses[-1])
+    if status == _BIAS_NONFINITE:
+        raise DivergedError(epoch, _PARAM_NAMES[bad], final[bad])
+    return FitResult(epoch, final[-1], losses, status == _CONVERGED,
+                     {n: final[i] for i, n in enumerate(_PARAM_NAMES) if n in names})
 
 
 def _fit_model_fused(model, inputs, labels, hyper, epochs, tol, callback):

@@ -34,6 +34,13 @@ inline void check_sgd_options(double lr, double momentum, double dampening,
   }
 }
 
+inline void check_adam_options(double beta1, double beta2, double eps) {
+  // torch.optim.Adam's own checks.
+  if (!(beta1 >= 0 && beta1 < 1)) fail("beta1 must be in [0, 1), got ", beta1);
+  if (!(beta2 >= 0 && beta2 < 1)) fail("beta2 must be in [0, 1), got ", beta2);
+  if (!(eps >= 0)) fail("eps must be >= 0, got ", eps);
+}
+
 inline void check_fit_options(const FitOptions& o) {
   check_sgd_options(o.sgd.lr, o.sgd.momentum, o.sgd.dampening, o.sgd.nesterov,
                     o.sgd.weight_decay);

@@ -112,6 +112,34 @@ void check_sgd_step_args(const Tensor& param, const Tensor& grad,
   }
 }
 
+void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
+                           const Tensor& params, int64_t trained,
+                           int64_t optimizer) {
+  check_tensor(params, "params");
+  if (params.dim() != 1 || params.numel() != kNumParams) {
+    fail("params must be 1-D with 7 values (w00, b00, w01, w10, b10, w11, "
+         "final_bias), got ", params.numel(), " in ", params.dim(), " dims");
+  }
+  // fused_loss's checks, with the weights and bias as views of params.
+  Tensor all = params;  // narrow takes a non-const reference
+  check_loss_args(inputs, labels, torch::stable::narrow(all, 0, 0, kNumWeights),
+                  torch::stable::narrow(all, 0, kBiasIndex, 1));
+  if (trained < 0 || trained >= (1 << kNumParams)) {
+    fail("trained must be a set of the 7 parameters' bits, 0 to 127, got ",
+         trained);
+  }
+  if (optimizer < 0 || optimizer > 2) {
+    fail("optimizer must be 0 (SGD), 1 (Adam) or 2 (AdamW), got ", optimizer);
+  }
+}
+
+void check_needs(int64_t needs) {
+  if (needs < 0 || needs > kNeedAll) {
+    fail("needs must be a set of the bits 1 (weights), 2 (bias), 4 (labels), "
+         "8 (inputs), i.e. 0 to 15, got ", needs);
+  }
+}
+
 bool read_as_views(const Tensor& inputs, const Tensor& labels) {
   return inputs.dim() == 1 &&
          !(inputs.is_contiguous() && labels.is_contiguous());

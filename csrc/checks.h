@@ -39,6 +39,22 @@ void check_loss_args(const Tensor& inputs, const Tensor& labels,
 void check_sgd_step_args(const Tensor& param, const Tensor& grad,
                          const std::optional<Tensor>& momentum_buffer);
 
+// fit_params's tensors: inputs and labels as fused_loss's, params the seven
+// starting values (w00, b00, w01, w10, b10, w11, final_bias); trained a set
+// of their bits (0 to 127); optimizer 0 (SGD), 1 (Adam) or 2 (AdamW).
+void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
+                           const Tensor& params, int64_t trained,
+                           int64_t optimizer);
+
+// The `needs` argument of fused_loss_grads and predict_grads: a set of
+// network.h's GradNeeds bits.
+void check_needs(int64_t needs);
+
+// fused_loss_grads: (loss, weights_grad, bias_grad, labels_grad,
+// inputs_grad); predict_grads: (weights_grad, bias_grad, inputs_grad).
+using LossGradsOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using PredictGradsOutputs = std::tuple<Tensor, Tensor, Tensor>;
+
 // Whether fused_loss reads inputs and labels in place as 1-D views (slices,
 // expand) rather than as contiguous copies: an expanded input of 2^31+ points
 // then costs no memory. Contiguous data needs no copy either way.

@@ -8,8 +8,10 @@
 #include <optional>
 
 #include "checks.h"
+#include "grads_cpu.h"
 #include "kernels_cpu.h"
 #include "trainer_cpu.h"
+#include "trainer_params_cpu.h"
 
 namespace biasfit {
 namespace {
@@ -109,6 +111,113 @@ Tensor predict_bias_grad_cpu(Tensor grad_out, Tensor inputs, Tensor weights,
   });
 }
 
+// A fresh tensor of inputs' shape where a per-point gradient is asked for,
+// else an empty one (the schema's outputs always exist).
+Tensor per_point_grad(const Tensor& like, bool asked) {
+  return asked ? new_tensor(like, like.sizes()) : new_tensor(like, {0});
+}
+
+// The seven parameter sums rounded to T: weights_grad[6] (if asked, else
+// empty) and bias_grad (always: it costs nothing more).
+template <typename T>
+std::tuple<Tensor, Tensor> param_grad_tensors(const Tensor& like,
+                                              const ParamSums& sums,
+                                              bool weights) {
+  Tensor wg = new_tensor(like, {weights ? kNumWeights : 0});
+  if (weights) {
+    for (int p = 0; p < kNumWeights; ++p) data_of<T>(wg)[p] = T(sums.grad[p]);
+  }
+  return {wg, scalar_tensor(like, T(sums.grad[kBiasIndex]))};
+}
+
+LossGradsOutputs fused_loss_grads_cpu(Tensor inputs, Tensor labels,
+                                      Tensor weights, Tensor bias,
+                                      int64_t needs) {
+  check_loss_args(inputs, labels, weights, bias);
+  check_needs(needs);
+  const bool want_w = needs & kNeedWeights, want_y = needs & kNeedLabels,
+             want_x = needs & kNeedInputs;
+  if (!want_w && !want_y && !want_x) {
+    // The bias alone (or nothing): fused_loss's own pass, exactly as fast.
+    const LossGrad sum = checked_loss_grad_sum(inputs, labels, weights, bias);
+    return dispatch_float(inputs.scalar_type(), [&](auto zero) {
+      using T = decltype(zero);
+      return LossGradsOutputs{scalar_tensor(inputs, T(sum.loss)),
+                              new_tensor(inputs, {0}),
+                              scalar_tensor(inputs, T(sum.grad)),
+                              new_tensor(inputs, {0}), new_tensor(inputs, {0})};
+    });
+  }
+  const bool strided = read_as_views(inputs, labels);
+  const Tensor x = strided ? inputs : torch::stable::contiguous(inputs);
+  const Tensor y = strided ? labels : torch::stable::contiguous(labels);
+  Tensor dy = per_point_grad(inputs, want_y), dx = per_point_grad(inputs, want_x);
+  return dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const PointLossAllGrads<T> point{
+        data_of<T>(x), strided ? x.stride(0) : 1,
+        data_of<T>(y), strided ? y.stride(0) : 1,
+        load_weights<T>(weights), load_scalar<T>(bias),
+        want_y ? data_of<T>(dy) : nullptr, want_x ? data_of<T>(dx) : nullptr};
+    // The parameters alone over contiguous data (every training epoch of
+    // the autograd engine): the branch-free points, same sums bit for bit.
+    const ParamSums sums =
+        !strided && !want_y && !want_x
+            ? sum_param_grads(PointLossParamGrads<T>{point.x, point.y, point.w,
+                                                     point.bias},
+                              x.numel(), want_w, torch_threads())
+            : sum_param_grads(point, x.numel(), want_w, torch_threads());
+    auto [wg, bg] = param_grad_tensors<T>(x, sums, want_w);
+    return LossGradsOutputs{scalar_tensor(x, T(sums.loss)), wg, bg, dy, dx};
+  });
+}
+
+// fused_loss_grads's float64 sums before rounding, [loss, 6 weights, bias]:
+// what a process adds to the other processes' sums.
+Tensor fused_loss_grads_sums_cpu(Tensor inputs, Tensor labels, Tensor weights,
+                                 Tensor bias) {
+  check_loss_args(inputs, labels, weights, bias);
+  const bool strided = read_as_views(inputs, labels);
+  const Tensor x = strided ? inputs : torch::stable::contiguous(inputs);
+  const Tensor y = strided ? labels : torch::stable::contiguous(labels);
+  const ParamSums sums = dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const PointLossAllGrads<T> point{
+        data_of<T>(x), strided ? x.stride(0) : 1, data_of<T>(y),
+        strided ? y.stride(0) : 1, load_weights<T>(weights),
+        load_scalar<T>(bias), nullptr, nullptr};
+    return sum_param_grads(point, x.numel(), true, torch_threads());
+  });
+  Tensor out = new_tensor(inputs, {1 + kNumParams}, ScalarType::Double);
+  data_of<double>(out)[0] = sums.loss;
+  for (int p = 0; p < kNumParams; ++p) data_of<double>(out)[1 + p] = sums.grad[p];
+  return out;
+}
+
+PredictGradsOutputs predict_grads_cpu(Tensor grad_out, Tensor inputs,
+                                      Tensor weights, Tensor bias,
+                                      int64_t needs) {
+  check_bias_grad_args(grad_out, inputs, weights, bias);
+  check_needs(needs);
+  const bool want_w = needs & kNeedWeights, want_x = needs & kNeedInputs;
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor g = torch::stable::contiguous(
+      torch::stable::to(grad_out, x.scalar_type()));
+  Tensor dx = per_point_grad(x, want_x);
+  return dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const PointPredictGrads<T> point{data_of<T>(g), data_of<T>(x),
+                                     load_weights<T>(weights),
+                                     load_scalar<T>(bias),
+                                     want_x ? data_of<T>(dx) : nullptr};
+    // The bias sum always: it needs the parameter sums' pass anyway.
+    const ParamSums sums =
+        sum_param_grads(point, x.numel(), true, torch_threads());
+    auto [wg, bg] = param_grad_tensors<T>(x, sums, want_w);
+    return PredictGradsOutputs{wg, bg, dx};
+  });
+}
+
 FitOutputs fit_sgd_cpu(Tensor inputs, Tensor labels, Tensor weights,
                        Tensor bias, double lr, double momentum,
                        double dampening, bool nesterov, double weight_decay,
@@ -132,6 +241,46 @@ FitOutputs fit_sgd_cpu(Tensor inputs, Tensor labels, Tensor weights,
     data_of<int64_t>(call.info)[1] = state.status;
   });
   return call.outputs();
+}
+
+FitOutputs fit_params_cpu(Tensor inputs, Tensor labels, Tensor params,
+                          int64_t trained, int64_t optimizer, double lr,
+                          double momentum, double dampening, bool nesterov,
+                          double weight_decay, bool maximize, double beta1,
+                          double beta2, double eps, bool amsgrad,
+                          int64_t epochs, double tol) {
+  check_fit_params_args(inputs, labels, params, trained, optimizer);
+  check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
+                    optimizer == kSgd && nesterov, weight_decay);
+  if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
+  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol});
+  const ParamFitOptions opt{
+      trained, optimizer,
+      SgdOptions{lr, momentum, dampening, weight_decay, nesterov, maximize},
+      AdamOptions{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  optimizer == kAdamW},
+      epochs, tol};
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor y = torch::stable::contiguous(labels);
+  const Tensor start = torch::stable::contiguous(params);
+  Tensor final_params = new_tensor(x, {kNumParams});
+  Tensor losses = new_tensor(x, {epochs}), biases = new_tensor(x, {epochs});
+  Tensor info = new_tensor(x, {3}, ScalarType::Long);
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    History<T> history;
+    const ParamFitState<T> state =
+        train_params(data_of<T>(x), data_of<T>(y), x.numel(), data_of<T>(start),
+                     opt, torch_threads(), history);
+    const size_t seen = std::min<size_t>(history.losses.size(), size_t(epochs));
+    std::memcpy(data_of<T>(losses), history.losses.data(), seen * sizeof(T));
+    std::memcpy(data_of<T>(biases), history.biases.data(), seen * sizeof(T));
+    std::memcpy(data_of<T>(final_params), state.params, sizeof(state.params));
+    data_of<int64_t>(info)[0] = state.epoch;
+    data_of<int64_t>(info)[1] = state.status;
+    data_of<int64_t>(info)[2] = state.bad_param;
+  });
+  return {final_params, losses, biases, info};
 }
 
 std::tuple<Tensor, Tensor> sgd_step_cpu(Tensor param, Tensor grad,
@@ -164,7 +313,11 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CPU, m) {
   m.impl("fused_loss", TORCH_BOX(&fused_loss_cpu));
   m.impl("fused_loss_sums", TORCH_BOX(&fused_loss_sums_cpu));
   m.impl("predict_bias_grad", TORCH_BOX(&predict_bias_grad_cpu));
+  m.impl("fused_loss_grads", TORCH_BOX(&fused_loss_grads_cpu));
+  m.impl("fused_loss_grads_sums", TORCH_BOX(&fused_loss_grads_sums_cpu));
+  m.impl("predict_grads", TORCH_BOX(&predict_grads_cpu));
   m.impl("fit_sgd", TORCH_BOX(&fit_sgd_cpu));
+  m.impl("fit_params", TORCH_BOX(&fit_params_cpu));
   m.impl("sgd_step", TORCH_BOX(&sgd_step_cpu));
 }
 

@@ -3,9 +3,9 @@
 //   hidden(x) = w01 * relu(w00 * x + b00) + w11 * relu(w10 * x + b10)
 //   y_hat     = relu(hidden(x) + final_bias)
 //
-// Only final_bias is trained, so hidden(x) is everything the frozen weights
-// contribute. Per point, the squared error and its derivative with respect to
-// final_bias are
+// While final_bias alone trains, hidden(x) is everything the frozen weights
+// contribute (every other gradient: "every gradient" below). Per point, the
+// squared error and its derivative with respect to final_bias are
 //
 //   r    = y_hat - y
 //   loss = r^2
@@ -90,6 +90,95 @@ BIASFIT_HD LossGrad loss_grad_from_hidden(T h, T y, T bias) {
 template <typename T>
 BIASFIT_HD LossGrad point_loss_grad(T x, T y, const Weights<T>& w, T bias) {
   return loss_grad_from_hidden(hidden(x, w), y, bias);
+}
+
+// ---- every gradient ------------------------------------------------------
+//
+// With a0 = w00 x + b00, a1 = w10 x + b10 (the hidden units' inputs),
+// h0 = relu(a0), h1 = relu(a1), z = w01 h0 + w11 h1 + bias and
+// g = d(out)/dz (for the loss, out = r^2 and g = 2 r relu'(z)):
+//
+//   d/d bias = g              d/d w01 = g h0          d/d w11 = g h1
+//   d/d b00  = g w01 relu'(a0) =: d0,   d/d w00 = d0 x
+//   d/d b10  = g w11 relu'(a1) =: d1,   d/d w10 = d1 x
+//   d/d x    = d0 w00 + d1 w10          d/d y (loss only) = -2 r
+//
+// relu'(0) = 0 at all three units, as PyTorch. The point's values (a0, h0,
+// z, r, ...) are the forward's, in T and its order; the derivatives are
+// formed in double from them, as the sums are: the summed gradients then
+// lose nothing to T before the sum, like the bias gradient above.
+
+// What a pass is asked to compute, as bits of the ops' `needs` argument.
+enum GradNeeds : int64_t {
+  kNeedWeights = 1,  // the six weights' gradients (one tensor of six)
+  kNeedBias = 2,
+  kNeedLabels = 4,   // per point: elementwise outputs, never summed
+  kNeedInputs = 8,
+  kNeedAll = 15,
+};
+
+// The parameter gradients' sums, in the order of the `weights` argument
+// then final_bias, and the loss: the seven-parameter analogue of LossGrad.
+constexpr int kNumParams = kNumWeights + 1;
+constexpr int kBiasIndex = kNumWeights;
+struct ParamSums {
+  double loss;
+  double grad[kNumParams];
+};
+
+// One point's forward values, kept for its derivatives.
+template <typename T>
+struct Forward {
+  T a0, a1, h0, h1, z;
+};
+
+template <typename T>
+BIASFIT_HD Forward<T> forward(T x, const Weights<T>& w, T bias) {
+  Forward<T> f;
+  f.a0 = add_rn(mul_rn(x, w.w00), w.b00);
+  f.a1 = add_rn(mul_rn(x, w.w10), w.b10);
+  f.h0 = relu(f.a0);
+  f.h1 = relu(f.a1);
+  // hidden()'s order exactly: (h0 w01) + (h1 w11), then + bias.
+  f.z = add_rn(add_rn(mul_rn(f.h0, w.w01), mul_rn(f.h1, w.w11)), bias);
+  return f;
+}
+
+// d(out)/d(every parameter) and d(out)/dx at one point, given g = d(out)/dz
+// (0 where the output unit is off). Parameter order: ParamSums's.
+template <typename T>
+BIASFIT_HD void backward_point(const Forward<T>& f, T x, const Weights<T>& w,
+                               double g, double* dparams, double* dx) {
+  const double d0 = f.a0 > T(0) ? mul_rn(g, double(w.w01)) : 0.0;
+  const double d1 = f.a1 > T(0) ? mul_rn(g, double(w.w11)) : 0.0;
+  if (dparams != nullptr) {
+    dparams[W00] = mul_rn(d0, double(x));
+    dparams[B00] = d0;
+    dparams[W01] = mul_rn(g, double(f.h0));
+    dparams[W10] = mul_rn(d1, double(x));
+    dparams[B10] = d1;
+    dparams[W11] = mul_rn(g, double(f.h1));
+    dparams[kBiasIndex] = g;
+  }
+  if (dx != nullptr) {
+    *dx = add_rn(mul_rn(d0, double(w.w00)), mul_rn(d1, double(w.w10)));
+  }
+}
+
+// One point of fused_loss with every gradient: its squared error, its
+// parameter derivatives (if dparams), d/dy (if dy) and d/dx (if dx).
+template <typename T>
+BIASFIT_HD double point_loss_all_grads(T x, T y, const Weights<T>& w, T bias,
+                                       double* dparams, T* dy, T* dx) {
+  const Forward<T> f = forward(x, w, bias);
+  const T r = sub_rn(relu(f.z), y);
+  const double rd = double(r);
+  const double g = f.z > T(0) ? mul_rn(2.0, rd) : 0.0;
+  if (dy != nullptr) *dy = T(mul_rn(-2.0, rd));  // exact: doubling
+  double dxd = 0.0;
+  backward_point(f, x, w, g, dparams, dx != nullptr ? &dxd : nullptr);
+  if (dx != nullptr) *dx = T(dxd);
+  return mul_rn(rd, rd);
 }
 
 // d(y_hat)/d(final_bias) times the incoming gradient, for predict's backward.

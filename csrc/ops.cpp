@@ -28,6 +28,22 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
   // sum(grad_out * d y_hat / d bias): predict's backward.
   m.def("predict_bias_grad(Tensor grad_out, Tensor inputs, Tensor weights, "
         "Tensor bias) -> Tensor");
+  // fused_loss with every gradient, in one pass. needs: which to compute, as
+  // bits (csrc/network.h's GradNeeds): 1 the six weights (weights_grad[6],
+  // else empty), 2 final_bias (bias_grad, 0-d: always computed, it is free),
+  // 4 the labels, 8 the inputs (inputs' shape each, else empty).
+  m.def("fused_loss_grads(Tensor inputs, Tensor labels, Tensor weights, "
+        "Tensor bias, int needs) -> (Tensor loss, Tensor weights_grad, "
+        "Tensor bias_grad, Tensor labels_grad, Tensor inputs_grad)");
+  // fused_loss_grads's sums as float64 [loss, 6 weight grads, bias grad],
+  // before rounding: what a process adds to other processes' sums.
+  m.def("fused_loss_grads_sums(Tensor inputs, Tensor labels, Tensor weights, "
+        "Tensor bias) -> Tensor");
+  // predict's backward for every input: sums of grad_out * d y_hat / d
+  // (weights, bias), and grad_out * d y_hat / d inputs; needs as above.
+  m.def("predict_grads(Tensor grad_out, Tensor inputs, Tensor weights, "
+        "Tensor bias, int needs) -> (Tensor weights_grad, Tensor bias_grad, "
+        "Tensor inputs_grad)");
   // Every epoch of the tutorial's loop with torch.optim.SGD's update. losses[e]
   // and biases[e] are epoch e's loss and the bias it was evaluated at; only
   // the first info[0] + 1 (converged or failed) or info[0] (exhausted) are
@@ -36,6 +52,18 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize, int epochs, float tol) -> "
         "(Tensor bias, Tensor losses, Tensor biases, Tensor info)");
+  // Every epoch of the loop for any subset of the seven parameters. params:
+  // w00, b00, w01, w10, b10, w11, final_bias; trained: bit p set where
+  // params[p] trains; optimizer: 0 SGD (lr, momentum, dampening, nesterov,
+  // weight_decay, maximize), 1 Adam, 2 AdamW (lr, beta1, beta2, eps,
+  // weight_decay, amsgrad, maximize), with torch.optim's update rules.
+  // Outputs as fit_sgd's, with info = [epoch, status, the index of the
+  // parameter that became inf/NaN or -1].
+  m.def("fit_params(Tensor inputs, Tensor labels, Tensor params, int trained, "
+        "int optimizer, float lr, float momentum, float dampening, "
+        "bool nesterov, float weight_decay, bool maximize, float beta1, "
+        "float beta2, float eps, bool amsgrad, int epochs, float tol) -> "
+        "(Tensor params, Tensor losses, Tensor biases, Tensor info)");
   // One torch.optim.SGD step of a one-value parameter by csrc/sgd.h, the
   // fused trainer's own rule: an epoch loop run from Python (the sharded
   // trainer in biasfit/distributed.py) steps with the same bits as fit_sgd.
@@ -46,17 +74,22 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "(Tensor param, Tensor momentum_buffer)");
 }
 
-#ifndef BIASFIT_WITH_CUDA
 namespace {
-// Without these, a CUDA tensor would meet the dispatcher's generic "could
-// not run ... with arguments from the 'CUDA' backend".
-template <const char* kName, typename R, typename... Args>
-R cuda_not_built(Args...) {
-  throw std::runtime_error(
-      std::string("biasfit: ") + kName + " got a CUDA tensor, but this "
-      "biasfit was built without CUDA. Rebuild it where a CUDA toolkit and a "
-      "CUDA build of torch are present: BIASFIT_CUDA=1 pip install --no-deps "
-      "--force-reinstall .");
+// A CUDA tensor would otherwise meet the dispatcher's generic "could not run
+// ... with arguments from the 'CUDA' backend".
+constexpr char kNotBuilt[] =
+    " got a CUDA tensor, but this biasfit was built without CUDA. Rebuild it "
+    "where a CUDA toolkit and a CUDA build of torch are present: "
+    "BIASFIT_CUDA=1 pip install --no-deps --force-reinstall .";
+// The ops of every gradient and the trainer of any subset have CPU kernels
+// only so far (csrc/grads_cpu.h, trainer_params_cpu.h).
+constexpr char kCpuOnly[] =
+    " has no CUDA kernel yet: move the tensors to the CPU (training final_bias "
+    "alone runs on CUDA through fused_loss and fit_sgd)";
+
+template <const char* kName, const char* kWhy, typename R, typename... Args>
+R cuda_refused(Args...) {
+  throw std::runtime_error(std::string("biasfit: ") + kName + kWhy);
 }
 
 constexpr char kPredict[] = "biasfit::predict";
@@ -64,26 +97,55 @@ constexpr char kFusedLoss[] = "biasfit::fused_loss";
 constexpr char kFusedLossSums[] = "biasfit::fused_loss_sums";
 constexpr char kPredictBiasGrad[] = "biasfit::predict_bias_grad";
 constexpr char kFitSgd[] = "biasfit::fit_sgd";
+constexpr char kFusedLossGrads[] = "biasfit::fused_loss_grads";
+constexpr char kFusedLossGradsSums[] = "biasfit::fused_loss_grads_sums";
+constexpr char kPredictGrads[] = "biasfit::predict_grads";
+constexpr char kFitParams[] = "biasfit::fit_params";
+
+#ifdef BIASFIT_WITH_CUDA
+#define BIASFIT_NEW_OPS_WHY kCpuOnly
+#else
+#define BIASFIT_NEW_OPS_WHY kNotBuilt
+#endif
 }  // namespace
 
+#ifndef BIASFIT_WITH_CUDA
 STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
-  m.impl("predict", TORCH_BOX((&cuda_not_built<kPredict, Tensor, Tensor,
-                                               Tensor, Tensor>)));
+  m.impl("predict", TORCH_BOX((&cuda_refused<kPredict, kNotBuilt, Tensor,
+                                             Tensor, Tensor, Tensor>)));
   m.impl("fused_loss",
-         TORCH_BOX((&cuda_not_built<kFusedLoss, std::tuple<Tensor, Tensor>,
-                                    Tensor, Tensor, Tensor, Tensor>)));
+         TORCH_BOX((&cuda_refused<kFusedLoss, kNotBuilt, std::tuple<Tensor, Tensor>,
+                                  Tensor, Tensor, Tensor, Tensor>)));
   m.impl("fused_loss_sums",
-         TORCH_BOX((&cuda_not_built<kFusedLossSums, Tensor, Tensor, Tensor,
-                                    Tensor, Tensor>)));
+         TORCH_BOX((&cuda_refused<kFusedLossSums, kNotBuilt, Tensor, Tensor,
+                                  Tensor, Tensor, Tensor>)));
   m.impl("predict_bias_grad",
-         TORCH_BOX((&cuda_not_built<kPredictBiasGrad, Tensor, Tensor, Tensor,
-                                    Tensor, Tensor>)));
+         TORCH_BOX((&cuda_refused<kPredictBiasGrad, kNotBuilt, Tensor, Tensor,
+                                  Tensor, Tensor, Tensor>)));
   m.impl("fit_sgd",
-         TORCH_BOX((&cuda_not_built<kFitSgd, FitOutputs, Tensor, Tensor,
-                                    Tensor, Tensor, double, double, double,
-                                    bool, double, bool, int64_t, double>)));
+         TORCH_BOX((&cuda_refused<kFitSgd, kNotBuilt, FitOutputs, Tensor, Tensor,
+                                  Tensor, Tensor, double, double, double, bool,
+                                  double, bool, int64_t, double>)));
 }
 #endif
+
+// With or without CUDA: the CPU-only ops say why on a CUDA tensor.
+STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+  m.impl("fused_loss_grads",
+         TORCH_BOX((&cuda_refused<kFusedLossGrads, BIASFIT_NEW_OPS_WHY, LossGradsOutputs,
+                                  Tensor, Tensor, Tensor, Tensor, int64_t>)));
+  m.impl("fused_loss_grads_sums",
+         TORCH_BOX((&cuda_refused<kFusedLossGradsSums, BIASFIT_NEW_OPS_WHY, Tensor, Tensor,
+                                  Tensor, Tensor, Tensor>)));
+  m.impl("predict_grads",
+         TORCH_BOX((&cuda_refused<kPredictGrads, BIASFIT_NEW_OPS_WHY, PredictGradsOutputs,
+                                  Tensor, Tensor, Tensor, Tensor, int64_t>)));
+  m.impl("fit_params",
+         TORCH_BOX((&cuda_refused<kFitParams, BIASFIT_NEW_OPS_WHY, FitOutputs, Tensor,
+                                  Tensor, Tensor, int64_t, int64_t, double, double,
+                                  double, bool, double, bool, double, double,
+                                  double, bool, int64_t, double>)));
+}
 
 }  // namespace biasfit
 

@@ -71,15 +71,26 @@ BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end) {
   return lanes.finish(point, i, end);
 }
 
+// Sum of two partial sums, field by field: what pairwise_total adds.
+inline LossGrad add_sums(const LossGrad& a, const LossGrad& b) {
+  return {a.loss + b.loss, a.grad + b.grad};
+}
+inline ParamSums add_sums(const ParamSums& a, const ParamSums& b) {
+  ParamSums s;
+  s.loss = a.loss + b.loss;
+  for (int p = 0; p < kNumParams; ++p) s.grad[p] = a.grad[p] + b.grad[p];
+  return s;
+}
+
 // Adds the chunk sums pairwise in a fixed tree ((p0+p1)+(p2+p3))+...: as
 // deterministic as a running sum, but its rounding error grows with
 // log2(chunks) rather than chunks, which matters past 2^31 points (131072
-// chunks). Overwrites `partials`.
-inline LossGrad pairwise_total(std::vector<LossGrad>& partials) {
+// chunks). Overwrites `partials`. Sum: LossGrad or ParamSums.
+template <typename Sum>
+Sum pairwise_total(std::vector<Sum>& partials) {
   for (size_t size = partials.size(); size > 1; size = (size + 1) / 2) {
     for (size_t i = 0; i < size / 2; ++i) {
-      partials[i] = {partials[2 * i].loss + partials[2 * i + 1].loss,
-                     partials[2 * i].grad + partials[2 * i + 1].grad};
+      partials[i] = add_sums(partials[2 * i], partials[2 * i + 1]);
     }
     if (size % 2) partials[size / 2] = partials[size - 1];
   }
@@ -101,12 +112,15 @@ void parallel_items(int64_t count, int threads, const Fn& fn) {
   for (int64_t i = 0; i < count; ++i) fn(i);
 }
 
-// Sum over [0, n) of chunk(begin, end), which sums one chunk.
+// Sum over [0, n) of chunk(begin, end), which sums one chunk (a LossGrad or
+// a ParamSums).
 template <typename ChunkFn>
-LossGrad deterministic_sum(int64_t n, int threads, const ChunkFn& chunk) {
+auto deterministic_sum(int64_t n, int threads, const ChunkFn& chunk)
+    -> decltype(chunk(int64_t(0), int64_t(0))) {
+  using Sum = decltype(chunk(int64_t(0), int64_t(0)));
   const int64_t chunks = num_chunks(n);
   if (chunks == 1) return chunk(0, n);
-  std::vector<LossGrad> partials(chunks);
+  std::vector<Sum> partials(chunks);
   parallel_items(chunks, threads, [&](int64_t c) {
     const int64_t begin = c * kChunk;
     partials[c] = chunk(begin, std::min(begin + kChunk, n));

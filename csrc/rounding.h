@@ -46,7 +46,22 @@ __device__ __forceinline__ T sub_rn(T a, T b) {
   static_assert(kIsFloat<T> || std::is_same<T, double>::value, "float or double");
   if constexpr (kIsFloat<T>) return __fsub_rn(a, b); else return __dsub_rn(a, b);
 }
+template <typename T>
+__device__ __forceinline__ T div_rn(T a, T b) {
+  static_assert(kIsFloat<T> || std::is_same<T, double>::value, "float or double");
+  if constexpr (kIsFloat<T>) return __fdiv_rn(a, b); else return __ddiv_rn(a, b);
+}
+template <typename T>
+__device__ __forceinline__ T sqrt_rn(T a) {
+  static_assert(kIsFloat<T> || std::is_same<T, double>::value, "float or double");
+  if constexpr (kIsFloat<T>) return __fsqrt_rn(a); else return __dsqrt_rn(a);
+}
 #else
+template <typename T>
+BIASFIT_HD T div_rn(T a, T b) { return a / b; }
+// IEEE sqrt, correctly rounded on the host as on the device.
+BIASFIT_HD float sqrt_rn(float a) { return __builtin_sqrtf(a); }
+BIASFIT_HD double sqrt_rn(double a) { return __builtin_sqrt(a); }
 template <typename T>
 BIASFIT_HD T mul_rn(T a, T b) { return a * b; }
 template <typename T>

@@ -91,9 +91,10 @@ def test_fit_rejects_an_unknown_engine():
 
 def test_fused_engine_names_the_engine_for_other_optimizers():
     model = biasfit.BasicNN()
-    adam = torch.optim.Adam(model.parameters())
-    with pytest.raises(TypeError, match="SGD only, got Adam; use engine='autograd'"):
-        biasfit.fit(model, X, Y, optimizer=adam, engine="fused")
+    rmsprop = torch.optim.RMSprop(model.parameters())
+    with pytest.raises(TypeError, match="SGD, Adam or AdamW only, got RMSprop; use "
+                                        "engine='autograd'"):
+        biasfit.fit(model, X, Y, optimizer=rmsprop, engine="fused")
 
 
 def test_dtype_mismatch_between_model_and_data_is_named():

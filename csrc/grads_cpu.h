@@ -1,0 +1,141 @@
+// The CPU loops for every gradient (network.h's "every gradient"): the
+// parameter gradients summed like the bias gradient (fixed chunks, lanes and
+// trees of reduce_cpu.h, in double), the per-point ones written in place.
+// Free of torch, like kernels_cpu.h: the ops (cpu.cpp) and the trainer
+// (trainer_params_cpu.h) both use it.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels_cpu.h"
+#include "network.h"
+#include "reduce_cpu.h"
+
+namespace biasfit {
+namespace cpu {
+
+// fused_loss_grads's points: x and y read through strides (1 when
+// contiguous), dy/dx written contiguously where asked (null: not asked).
+template <typename T>
+struct PointLossAllGrads {
+  const T* x;
+  int64_t x_stride;
+  const T* y;
+  int64_t y_stride;
+  Weights<T> w;
+  T bias;
+  T* dy;
+  T* dx;
+  // Returns the point's squared error; its parameter derivatives go to dp.
+  BIASFIT_HD double operator()(int64_t i, double* dp) const {
+    T dyv, dxv;
+    const double loss = point_loss_all_grads(
+        x[i * x_stride], y[i * y_stride], w, bias, dp,
+        dy != nullptr ? &dyv : nullptr, dx != nullptr ? &dxv : nullptr);
+    if (dy != nullptr) dy[i] = dyv;
+    if (dx != nullptr) dx[i] = dxv;
+    return loss;
+  }
+};
+
+// The same for contiguous data with no per-point output: the trainer's
+// epochs and fused_loss_grads for parameters alone. No pointer to test per
+// point, so the chunk loop has no branch but relu's and vectorizes.
+template <typename T>
+struct PointLossParamGrads {
+  const T* x;
+  const T* y;
+  Weights<T> w;
+  T bias;
+  BIASFIT_HD double operator()(int64_t i, double* dp) const {
+    return point_loss_all_grads(x[i], y[i], w, bias, dp,
+                                static_cast<T*>(nullptr),
+                                static_cast<T*>(nullptr));
+  }
+};
+
+// predict_grads's points: grad_out times d(y_hat)/d(everything).
+template <typename T>
+struct PointPredictGrads {
+  const T* grad_out;
+  const T* x;
+  Weights<T> w;
+  T bias;
+  T* dx;
+  BIASFIT_HD double operator()(int64_t i, double* dp) const {
+    const Forward<T> f = forward(x[i], w, bias);
+    const double g = f.z > T(0) ? double(grad_out[i]) : 0.0;
+    double dxd = 0.0;
+    backward_point(f, x[i], w, g, dp, dx != nullptr ? &dxd : nullptr);
+    if (dx != nullptr) dx[i] = T(dxd);
+    return 0.0;
+  }
+};
+
+// One chunk's ParamSums: point i adds into lane i % kLanes, the tail into
+// lanes 0, 1, ..., and the lanes combine in Lanes::finish's tree, so the
+// loss and bias sums are fused_loss's bit for bit. kParams false: only the
+// loss is summed (per-point gradients alone were asked for).
+template <bool kParams, typename Point>
+BIASFIT_HD ParamSums chunk_param_sums(const Point& point, int64_t begin,
+                                      int64_t end) {
+  double loss[kLanes] = {};
+  double grad[kNumParams][kLanes] = {};
+  auto add = [&](int64_t i, int k) {
+    double dp[kNumParams];
+    loss[k] += point(i, kParams ? dp : nullptr);
+    if (kParams) {
+      for (int p = 0; p < kNumParams; ++p) grad[p][k] += dp[p];
+    }
+  };
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+#pragma omp simd
+    for (int k = 0; k < kLanes; ++k) add(i + k, k);
+  }
+  for (int k = 0; i < end; ++i, ++k) add(i, k);
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int k = 0; k < width; ++k) {
+      loss[k] += loss[k + width];
+      for (int p = 0; p < kNumParams; ++p) grad[p][k] += grad[p][k + width];
+    }
+  }
+  ParamSums s;
+  s.loss = loss[0];
+  for (int p = 0; p < kNumParams; ++p) s.grad[p] = grad[p][0];
+  return s;
+}
+
+// Compiled for AVX2 and for the baseline, chosen at run time as sum_chunk;
+// both add in the same order, so they give the same bits.
+template <bool kParams, typename Point>
+__attribute__((target("avx2"))) ParamSums param_chunk_avx2(const Point& p,
+                                                           int64_t begin,
+                                                           int64_t end) {
+  return chunk_param_sums<kParams>(p, begin, end);
+}
+
+template <bool kParams, typename Point>
+ParamSums param_chunk_baseline(const Point& p, int64_t begin, int64_t end) {
+  return chunk_param_sums<kParams>(p, begin, end);
+}
+
+template <bool kParams, typename Point>
+ParamSums sum_param_chunk(const Point& p, int64_t begin, int64_t end) {
+  return kHasAvx2 ? param_chunk_avx2<kParams>(p, begin, end)
+                  : param_chunk_baseline<kParams>(p, begin, end);
+}
+
+// The whole sum over n points, deterministic for any thread count. params:
+// whether parameter gradients are wanted (else their sums are 0).
+template <typename Point>
+ParamSums sum_param_grads(const Point& p, int64_t n, bool params,
+                          int threads) {
+  return deterministic_sum(n, threads, [&](int64_t begin, int64_t end) {
+    return params ? sum_param_chunk<true>(p, begin, end)
+                  : sum_param_chunk<false>(p, begin, end);
+  });
+}
+
+}  // namespace cpu
+}  // namespace biasfit
