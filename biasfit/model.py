@@ -44,9 +44,13 @@ class BasicNN(nn.Module):
     def _live_weights(self) -> torch.Tensor:
         # Stacked without detaching, so the weights that require grad get
         # their gradients through the stack; frozen ones stay out of the graph.
-        if any(getattr(self, n).requires_grad for n in WEIGHT_NAMES):
-            return torch.stack([getattr(self, n) for n in WEIGHT_NAMES])
-        return self.weights()
+        # Read from _parameters, not getattr: nn.Module's __getattr__ would
+        # add microseconds to every epoch of the tutorial's 3-point fit.
+        params = self._parameters
+        live = [params[n] for n in WEIGHT_NAMES]
+        if any(p.requires_grad for p in live):
+            return torch.stack(live)
+        return torch.stack([p.detach() for p in live])
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return ops.predict(inputs, self._live_weights(), self.final_bias)
