@@ -160,26 +160,15 @@ def _fit_params_autograd(model, inputs, labels, optimizer, epochs, tol, callback
             f"biasfit: under torch.distributed, fit trains final_bias alone; this model "
             f"also trains {', '.join(n for n in model.trainable_names() if n != 'final_bias')}"
             f": train it in one process")
-    names = model.trainable_names()
-    losses = []
-    for epoch in range(epochs):
-        optimizer.zero_grad()
+
+    def sums(epoch):  # backward leaves every trained parameter's .grad
         loss = model.loss(inputs, labels)
         loss.backward()
-        value = loss.item()
-        bias = model.final_bias.item()
-        losses.append(value)
-        if callback is not None:
-            callback(epoch, value, bias)
-        if not math.isfinite(value):
-            raise DivergedError(epoch, "the loss", value)
-        if value < tol:
-            return FitResult(epoch, bias, losses, True, _trained_values(model))
-        optimizer.step()
-        for name in names:
-            if not math.isfinite(getattr(model, name).item()):
-                raise DivergedError(epoch, name, getattr(model, name).item())
-    return FitResult(epochs, model.final_bias.item(), losses, False, _trained_values(model))
+        return loss.detach(), None
+
+    checked = [(name, getattr(model, name)) for name in model.trainable_names()]
+    return _epoch_loop(sums, model.final_bias, optimizer, epochs, tol, callback,
+                       checked=checked)
 
 
 def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, settings,
@@ -203,13 +192,18 @@ def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, setti
 
 
 def _epoch_loop(sums, param, optimizer, epochs, tol, callback, watch_inputs=None,
-                weights=None):
-    """watch_inputs: the inputs, when a stall is to stop the fit."""
+                weights=None, checked=None):
+    """sums(epoch) -> (loss, grad of param, or None where backward set the
+    grads); watch_inputs: the inputs, when a stall is to stop the fit;
+    checked: the (name, parameter) pairs that must stay finite (default
+    final_bias, `param`)."""
+    checked = checked or [("final_bias", param)]
     losses = []
     for epoch in range(epochs):
         optimizer.zero_grad()
         loss, grad = sums(epoch)
-        param.grad = grad
+        if grad is not None:
+            param.grad = grad
         value = loss.item()
         bias = param.item()
         losses.append(value)
@@ -220,8 +214,9 @@ def _epoch_loop(sums, param, optimizer, epochs, tol, callback, watch_inputs=None
         if value < tol:
             return FitResult(epoch, bias, losses, True)
         optimizer.step()
-        if not math.isfinite(param.item()):
-            raise DivergedError(epoch, "final_bias", param.item())
+        for name, p in checked:
+            if not math.isfinite(p.item()):
+                raise DivergedError(epoch, name, p.item())
         # Every unit off gives a gradient of exactly 0: only then look further.
         if watch_inputs is not None and grad.item() == 0 and _first_stall(
                 watch_inputs, weights, [bias, param.item()]) is not None:
