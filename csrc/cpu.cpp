@@ -186,7 +186,11 @@ Tensor fused_loss_grads_sums_cpu(Tensor inputs, Tensor labels, Tensor weights,
         data_of<T>(x), strided ? x.stride(0) : 1, data_of<T>(y),
         strided ? y.stride(0) : 1, load_weights<T>(weights),
         load_scalar<T>(bias), nullptr, nullptr};
-    return sum_param_grads(point, x.numel(), true, torch_threads());
+    // Contiguous data: the vectorized points, the same sums bit for bit.
+    return strided ? sum_param_grads(point, x.numel(), true, torch_threads())
+                   : sum_param_grads(PointLossParamGrads<T>{point.x, point.y,
+                                                            point.w, point.bias},
+                                     x.numel(), true, torch_threads());
   });
   Tensor out = new_tensor(inputs, {1 + kNumParams}, ScalarType::Double);
   data_of<double>(out)[0] = sums.loss;

@@ -6,7 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
+#include "grads_simd_cpu.h"
 #include "kernels_cpu.h"
 #include "network.h"
 #include "reduce_cpu.h"
@@ -72,42 +75,66 @@ struct PointPredictGrads {
   }
 };
 
-// One chunk's ParamSums: point i adds into lane i % kLanes, the tail into
-// lanes 0, 1, ..., and the lanes combine in Lanes::finish's tree, so the
-// loss and bias sums are fused_loss's bit for bit. kParams false: only the
-// loss is summed (per-point gradients alone were asked for).
-template <bool kParams, typename Point>
-BIASFIT_HD ParamSums chunk_param_sums(const Point& point, int64_t begin,
-                                      int64_t end) {
+// One chunk's running ParamSums: point i adds into lane i % kLanes, and the
+// lanes combine in Lanes::finish's tree, so the loss and bias sums are
+// fused_loss's bit for bit. The SIMD kernels (grads_simd_cpu.h) fill the
+// lanes themselves and finish with the same tail and tree. kParams false:
+// only the loss is summed (per-point gradients alone were asked for).
+struct ParamLanes {
   double loss[kLanes] = {};
   double grad[kNumParams][kLanes] = {};
-  auto add = [&](int64_t i, int k) {
+
+  template <bool kParams, typename Point>
+  BIASFIT_HD void add(const Point& point, int64_t i, int k) {
     double dp[kNumParams];
     loss[k] += point(i, kParams ? dp : nullptr);
     if (kParams) {
       for (int p = 0; p < kNumParams; ++p) grad[p][k] += dp[p];
     }
-  };
+  }
+
+  // Adds points [i, end), fewer than kLanes, into lanes 0, 1, ..., then
+  // combines the lanes.
+  template <bool kParams, typename Point>
+  BIASFIT_HD ParamSums finish(const Point& point, int64_t i, int64_t end) {
+    for (int k = 0; i < end; ++i, ++k) add<kParams>(point, i, k);
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int k = 0; k < width; ++k) {
+        loss[k] += loss[k + width];
+        for (int p = 0; p < kNumParams; ++p) grad[p][k] += grad[p][k + width];
+      }
+    }
+    ParamSums s;
+    s.loss = loss[0];
+    for (int p = 0; p < kNumParams; ++p) s.grad[p] = grad[p][0];
+    return s;
+  }
+};
+
+template <bool kParams, typename Point>
+BIASFIT_HD ParamSums chunk_param_sums(const Point& point, int64_t begin,
+                                      int64_t end) {
+  ParamLanes lanes;
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
 #pragma omp simd
-    for (int k = 0; k < kLanes; ++k) add(i + k, k);
+    for (int k = 0; k < kLanes; ++k) lanes.add<kParams>(point, i + k, k);
   }
-  for (int k = 0; i < end; ++i, ++k) add(i, k);
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int k = 0; k < width; ++k) {
-      loss[k] += loss[k + width];
-      for (int p = 0; p < kNumParams; ++p) grad[p][k] += grad[p][k + width];
-    }
-  }
-  ParamSums s;
-  s.loss = loss[0];
-  for (int p = 0; p < kNumParams; ++p) s.grad[p] = grad[p][0];
-  return s;
+  return lanes.finish<kParams>(point, i, end);
 }
 
-// Compiled for AVX2 and for the baseline, chosen at run time as sum_chunk;
-// both add in the same order, so they give the same bits.
+// Compiled for AVX-512, AVX2 and the baseline, chosen at run time as
+// sum_chunk; all add in the same order, so they give the same bits. The
+// contiguous all-seven points (the trainer's epochs) take the hand-vectorized
+// lanes of grads_simd_cpu.h; the others gcc's own compilation of the loop.
+#define BIASFIT_AVX512 "avx512f,avx512dq,avx512vl,avx512bw,prefer-vector-width=512"
+
+template <bool kParams, typename Point>
+__attribute__((target(BIASFIT_AVX512))) ParamSums param_chunk_avx512(
+    const Point& p, int64_t begin, int64_t end) {
+  return chunk_param_sums<kParams>(p, begin, end);
+}
+
 template <bool kParams, typename Point>
 __attribute__((target("avx2"))) ParamSums param_chunk_avx2(const Point& p,
                                                            int64_t begin,
@@ -115,15 +142,56 @@ __attribute__((target("avx2"))) ParamSums param_chunk_avx2(const Point& p,
   return chunk_param_sums<kParams>(p, begin, end);
 }
 
+template <bool kParams, typename T>
+__attribute__((target(BIASFIT_AVX512))) ParamSums param_chunk_avx512(
+    const PointLossParamGrads<T>& p, int64_t begin, int64_t end) {
+  if (!kParams) return chunk_param_sums<kParams>(p, begin, end);
+  ParamLanes lanes;
+  const int64_t i = simd_param_lanes<64>(p.x, p.y, p.w, p.bias, begin, end,
+                                         lanes.loss, lanes.grad);
+  return lanes.finish<kParams>(p, i, end);
+}
+
+template <bool kParams, typename T>
+__attribute__((target("avx2"))) ParamSums param_chunk_avx2(
+    const PointLossParamGrads<T>& p, int64_t begin, int64_t end) {
+  if (!kParams) return chunk_param_sums<kParams>(p, begin, end);
+  ParamLanes lanes;
+  const int64_t i = simd_param_lanes<32>(p.x, p.y, p.w, p.bias, begin, end,
+                                         lanes.loss, lanes.grad);
+  return lanes.finish<kParams>(p, i, end);
+}
+
 template <bool kParams, typename Point>
 ParamSums param_chunk_baseline(const Point& p, int64_t begin, int64_t end) {
   return chunk_param_sums<kParams>(p, begin, end);
 }
 
+// The widest instruction set this CPU has, or a lower one that
+// BIASFIT_CPU_KERNEL (baseline, avx2) forces, for the tests' comparisons.
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+inline Isa pick_param_isa() {
+  const char* pick = std::getenv("BIASFIT_CPU_KERNEL");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw");
+  if (pick != nullptr && std::strcmp(pick, "baseline") == 0) return Isa::kBaseline;
+  if (pick != nullptr && std::strcmp(pick, "avx2") == 0) {
+    return avx2 ? Isa::kAvx2 : Isa::kBaseline;
+  }
+  return avx512 ? Isa::kAvx512 : avx2 ? Isa::kAvx2 : Isa::kBaseline;
+}
+inline const Isa kParamIsa = pick_param_isa();
+
 template <bool kParams, typename Point>
 ParamSums sum_param_chunk(const Point& p, int64_t begin, int64_t end) {
-  return kHasAvx2 ? param_chunk_avx2<kParams>(p, begin, end)
-                  : param_chunk_baseline<kParams>(p, begin, end);
+  switch (kParamIsa) {
+    case Isa::kAvx512: return param_chunk_avx512<kParams>(p, begin, end);
+    case Isa::kAvx2: return param_chunk_avx2<kParams>(p, begin, end);
+    default: return param_chunk_baseline<kParams>(p, begin, end);
+  }
 }
 
 // The whole sum over n points, deterministic for any thread count. params:

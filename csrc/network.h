@@ -144,25 +144,77 @@ BIASFIT_HD Forward<T> forward(T x, const Weights<T>& w, T bias) {
   return f;
 }
 
+// The derivatives are formed from the forward's values widened to D: double
+// for a scalar point, or a vector of doubles for the CPU's SIMD kernels
+// (grads_simd_cpu.h), which run these same functions on 4 or 8 points at
+// once. Hence D{} for zero and a ternary per lane, as relu's. Widening a
+// float is exact and keeps its sign, so comparing the widened value with 0
+// is comparing the original: the results are the same bits as forming each
+// derivative from T's values.
+template <typename D>
+BIASFIT_HD D splat(double v) {  // v in every lane (v itself for a double)
+  return D{} + v;
+}
+
+// Every value of a Forward (or of Weights) converted by `to`: to double for
+// a scalar point; the SIMD kernels pass their lane-wise conversion.
+template <typename D, typename T, typename To>
+BIASFIT_HD Forward<D> widen(const Forward<T>& f, To to) {
+  return {to(f.a0), to(f.a1), to(f.h0), to(f.h1), to(f.z)};
+}
+template <typename D, typename T, typename To>
+BIASFIT_HD Weights<D> widen(const Weights<T>& w, To to) {
+  return {to(w.w00), to(w.b00), to(w.w01), to(w.w10), to(w.b10), to(w.w11)};
+}
+struct ToDouble {
+  template <typename T>
+  BIASFIT_HD double operator()(T v) const { return double(v); }
+};
+
+// g = d(loss)/dz from the widened z and residual r: 2 r where the output
+// unit is on, else 0.
+template <typename D>
+BIASFIT_HD D loss_output_grad(D z, D r) {
+  return z > D{} ? mul_rn(splat<D>(2.0), r) : D{};
+}
+
+// backward_point's arithmetic, every value widened to D.
+template <typename D>
+BIASFIT_HD void backward_wide(const Forward<D>& f, D x, const Weights<D>& w,
+                              D g, D* dparams, D* dx) {
+  const D d0 = f.a0 > D{} ? mul_rn(g, w.w01) : D{};
+  const D d1 = f.a1 > D{} ? mul_rn(g, w.w11) : D{};
+  if (dparams != nullptr) {
+    dparams[W00] = mul_rn(d0, x);
+    dparams[B00] = d0;
+    dparams[W01] = mul_rn(g, f.h0);
+    dparams[W10] = mul_rn(d1, x);
+    dparams[B10] = d1;
+    dparams[W11] = mul_rn(g, f.h1);
+    dparams[kBiasIndex] = g;
+  }
+  if (dx != nullptr) {
+    *dx = add_rn(mul_rn(d0, w.w00), mul_rn(d1, w.w10));
+  }
+}
+
+// One point's squared error and parameter derivatives from its widened
+// forward values, input and residual: what the summing kernels add up.
+template <typename D>
+BIASFIT_HD D loss_param_grads_wide(const Forward<D>& f, D x, D r,
+                                   const Weights<D>& w, D* dparams) {
+  backward_wide(f, x, w, loss_output_grad(f.z, r), dparams,
+                static_cast<D*>(nullptr));
+  return mul_rn(r, r);
+}
+
 // d(out)/d(every parameter) and d(out)/dx at one point, given g = d(out)/dz
 // (0 where the output unit is off). Parameter order: ParamSums's.
 template <typename T>
 BIASFIT_HD void backward_point(const Forward<T>& f, T x, const Weights<T>& w,
                                double g, double* dparams, double* dx) {
-  const double d0 = f.a0 > T(0) ? mul_rn(g, double(w.w01)) : 0.0;
-  const double d1 = f.a1 > T(0) ? mul_rn(g, double(w.w11)) : 0.0;
-  if (dparams != nullptr) {
-    dparams[W00] = mul_rn(d0, double(x));
-    dparams[B00] = d0;
-    dparams[W01] = mul_rn(g, double(f.h0));
-    dparams[W10] = mul_rn(d1, double(x));
-    dparams[B10] = d1;
-    dparams[W11] = mul_rn(g, double(f.h1));
-    dparams[kBiasIndex] = g;
-  }
-  if (dx != nullptr) {
-    *dx = add_rn(mul_rn(d0, double(w.w00)), mul_rn(d1, double(w.w10)));
-  }
+  backward_wide(widen<double>(f, ToDouble{}), double(x),
+                widen<double>(w, ToDouble{}), g, dparams, dx);
 }
 
 // One point of fused_loss with every gradient: its squared error, its
@@ -173,7 +225,7 @@ BIASFIT_HD double point_loss_all_grads(T x, T y, const Weights<T>& w, T bias,
   const Forward<T> f = forward(x, w, bias);
   const T r = sub_rn(relu(f.z), y);
   const double rd = double(r);
-  const double g = f.z > T(0) ? mul_rn(2.0, rd) : 0.0;
+  const double g = loss_output_grad(double(f.z), rd);
   if (dy != nullptr) *dy = T(mul_rn(-2.0, rd));  // exact: doubling
   double dxd = 0.0;
   backward_point(f, x, w, g, dparams, dx != nullptr ? &dxd : nullptr);

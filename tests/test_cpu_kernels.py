@@ -1,9 +1,11 @@
 """The CPU kernels' bit-level promises.
 
 The trainer (fit_sgd) sums each epoch with its own hand-vectorized loop over
-precomputed hidden values; fused_loss evaluates the whole network per point.
-Both must give the same bits, on AVX2 and on the baseline kernels that
-BIASFIT_CPU_KERNEL=baseline forces, for any thread count.
+precomputed hidden values; fused_loss evaluates the whole network per point;
+the all-seven pass (fused_loss_grads, fit_params) runs network.h on SIMD
+vectors. Each must give the same bits on the widest kernels this CPU has
+(AVX-512 or AVX2) and on the lower ones BIASFIT_CPU_KERNEL=baseline|avx2
+forces, for any thread count.
 """
 import json
 import os
@@ -95,32 +97,53 @@ def test_regrouped_trainer_with_non_finite_inputs(bad):
         assert losses[0].isnan() and loss0 != loss0
 
 
-def _sums_json(n):
+def _all_seven(x, y, w, b):
+    """The all-seven kernels' outputs (fused_loss_grads's sums, its rounded
+    gradients and a fit_params fit of every parameter), as floats."""
+    sums = torch.ops.biasfit.fused_loss_grads_sums(x, y, w, b)
+    loss, wg, bg, _, _ = torch.ops.biasfit.fused_loss_grads(x, y, w, b, 3)
+    params = torch.cat([w, b.reshape(1)])
+    final, losses, _, _ = torch.ops.biasfit.fit_params(
+        x, y, params, 127, 1, 0.01, 0.0, 0.0, False, 0.0, False, 0.9, 0.999, 1e-8,
+        False, 4, 0.0)
+    return [*sums.tolist(), loss.item(), *wg.tolist(), bg.item(), *final.tolist(),
+            *losses.tolist()]
+
+
+def _sums_json(sizes):
     """Every kernel's output on special_problem(n), exactly (float.hex)."""
     out = {}
-    for dtype in DTYPES:
-        x, y, w, b = special_problem(n, dtype)
-        loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
-        sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b)
-        final, losses, _, _ = fit_sgd(x, y, w, b, epochs=4)
-        out[str(dtype)] = [v.hex() for v in
-                           [loss.item(), grad.item(), *sums.tolist(), final.item(),
-                            *losses.tolist()]]
+    for n in sizes:
+        for dtype in DTYPES:
+            x, y, w, b = special_problem(n, dtype)
+            x[3::83] = 0.5  # the top hidden unit exactly at its kink
+            loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
+            sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b)
+            final, losses, _, _ = fit_sgd(x, y, w, b, epochs=4)
+            out[f"{dtype}-{n}"] = [v.hex() for v in
+                                   [loss.item(), grad.item(), *sums.tolist(), final.item(),
+                                    *losses.tolist(), *_all_seven(x, y, w, b)]]
     return json.dumps(out)
 
 
-def test_baseline_kernels_give_the_avx2_bits():
+# A tail alone, whole vectors and a tail, several chunks and a tail.
+KERNEL_SIZES = [13, 16 * 7 + 5, 3 * CHUNK + 21]
+
+
+@pytest.mark.parametrize("kernel", ["baseline", "avx2"])
+def test_lower_kernels_give_the_default_bits(kernel):
+    # The default is the widest kernel this CPU has (AVX-512, else AVX2);
+    # BIASFIT_CPU_KERNEL forces a lower one in a fresh process.
     if "avx2" not in open("/proc/cpuinfo").read():
         pytest.skip("no AVX2 here: every run already takes the baseline kernels")
-    n = 3 * CHUNK + 21
-    code = "import test_cpu_kernels as t; print(t._sums_json(%d))" % n
-    env = dict(os.environ, BIASFIT_CPU_KERNEL="baseline")
+    code = "import test_cpu_kernels as t; print(t._sums_json(%r))" % (KERNEL_SIZES,)
+    env = dict(os.environ, BIASFIT_CPU_KERNEL=kernel)
     # Run from tests/, which `python -c` puts first on sys.path: from the
     # repository root, `import biasfit` would find the unbuilt source tree.
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=300, cwd=os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == json.loads(_sums_json(n))
+    assert json.loads(done.stdout) == json.loads(_sums_json(KERNEL_SIZES))
 
 
 def test_same_bits_for_any_thread_count():
