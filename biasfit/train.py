@@ -27,6 +27,7 @@ ENGINES = ("autograd", "fused")
 
 # csrc/fit.h's FitStatus.
 _CONVERGED, _EXHAUSTED, _LOSS_NONFINITE, _BIAS_NONFINITE = 1, 2, 3, 4
+_INTERRUPTED = 5  # csrc/fit.h
 
 
 @dataclass
@@ -295,6 +296,8 @@ def _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callbac
         opts["dampening"], opts["nesterov"], opts["weight_decay"], opts["maximize"],
         opts["beta1"], opts["beta2"], opts["eps"], opts["amsgrad"], int(epochs), float(tol))
     epoch, status, bad = info.tolist()
+    if status == _INTERRUPTED:  # Ctrl-C inside the op, which cleared it (cpu.cpp)
+        raise KeyboardInterrupt
     seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
     losses, biases, final = losses[:seen].tolist(), biases[:seen].tolist(), final.tolist()
     with torch.no_grad():  # where the autograd engine leaves them

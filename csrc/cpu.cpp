@@ -1,5 +1,7 @@
 // CPU kernels as stable-ABI ops: checks (checks.cpp), then the torch-free
 // loops of kernels_cpu.h and trainer_cpu.h.
+#include <Python.h>  // limited API: fit_params's Ctrl-C
+
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -21,6 +23,21 @@ using namespace cpu;
 // torch's intra-op thread count (torch.set_num_threads): the sums' bits do
 // not depend on it, only their speed.
 int torch_threads() { return int(torch::stable::get_num_threads()); }
+
+// Ctrl-C during a long fit_params called from Python: Python's signal
+// handlers run here, on the calling thread (the op may run without the
+// GIL: take it). A handler's exception (KeyboardInterrupt) cannot travel
+// through the op, which returns normally: it is cleared, and the op reports
+// status kInterrupted for its Python caller to raise. Called from C++ with
+// no Python running, it never stops a fit.
+bool python_signal_pending(void*) {
+  if (!Py_IsInitialized()) return false;
+  const PyGILState_STATE gil = PyGILState_Ensure();
+  const bool raised = PyErr_CheckSignals() != 0;
+  if (raised) PyErr_Clear();
+  PyGILState_Release(gil);
+  return raised;
+}
 
 template <typename T>
 Weights<T> load_weights(const Tensor& w) {
@@ -275,7 +292,7 @@ FitOutputs fit_params_cpu(Tensor inputs, Tensor labels, Tensor params,
     History<T> history;
     const ParamFitState<T> state =
         train_params(data_of<T>(x), data_of<T>(y), x.numel(), data_of<T>(start),
-                     opt, torch_threads(), history);
+                     opt, torch_threads(), history, {&python_signal_pending});
     const size_t seen = std::min<size_t>(history.losses.size(), size_t(epochs));
     std::memcpy(data_of<T>(losses), history.losses.data(), seen * sizeof(T));
     std::memcpy(data_of<T>(biases), history.biases.data(), seen * sizeof(T));

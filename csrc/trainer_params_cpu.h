@@ -5,13 +5,17 @@
 // An epoch is one pass of grads_cpu.h over the data (loss and the seven
 // gradient sums, deterministic), then the end of the epoch as fit.h's: record,
 // stop on a non-finite loss or below tol, step every trained parameter, stop
-// on a non-finite parameter. trainer_cpu.h's shortcuts (hidden(x) once per
+// on a non-finite parameter; an Interrupt (Ctrl-C) is asked every ~100 ms. trainer_cpu.h's shortcuts (hidden(x) once per
 // fit, regrouping by hidden value) need a frozen hidden layer; fit_params
 // sends a fit of final_bias alone with SGD there (train.py does), and does
 // every other fit in full passes.
 #pragma once
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "adam.h"
 #include "fit.h"
@@ -79,11 +83,40 @@ struct ParamFitState {
   }
 };
 
-// A whole fit over x[0..n), y[0..n) (contiguous) from params[7].
+// One chunk's sums at the state's parameters: the all-seven pass, or the
+// bias-only one (fused_loss's) when no weight trains.
+template <typename T>
+ParamSums epoch_chunk(const PointLossParamGrads<T>& point, bool weights,
+                      int64_t begin, int64_t end) {
+  if (weights) return sum_param_chunk<true>(point, begin, end);
+  const LossGrad lg =
+      sum_chunk(PointLoss<T>{point.x, point.y, point.w, point.bias}, begin, end);
+  return ParamSums{lg.loss, {0, 0, 0, 0, 0, 0, lg.grad}};
+}
+
+// The end of one epoch, run by one thread: record, stop test, step, and
+// every ~100 ms the interrupt.
+template <typename T>
+void end_param_epoch(ParamFitState<T>& state, const ParamSums& sums,
+                     const ParamFitOptions& opt, History<T>& history,
+                     InterruptPoll& poll) {
+  history.make_room(state.epoch, opt.epochs);
+  state.end_epoch(sums, opt, history.losses.data(), history.biases.data());
+  if (state.status == kRunning && poll.due()) state.status = kInterrupted;
+}
+
+// A whole fit over x[0..n), y[0..n) (contiguous) from params[7]. Every
+// epoch in one OpenMP parallel region, as trainer_cpu.h's run_epochs: each
+// thread sums its share of the chunks into partials, the calling thread
+// combines them in deterministic_sum's tree and steps (it alone may run
+// Python's signal handlers for an Interrupt), and two barriers an epoch
+// replace a fork and join. The chunks and the tree are deterministic_sum's,
+// so the sums are the same bits for any number of threads.
 template <typename T>
 ParamFitState<T> train_params(const T* x, const T* y, int64_t n,
                               const T* start, const ParamFitOptions& opt,
-                              int threads, History<T>& history) {
+                              int threads, History<T>& history,
+                              Interrupt interrupt = {}) {
   ParamFitState<T> state;
   for (int p = 0; p < kNumParams; ++p) {
     state.params[p] = start[p];
@@ -93,19 +126,37 @@ ParamFitState<T> train_params(const T* x, const T* y, int64_t n,
   if (opt.epochs == 0) state.status = kExhausted;
   // Weights' gradients only when a weight trains: else the bias-only sums.
   const bool weights = (opt.trained & ((1 << kNumWeights) - 1)) != 0;
-  while (state.status == kRunning) {
-    const PointLossParamGrads<T> point{x, y, Weights<T>::load(state.params),
-                                       state.params[kBiasIndex]};
-    ParamSums sums;
-    if (weights) {
-      sums = sum_param_grads(point, n, true, threads);
-    } else {
-      const LossGrad lg =
-          sum_points(PointLoss<T>{x, y, point.w, point.bias}, n, threads);
-      sums = ParamSums{lg.loss, {0, 0, 0, 0, 0, 0, lg.grad}};
+  auto point_at = [&](const ParamFitState<T>& s) {
+    return PointLossParamGrads<T>{x, y, Weights<T>::load(s.params),
+                                  s.params[kBiasIndex]};
+  };
+  InterruptPoll poll(interrupt, n);
+  const int64_t chunks = num_chunks(n);
+  if (chunks <= 1) {
+    while (state.status == kRunning) {
+      end_param_epoch(state, epoch_chunk(point_at(state), weights, 0, n), opt,
+                      history, poll);
     }
-    history.make_room(state.epoch, opt.epochs);
-    state.end_epoch(sums, opt, history.losses.data(), history.biases.data());
+    return state;
+  }
+  std::vector<ParamSums> partials(chunks);
+#pragma omp parallel num_threads(threads_for(chunks, threads))
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t mine_from = chunks * t / nt, mine_to = chunks * (t + 1) / nt;
+    // state is written only by the master thread between two barriers.
+    while (state.status == kRunning) {
+      const PointLossParamGrads<T> point = point_at(state);
+      for (int64_t c = mine_from; c < mine_to; ++c) {
+        const int64_t begin = c * kChunk;
+        partials[c] =
+            epoch_chunk(point, weights, begin, std::min(begin + kChunk, n));
+      }
+#pragma omp barrier
+#pragma omp master
+      end_param_epoch(state, pairwise_total(partials), opt, history, poll);
+#pragma omp barrier
+    }
   }
   return state;
 }
