@@ -178,12 +178,14 @@ BIASFIT_HD D loss_output_grad(D z, D r) {
   return z > D{} ? mul_rn(splat<D>(2.0), r) : D{};
 }
 
-// backward_point's arithmetic, every value widened to D.
+// backward_point's arithmetic, every value widened to D. relu'(a) tested as
+// relu(a) > 0, which is a > 0 for every a (NaN and -0 included): the SIMD
+// kernels then never widen a0 and a1.
 template <typename D>
 BIASFIT_HD void backward_wide(const Forward<D>& f, D x, const Weights<D>& w,
                               D g, D* dparams, D* dx) {
-  const D d0 = f.a0 > D{} ? mul_rn(g, w.w01) : D{};
-  const D d1 = f.a1 > D{} ? mul_rn(g, w.w11) : D{};
+  const D d0 = f.h0 > D{} ? mul_rn(g, w.w01) : D{};
+  const D d1 = f.h1 > D{} ? mul_rn(g, w.w11) : D{};
   if (dparams != nullptr) {
     dparams[W00] = mul_rn(d0, x);
     dparams[B00] = d0;
