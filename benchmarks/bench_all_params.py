@@ -15,7 +15,7 @@ import torch
 import biasfit
 import workloads
 from biasfit import reference
-from biasfit.bench import size_label
+from report import size_label
 from conftest import bench_dtypes, bench_sizes
 
 KERNELS = ("eager-sgd", "eager-adam", "compiled-adam", "autograd-adam", "fused-sgd",
