@@ -160,3 +160,24 @@ def test_same_bits_for_any_thread_count():
     finally:
         torch.set_num_threads(before)
     assert results[0] == results[1] == results[2]
+
+
+def test_fit_params_same_bits_for_any_thread_count():
+    # Every epoch in one parallel region, chunks split among the threads:
+    # the sums and so the whole fit are the same bits for any thread count.
+    x, y, w, b = random_problem(5 * CHUNK + 7, torch.float32, "cpu", seed=4)
+    params = torch.cat([w, b.reshape(1)])
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            final, losses, biases, info = torch.ops.biasfit.fit_params(
+                x, y, params, 127, 1, 0.01, 0.0, 0.0, False, 0.0, False, 0.9, 0.999,
+                1e-8, False, 6, 0.0)
+            sums = torch.ops.biasfit.fused_loss_grads_sums(x, y, w, b)
+            results.append((final.tolist(), losses.tolist(), info.tolist(), sums.tolist()))
+    finally:
+        torch.set_num_threads(before)
+    assert results[0] == results[1] == results[2]
+    assert results[0][2] == [6, 2, -1]  # every epoch ran
