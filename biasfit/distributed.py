@@ -64,10 +64,20 @@ class DistributedFitError(RuntimeError):
         super().__init__(message)
 
 
+# Asked by every fit, the tutorial's 3-point one too: looked up once.
+_initialized = dist.is_initialized if dist.is_available() else (lambda: False)
+
+
+def initialized_check():
+    """torch.distributed.is_initialized, or None where torch has no
+    torch.distributed: what the C fast path of fit_fused asks."""
+    return dist.is_initialized if dist.is_available() else None
+
+
 def is_distributed() -> bool:
     """True when a torch.distributed process group is initialized: fit then
     trains on the union of every rank's data."""
-    return dist.is_available() and dist.is_initialized()
+    return _initialized()
 
 
 def init_from_env(backend=None, timeout=DEFAULT_TIMEOUT) -> bool:

@@ -343,6 +343,21 @@ def tutorial_weights(like: torch.Tensor) -> torch.Tensor:
     return _tutorial_weights(like.dtype, like.device).clone()
 
 
+def _checked_fused_args(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
+                        weight_decay, maximize, epochs, tol):
+    """fit_fused's arguments checked one by one: (lr, momentum, dampening,
+    nesterov, weight_decay, maximize, start bias) as floats and bools, or a
+    TypeError/ValueError naming the first one that is wrong."""
+    _check_loop_args(lr, epochs, tol)
+    for name, value, optional in (("inputs", inputs, False), ("labels", labels, False),
+                                  ("weights", weights, True)):
+        if not (isinstance(value, torch.Tensor) or (optional and value is None)):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    return (float(lr), _real("momentum", momentum, minimum=0), _real("dampening", dampening),
+            _flag("nesterov", nesterov), _real("weight_decay", weight_decay, minimum=0),
+            _flag("maximize", maximize), _start_bias(bias, inputs.dtype))
+
+
 def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
               dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
               epochs=100, tol=1e-4, callback=None):
@@ -352,50 +367,41 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     bias: the starting final_bias (float or 0-d tensor). Returns a FitResult
     equal to fit(..., engine="autograd") with the same SGD settings.
     """
-    _check_loop_args(lr, epochs, tol)
-    for name, value, optional in (("inputs", inputs, False), ("labels", labels, False),
-                                  ("weights", weights, True)):
-        if not (isinstance(value, torch.Tensor) or (optional and value is None)):
-            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
-    hyper = {"lr": float(lr), "momentum": _real("momentum", momentum, minimum=0),
-             "dampening": _real("dampening", dampening),
-             "nesterov": _flag("nesterov", nesterov),
-             "weight_decay": _real("weight_decay", weight_decay, minimum=0),
-             "maximize": _flag("maximize", maximize)}
-    start = _start_bias(bias, inputs.dtype)
-    if distributed.is_distributed():
-        if weights is None:
-            weights = tutorial_weights(inputs)
-        if not isinstance(bias, torch.Tensor):
-            bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
-        local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
-        return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
-                           dict(hyper, weights=weights.tolist()))
+    plain = _direct.fit_plain(inputs, labels, weights, bias, lr, momentum, dampening,
+                              nesterov, weight_decay, maximize, epochs, tol,
+                              torch.get_num_threads())
+    if plain is not None:
+        # The usual call (csrc/plain_call.h: 1-D CPU data, the tutorial's
+        # weights, plain floats): recognized and run in C, since at the
+        # tutorial's size checking it in Python took as long as the fit.
+        epoch, status, final, losses, packed, zero_grad = plain
+        biases = None  # unpacked from float64 bytes when needed
+    else:
+        fit = _fused_general(inputs, labels, weights, bias, lr, momentum, dampening,
+                             nesterov, weight_decay, maximize, epochs, tol, callback)
+        if isinstance(fit, FitResult):
+            return fit  # sharded
+        epoch, status, final, losses, biases, packed, zero_grad = fit
+        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
     if weights is None:
         weights = _tutorial_weights(inputs.dtype, inputs.device)
-    args = (start, hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["nesterov"],
-            hyper["weight_decay"], hyper["maximize"], int(epochs), float(tol))
-    if _direct_ok(inputs, labels, weights):
-        # The CPU trainer called directly: for small data the op's own call
-        # (boxing, four result tensors, .tolist()) would cost more than the fit.
-        epoch, status, final, losses, biases = _direct.fit_sgd(
-            inputs.data_ptr(), labels.data_ptr(), inputs.numel(), weights.data_ptr(),
-            inputs.dtype is torch.float64, *args, torch.get_num_threads())
-    else:
-        epoch, status, final, losses, biases = _fit_sgd_op(inputs, labels, weights, *args)
     stall = None
-    # A stall that began before the last epoch repeats its loss exactly (every
-    # output is 0, so the loss is sum(y^2) in the kernel's fixed order): only
-    # then is the pass over the inputs worth it (at 1e7 points it cost more
-    # than a 10-epoch fit). A stall at the very last epoch ends as exhausted.
-    if (status == _EXHAUSTED and _may_stall(hyper) and len(losses) > 1
-            and losses[-1] == losses[-2] and final <= biases[-1]):
-        stall = _first_stall(inputs, weights, biases + [final])
+    # Every unit off gives a gradient of exactly 0: only from such an epoch
+    # is the pass over the inputs worth it (at 1e7 points it costs more than
+    # a 10-epoch fit). A stall at the very last epoch ends as exhausted.
+    if status == _EXHAUSTED and zero_grad >= 0 and weight_decay == 0 and momentum <= 1:
+        # (_may_stall's test)
+        if biases is None:
+            biases = memoryview(packed).cast("d").tolist()
+        if final <= biases[-1]:
+            stall = _first_stall(inputs, weights, biases + [final])
         if stall is not None:
             losses, final = losses[:stall + 1], biases[stall + 1] if stall + 1 < len(
                 biases) else final
             biases = biases[:stall + 1]
     if callback is not None:  # replayed: the native loop has no Python in it
+        if biases is None:
+            biases = memoryview(packed).cast("d").tolist()
         for e, (loss, b) in enumerate(zip(losses, biases)):
             callback(e, loss, b)
     if status == _LOSS_NONFINITE:
@@ -403,25 +409,87 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     if status == _BIAS_NONFINITE:
         raise DivergedError(epoch, "final_bias", final)
     if stall is not None:
-        raise StalledError(FitResult(stall, final, losses, False), len(inputs), hyper["lr"])
+        raise StalledError(FitResult(stall, final, losses, False), len(inputs), lr)
     return FitResult(epoch, final, losses, status == _CONVERGED)
+
+
+def _fused_general(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
+                   weight_decay, maximize, epochs, tol, callback):
+    """fit_fused for any call but the plain one: every argument checked,
+    then the sharded loop (returns its FitResult), the direct call, or the
+    op. Else (epoch, status, final, losses, biases or None, packed biases or
+    None, first zero-gradient epoch or -1)."""
+    lr, momentum, dampening, nesterov, weight_decay, maximize, start = _checked_fused_args(
+        inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weight_decay,
+        maximize, epochs, tol)
+    epochs, tol = int(epochs), float(tol)
+    if distributed.is_distributed():
+        hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                 "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
+        if weights is None:
+            weights = tutorial_weights(inputs)
+        if not isinstance(bias, torch.Tensor):
+            bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
+        local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
+        return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
+                           dict(hyper, weights=weights.tolist()))
+    direct = _direct_args(inputs, labels, weights)
+    if direct is not None:
+        # The CPU trainer called directly: for small data the op's own call
+        # (boxing, four result tensors, .tolist()) would cost more than the fit.
+        epoch, status, final, losses, packed, zero_grad = _direct.fit_sgd(
+            *direct, start, lr, momentum, dampening, nesterov, weight_decay, maximize,
+            epochs, tol, torch.get_num_threads())
+        return epoch, status, final, losses, None, packed, zero_grad
+    if weights is None:
+        weights = _tutorial_weights(inputs.dtype, inputs.device)
+    epoch, status, final, losses, biases = _fit_sgd_op(
+        inputs, labels, weights, start, lr, momentum, dampening, nesterov, weight_decay,
+        maximize, epochs, tol)
+    # A stall that began before the last epoch repeats its loss exactly
+    # (every output is 0, so the loss is sum(y^2) in the kernel's fixed
+    # order): the op reports no gradients, so look only then.
+    zero_grad = len(losses) - 2 if len(losses) > 1 and losses[-1] == losses[-2] else -1
+    return epoch, status, final, losses, biases, None, zero_grad
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
-def _direct_ok(inputs, labels, weights) -> bool:
-    """Whether _direct.fit_sgd may read these tensors' memory as they are.
+# The tutorial weights on the CPU and their address, per dtype: the direct
+# call's default, read without a tensor attribute lookup.
+_CPU_WEIGHTS = {dtype: (lambda w: (w, w.data_ptr()))(_tutorial_weights(dtype, torch.device("cpu")))
+                for dtype in _FLOAT_DTYPES}
 
-    Only what the raw call needs (contiguous CPU data of one float dtype and
-    matching shapes): anything else goes to the op, whose checks
-    (csrc/checks.cpp) name what is wrong."""
-    return (inputs.is_cpu and labels.is_cpu and weights.is_cpu
-            and inputs.dtype in _FLOAT_DTYPES and labels.dtype is inputs.dtype
-            and weights.dtype is inputs.dtype and weights.numel() == 6
-            and inputs.shape == labels.shape and inputs.numel() > 0
-            and inputs.is_contiguous() and labels.is_contiguous()
-            and weights.is_contiguous())
+
+_direct.setup_plain(torch.Tensor, torch.float32, torch.float64,
+                    _CPU_WEIGHTS[torch.float32][1], _CPU_WEIGHTS[torch.float64][1],
+                    distributed.initialized_check())
+
+
+def _direct_args(inputs, labels, weights):
+    """(x, y, n, weights, is_double) for _direct.fit_sgd when it may read
+    these tensors' memory as they are, else None.
+
+    Only what the raw call needs (1-D contiguous CPU data of one float dtype
+    and one length; weights None for the tutorial's): anything else goes to
+    the op, whose checks (csrc/checks.cpp) name what is wrong."""
+    dtype = inputs.dtype
+    if not (dtype in _CPU_WEIGHTS and labels.dtype is dtype and inputs.is_cpu
+            and labels.is_cpu and inputs.dim() == 1 and labels.dim() == 1
+            and inputs.is_contiguous() and labels.is_contiguous()):
+        return None
+    n = inputs.numel()
+    if n == 0 or labels.numel() != n:
+        return None
+    if weights is None:
+        w = _CPU_WEIGHTS[dtype][1]
+    elif (weights.is_cpu and weights.dtype is dtype and weights.numel() == 6
+          and weights.is_contiguous()):
+        w = weights.data_ptr()
+    else:
+        return None
+    return inputs.data_ptr(), labels.data_ptr(), n, w, dtype is torch.float64
 
 
 def _fit_sgd_op(inputs, labels, weights, bias, *options):

@@ -6,8 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #include "grads_simd_cpu.h"
 #include "kernels_cpu.h"
@@ -124,27 +122,25 @@ BIASFIT_HD ParamSums chunk_param_sums(const Point& point, int64_t begin,
 }
 
 // Compiled for AVX-512, AVX2 and the baseline, chosen at run time as
-// sum_chunk; all add in the same order, so they give the same bits. The
-// contiguous all-seven points (the trainer's epochs) take the hand-vectorized
-// lanes of grads_simd_cpu.h; the others gcc's own compilation of the loop.
-#define BIASFIT_AVX512 "avx512f,avx512dq,avx512vl,avx512bw,prefer-vector-width=512"
-
+// sum_chunk (kernels_cpu.h's kIsa); all add in the same order, so they give
+// the same bits. The contiguous all-seven points (the trainer's epochs) take
+// the hand-vectorized lanes of grads_simd_cpu.h; the others gcc's own
+// compilation of the loop.
 template <bool kParams, typename Point>
-__attribute__((target(BIASFIT_AVX512))) ParamSums param_chunk_avx512(
-    const Point& p, int64_t begin, int64_t end) {
+BIASFIT_AVX512 ParamSums param_chunk_avx512(const Point& p, int64_t begin,
+                                           int64_t end) {
   return chunk_param_sums<kParams>(p, begin, end);
 }
 
 template <bool kParams, typename Point>
-__attribute__((target("avx2"))) ParamSums param_chunk_avx2(const Point& p,
-                                                           int64_t begin,
-                                                           int64_t end) {
+BIASFIT_AVX2 ParamSums param_chunk_avx2(const Point& p, int64_t begin,
+                                       int64_t end) {
   return chunk_param_sums<kParams>(p, begin, end);
 }
 
 template <bool kParams, typename T>
-__attribute__((target(BIASFIT_AVX512))) ParamSums param_chunk_avx512(
-    const PointLossParamGrads<T>& p, int64_t begin, int64_t end) {
+BIASFIT_AVX512 ParamSums param_chunk_avx512(const PointLossParamGrads<T>& p,
+                                           int64_t begin, int64_t end) {
   if (!kParams) return chunk_param_sums<kParams>(p, begin, end);
   ParamLanes lanes;
   const int64_t i = simd_param_lanes<64>(p.x, p.y, p.w, p.bias, begin, end,
@@ -153,8 +149,8 @@ __attribute__((target(BIASFIT_AVX512))) ParamSums param_chunk_avx512(
 }
 
 template <bool kParams, typename T>
-__attribute__((target("avx2"))) ParamSums param_chunk_avx2(
-    const PointLossParamGrads<T>& p, int64_t begin, int64_t end) {
+BIASFIT_AVX2 ParamSums param_chunk_avx2(const PointLossParamGrads<T>& p,
+                                       int64_t begin, int64_t end) {
   if (!kParams) return chunk_param_sums<kParams>(p, begin, end);
   ParamLanes lanes;
   const int64_t i = simd_param_lanes<32>(p.x, p.y, p.w, p.bias, begin, end,
@@ -167,27 +163,9 @@ ParamSums param_chunk_baseline(const Point& p, int64_t begin, int64_t end) {
   return chunk_param_sums<kParams>(p, begin, end);
 }
 
-// The widest instruction set this CPU has, or a lower one that
-// BIASFIT_CPU_KERNEL (baseline, avx2) forces, for the tests' comparisons.
-enum class Isa { kBaseline, kAvx2, kAvx512 };
-inline Isa pick_param_isa() {
-  const char* pick = std::getenv("BIASFIT_CPU_KERNEL");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
-                      __builtin_cpu_supports("avx512dq") &&
-                      __builtin_cpu_supports("avx512vl") &&
-                      __builtin_cpu_supports("avx512bw");
-  if (pick != nullptr && std::strcmp(pick, "baseline") == 0) return Isa::kBaseline;
-  if (pick != nullptr && std::strcmp(pick, "avx2") == 0) {
-    return avx2 ? Isa::kAvx2 : Isa::kBaseline;
-  }
-  return avx512 ? Isa::kAvx512 : avx2 ? Isa::kAvx2 : Isa::kBaseline;
-}
-inline const Isa kParamIsa = pick_param_isa();
-
 template <bool kParams, typename Point>
 ParamSums sum_param_chunk(const Point& p, int64_t begin, int64_t end) {
-  switch (kParamIsa) {
+  switch (kIsa) {
     case Isa::kAvx512: return param_chunk_avx512<kParams>(p, begin, end);
     case Isa::kAvx2: return param_chunk_avx2<kParams>(p, begin, end);
     default: return param_chunk_baseline<kParams>(p, begin, end);

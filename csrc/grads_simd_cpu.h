@@ -12,28 +12,41 @@
 // them: the same bits, which tests/test_cpu_kernels.py checks per kernel.
 #pragma once
 
+#include <immintrin.h>
+
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
 
+#include "kernels_cpu.h"  // Relu<__m256>
 #include "network.h"
 #include "reduce_cpu.h"
 
 namespace biasfit {
 namespace cpu {
 
-// kBytes: a vector register's width, 32 (AVX2) or 64 (AVX-512).
+// kBytes: a vector register's width, 32 (AVX2) or 64 (AVX-512). D: that
+// many bytes of doubles; F: as many floats as D has doubles, so one load
+// widens to one D. x86's own types, so that network.h's relu takes
+// kernels_cpu.h's one-instruction max for __m256.
 template <int kBytes>
-struct Simd {
-  typedef double D __attribute__((vector_size(kBytes)));
-  // As many floats as D has doubles: one load widens to one D.
-  typedef float F __attribute__((vector_size(kBytes / 2)));
-  static constexpr int kWidth = kBytes / int(sizeof(double));
+struct Simd;
+template <>
+struct Simd<64> {
+  using D = __m512d;
+  using F = __m256;
+  static constexpr int kWidth = 8;
+};
+template <>
+struct Simd<32> {
+  using D = __m256d;
+  using F = __m128;
+  static constexpr int kWidth = 4;
 };
 
 template <typename V, typename S>
-BIASFIT_HD V broadcast(S s) {
+BIASFIT_HD V every_lane(S s) {
   V v;  // lane by lane, which keeps -0 (0 + s would not)
   for (int k = 0; k < int(sizeof(V) / sizeof(S)); ++k) v[k] = s;
   return v;
@@ -76,11 +89,11 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
   constexpr int kWidth = Simd<kBytes>::kWidth, kSteps = kLanes / kWidth;
   static_assert(kLanes % kWidth == 0, "whole vectors of lanes");
   const WidenLanes<D> to_d;
-  const Weights<V> wv{broadcast<V>(w.w00), broadcast<V>(w.b00),
-                      broadcast<V>(w.w01), broadcast<V>(w.w10),
-                      broadcast<V>(w.b10), broadcast<V>(w.w11)};
+  const Weights<V> wv{every_lane<V>(w.w00), every_lane<V>(w.b00),
+                      every_lane<V>(w.w01), every_lane<V>(w.w10),
+                      every_lane<V>(w.b10), every_lane<V>(w.w11)};
   const Weights<D> wd = widen<D>(wv, to_d);
-  const V bv = broadcast<V>(bias);
+  const V bv = every_lane<V>(bias);
   D loss_acc[kSteps] = {}, grad_acc[kNumParams][kSteps] = {};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {

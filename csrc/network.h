@@ -42,11 +42,21 @@ struct Weights {
 // them (__m256 and friends): the CPU trainer's AVX2 loop calls relu and
 // active_residual on 8 points at once, so even its vector code has no second
 // copy of the formulas. Hence T{} for zero, which both kinds of T accept.
+//
+// relu goes through a trait so that the CPU kernels can give SIMD vectors
+// the one-instruction IEEE max, which computes exactly this (kernels_cpu.h).
+template <typename T>
+struct Relu {
+  BIASFIT_HD static T of(T z) {
+    // As torch.relu: NaN propagates (a comparison with NaN is false) and -0
+    // stays -0.
+    return z < T{} ? T{} : z;
+  }
+};
+
 template <typename T>
 BIASFIT_HD T relu(T z) {
-  // As torch.relu: NaN propagates (a comparison with NaN is false) and -0
-  // stays -0.
-  return z < T{} ? T{} : z;
+  return Relu<T>::of(z);
 }
 
 // The tutorial computes input * w + b, then relu(.) * w_out, then

@@ -7,8 +7,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -19,25 +21,86 @@
 namespace biasfit {
 namespace cpu {
 
-// BIASFIT_TRAINER_REGROUP=0 makes the trainer sum every chunk of the data in
-// its own order each epoch: to measure the regrouping both ways.
-inline bool regrouping_enabled() {
-  const char* pick = std::getenv("BIASFIT_TRAINER_REGROUP");
-  return pick == nullptr || std::strcmp(pick, "0") != 0;
+// How a fit reads its points each epoch. Only final_bias trains, so
+// hidden(x) is the same every epoch and can be
+//   kStream:     computed again every epoch from x (no memory, more work);
+//   kHiddenOnce: computed once into a buffer the epochs read (a pass and an
+//                allocation first: on a fresh buffer the page faults alone
+//                cost ~1.7 ns a point on the 2-core EPYC VM, 5-6 epochs);
+//   kRegroup:    computed once and the points regrouped by it
+//                (active_set_cpu.h), so that epochs skip the chunks whose
+//                output units are all off.
+// Every plan sums the same points in the same chunks, lanes and trees, so
+// kStream and kHiddenOnce give the same bits; kRegroup sums the regrouped
+// order. choose_plan picks the cheapest by the cost model below;
+// BIASFIT_TRAINER_PLAN=stream|once|regroup forces one (to measure each).
+enum class Plan { kStream, kHiddenOnce, kRegroup };
+
+// Costs per point in units of one kHiddenOnce epoch, measured with
+// BIASFIT_TRAINER_PLAN on the 2-core AMD EPYC (Zen 4, AVX-512), float32, one
+// thread, CPU time at load ~20 (tools: benchmarks/bench_peers.py's cells):
+//   1e7 points (80 MB): a streamed epoch runs as fast as a hidden-once one
+//   (both at the read pass's speed: memory bound); the buffer costs ~6
+//   epochs (mostly first-touch page faults); regrouping ~25 more.
+//   1e5-1e6 points (in cache): a streamed epoch costs ~1.6 hidden-once ones
+//   (the hidden layer's arithmetic shows); the buffer ~2 epochs.
+struct PlanCosts {
+  double stream_epoch;   // a streamed epoch
+  double hidden_setup;   // allocating and filling the hidden buffer
+  double regroup_setup;  // the regrouping on top of that
+};
+constexpr PlanCosts kCachedCosts{1.6, 2.0, 25.0};
+constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
+// Inputs and labels up to this size count as cached (L3 of the EPYC: 32 MB).
+constexpr int64_t kCachedBytes = int64_t(16) << 20;
+// Regrouping needs chunks to skip.
+constexpr int64_t kRegroupMinChunks = 4;
+
+// The share of points whose output unit is off at `bias`, from up to 4096
+// evenly spaced points: what regrouping can skip, at least at the start.
+template <typename T>
+double off_share(const T* x, int64_t n, const Weights<T>& w, T bias) {
+  const int64_t samples = std::min<int64_t>(n, 4096);
+  int64_t off = 0;
+  for (int64_t j = 0; j < samples; ++j) {
+    off += !(add_rn(hidden(x[j * n / samples], w), bias) > T(0));
+  }
+  return double(off) / double(samples);
 }
 
-// When the trainer regroups points (active_set_cpu.h): large enough data that
-// an epoch has several chunks to skip, and epochs enough to repay the
-// regrouping, whose scatter costs 15-25 full epochs (2-core EPYC, 1e6 and
-// 1e7 points; fits of 20 epochs were as fast or faster without it).
-constexpr int64_t kRegroupMinChunks = 4;
-constexpr int64_t kRegroupMinEpochs = 32;
+// The cheapest plan for a fit of `epochs` over n points of `bytes` each
+// (inputs and labels), `off` of them off at the start (off_share).
+inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off) {
+  if (const char* pick = std::getenv("BIASFIT_TRAINER_PLAN")) {
+    if (std::strcmp(pick, "stream") == 0) return Plan::kStream;
+    if (std::strcmp(pick, "once") == 0) return Plan::kHiddenOnce;
+    if (std::strcmp(pick, "regroup") == 0 && num_chunks(n) > 1) {
+      return Plan::kRegroup;
+    }
+  }
+  const PlanCosts& c = n * bytes <= kCachedBytes ? kCachedCosts : kMemoryCosts;
+  const double e = double(epochs);
+  const double stream = e * c.stream_epoch;
+  const double once = c.hidden_setup + e;
+  // Regrouped, the off points fill whole chunks but the last: an epoch
+  // skips only those.
+  const int64_t chunks = num_chunks(n);
+  const double skipped = std::floor(off * double(chunks)) / double(chunks);
+  const double regroup = chunks >= kRegroupMinChunks
+                             ? c.hidden_setup + c.regroup_setup + e * (1 - skipped)
+                             : once + 1;
+  if (stream <= once && stream <= regroup) return Plan::kStream;
+  return once <= regroup ? Plan::kHiddenOnce : Plan::kRegroup;
+}
 
 // Each epoch's loss and the bias it was taken at, grown as the fit goes: a
 // budget of 10^18 epochs that converges after 34 allocates for 34.
 template <typename T>
 struct History {
   std::vector<T> losses, biases;
+  // The first epoch whose gradient sum was exactly 0, or -1: every output
+  // unit off gives 0, so a fit can only have stalled (train.py) from there.
+  int64_t first_zero_grad = -1;
 
   void make_room(int64_t epoch, int64_t epochs) {
     if (epoch < int64_t(losses.size())) return;
@@ -83,6 +146,9 @@ template <typename T>
 void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
                History<T>& history, InterruptPoll& poll) {
   history.make_room(state.epoch, opt.epochs);
+  if (sums.grad == 0 && history.first_zero_grad < 0) {
+    history.first_zero_grad = state.epoch;
+  }
   state.end_epoch(sums, opt, history.losses.data(), history.biases.data());
   if (state.status == kRunning && poll.due()) state.status = kInterrupted;
 }
@@ -94,8 +160,8 @@ void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
 // threads; the rest come from `set` (if any). The chunks and the tree that
 // combines them are deterministic_sum's, so the sums are the same bits for
 // any number of threads.
-template <typename T>
-void run_epochs(PointLossFromHidden<T> point, int64_t n,
+template <typename T, typename Point>
+void run_epochs(Point point, int64_t n,
                 const ActiveSet<T>* set, FitState<T>& state,
                 const FitOptions& opt, int threads, History<T>& history,
                 InterruptPoll& poll) {
@@ -139,30 +205,35 @@ void run_epochs(PointLossFromHidden<T> point, int64_t n,
   }
 }
 
-// A whole fit over x[0..n), y[0..n) (contiguous) from `bias`. The frozen
-// weights make hidden(x[i]) the same every epoch: computed once here, each
-// epoch reads hidden and labels (as many bytes as inputs and labels) and
-// does a third of the arithmetic. hidden is kept in the data's dtype,
-// exactly as the per-epoch evaluation would round it.
+// A whole fit over x[0..n), y[0..n) (contiguous) from `bias`, reading the
+// points as choose_plan decides. The hidden buffer is kept in the data's
+// dtype, exactly as the per-epoch evaluation rounds it.
 template <typename T>
 FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
                   T bias, const FitOptions& opt, int threads,
                   History<T>& history, Interrupt interrupt = {}) {
-  std::vector<T> hidden_x(n);
-  map_points(x, hidden_x.data(), n, threads,
+  FitState<T> state = FitState<T>::start(bias, opt.epochs);
+  InterruptPoll poll(interrupt, n);
+  const Plan plan =
+      choose_plan(n, 2 * sizeof(T), opt.epochs, off_share(x, n, w, bias));
+  if (plan == Plan::kStream) {
+    run_epochs(PointLoss<T>{x, y, w, T(0)}, n, static_cast<ActiveSet<T>*>(nullptr),
+               state, opt, threads, history, poll);
+    return state;
+  }
+  // Not value-initialized: every element is written by map_points.
+  std::unique_ptr<T[]> hidden_x(new T[n]);
+  map_points(x, hidden_x.get(), n, threads,
              [&](T xi) { return hidden(xi, w); });
-  PointLossFromHidden<T> point{hidden_x.data(), y, T(0)};
+  PointLossFromHidden<T> point{hidden_x.get(), y, T(0)};
   std::optional<ActiveSet<T>> set;
-  if (num_chunks(n) >= kRegroupMinChunks && opt.epochs >= kRegroupMinEpochs &&
-      regrouping_enabled()) {
+  if (plan == Plan::kRegroup) {
     set = ActiveSet<T>::build(point.h, point.y, n, point,
                               sum_chunk<PointLossFromHidden<T>>, threads);
     point.h = set->h.data();
     point.y = set->y.data();
-    std::vector<T>().swap(hidden_x);  // regrouped: the original order is done
+    hidden_x.reset();  // regrouped: the original order is done
   }
-  FitState<T> state = FitState<T>::start(bias, opt.epochs);
-  InterruptPoll poll(interrupt, n);
   run_epochs(point, n, set ? &*set : nullptr, state, opt, threads, history,
              poll);
   return state;

@@ -29,9 +29,10 @@ def rel_err(a, b):
     return abs(a - b) / max(abs(b), 1e-300)
 
 
-# The CPU trainer regroups the points by hidden value (csrc/active_set_cpu.h)
-# for fits of at least this many epochs over at least this many chunks
-# (csrc/cpu.cpp's kRegroupMinEpochs, kRegroupMinChunks; reduce_cpu.h's kChunk).
+# The CPU trainer may regroup the points by hidden value (csrc/active_set_cpu.h)
+# over at least this many chunks (trainer_cpu.h's kRegroupMinChunks; reduce_cpu.h's
+# kChunk), when its cost model says so (choose_plan); BIASFIT_TRAINER_PLAN forces
+# a plan. REGROUP_EPOCHS: a fit long enough to regroup.
 REGROUP_EPOCHS, REGROUP_CHUNKS, CHUNK = 32, 4, 1 << 14
 
 
@@ -47,8 +48,19 @@ def regrouped_order(x, w):
 
 def cpu_trainer_order(x, w, epochs):
     """The order in which the CPU trainer sums x's points in a fit of
-    `epochs` epochs: regrouped_order or x's own (None)."""
+    `epochs` epochs from bias 0: regrouped_order or x's own (None)."""
+    from biasfit import _direct
+
     chunks = -(-x.numel() // CHUNK)
-    if x.device.type == "cpu" and epochs >= REGROUP_EPOCHS and chunks >= REGROUP_CHUNKS:
-        return regrouped_order(x, w)
-    return None
+    if x.device.type != "cpu" or chunks < REGROUP_CHUNKS:
+        return None
+    # trainer_cpu.h's off_share: up to 4096 evenly spaced points.
+    n = x.numel()
+    samples = min(n, 4096)
+    at = torch.tensor([j * n // samples for j in range(samples)])
+    w00, b00, w01, w10, b10, w11 = w
+    xs = x[at]
+    h = (xs * w00 + b00).relu() * w01 + (xs * w10 + b10).relu() * w11
+    off = float((~(h > 0)).sum()) / samples
+    plan = _direct.trainer_plan(n, 2 * x.element_size(), epochs, off)
+    return regrouped_order(x, w) if plan == "regroup" else None

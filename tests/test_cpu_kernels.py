@@ -3,9 +3,9 @@
 The trainer (fit_sgd) sums each epoch with its own hand-vectorized loop over
 precomputed hidden values; fused_loss evaluates the whole network per point;
 the all-seven pass (fused_loss_grads, fit_params) runs network.h on SIMD
-vectors. Each must give the same bits on the widest kernels this CPU has
-(AVX-512 or AVX2) and on the lower ones BIASFIT_CPU_KERNEL=baseline|avx2
-forces, for any thread count.
+vectors. Each must give the same bits on AVX-512, on AVX2 and on the
+baseline kernels (BIASFIT_CPU_KERNEL=avx2 or =baseline forces a lower set),
+for any thread count.
 """
 import json
 import os
@@ -58,10 +58,12 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype):
-    # Large and long enough for the trainer to regroup the points by hidden
-    # value and skip chunks whose output units are all off: its epochs are
-    # fused_loss over the regrouped points, bit for bit.
+def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype, monkeypatch):
+    monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "regroup")
+    # Regrouped by hidden value (forced here; the trainer's cost model
+    # chooses it for long fits with many units off), skipping chunks whose
+    # output units are all off: its epochs are fused_loss over the regrouped
+    # points, bit for bit.
     n = 6 * CHUNK + 5
     x, y, w, b = special_problem(n, dtype)
     b = torch.tensor(-8.0, dtype=dtype)  # a few chunks on, most off
@@ -83,7 +85,8 @@ def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_regrouped_trainer_with_non_finite_inputs(bad):
+def test_regrouped_trainer_with_non_finite_inputs(bad, monkeypatch):
+    monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "regroup")
     n = 5 * CHUNK
     x, y, w, b = special_problem(n, torch.float64)
     x[n // 2] = bad  # hidden: NaN for NaN and +inf, 0 for -inf
@@ -120,9 +123,14 @@ def _sums_json(sizes):
             loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
             sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b)
             final, losses, _, _ = fit_sgd(x, y, w, b, epochs=4)
+            # Long enough to regroup; and the strided (view) kernel.
+            regrouped = fit_sgd(x, y, w, torch.tensor(-8.0, dtype=dtype),
+                                epochs=REGROUP_EPOCHS)[1]
+            strided = torch.ops.biasfit.fused_loss(x[::3], y[::3], w, b)
             out[f"{dtype}-{n}"] = [v.hex() for v in
                                    [loss.item(), grad.item(), *sums.tolist(), final.item(),
-                                    *losses.tolist(), *_all_seven(x, y, w, b)]]
+                                    *losses.tolist(), *regrouped.tolist(),
+                                    *(s.item() for s in strided), *_all_seven(x, y, w, b)]]
     return json.dumps(out)
 
 
@@ -130,14 +138,17 @@ def _sums_json(sizes):
 KERNEL_SIZES = [13, 16 * 7 + 5, 3 * CHUNK + 21]
 
 
-@pytest.mark.parametrize("kernel", ["baseline", "avx2"])
-def test_lower_kernels_give_the_default_bits(kernel):
-    # The default is the widest kernel this CPU has (AVX-512, else AVX2);
-    # BIASFIT_CPU_KERNEL forces a lower one in a fresh process.
-    if "avx2" not in open("/proc/cpuinfo").read():
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_instruction_set_gives_the_same_bits(isa):
+    # This process runs the best kernels the CPU has (AVX-512 or AVX2);
+    # BIASFIT_CPU_KERNEL makes a child take a lower set.
+    flags = open("/proc/cpuinfo").read()
+    if "avx2" not in flags:
         pytest.skip("no AVX2 here: every run already takes the baseline kernels")
+    if isa == "avx2" and "avx512f" not in flags:
+        pytest.skip("no AVX-512 here: every run already takes the AVX2 kernels")
     code = "import test_cpu_kernels as t; print(t._sums_json(%r))" % (KERNEL_SIZES,)
-    env = dict(os.environ, BIASFIT_CPU_KERNEL=kernel)
+    env = dict(os.environ, BIASFIT_CPU_KERNEL=isa)
     # Run from tests/, which `python -c` puts first on sys.path: from the
     # repository root, `import biasfit` would find the unbuilt source tree.
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -181,3 +192,55 @@ def test_fit_params_same_bits_for_any_thread_count():
         torch.set_num_threads(before)
     assert results[0] == results[1] == results[2]
     assert results[0][2] == [6, 2, -1]  # every epoch ran
+
+
+LANES = 16  # csrc/reduce_cpu.h's kLanes
+
+
+def cpu_order_sum(values):
+    """reduce_cpu.h's documented order, in float64: chunks of CHUNK points;
+    in a chunk, point i adds into lane i % LANES (lanes start at +0.0), the
+    lanes combine in the tree l[k] += l[k + w] for w = 8, 4, 2, 1; the chunk
+    sums combine pairwise ((c0 + c1) + (c2 + c3)) + ... ."""
+    chunks = []
+    for start in range(0, len(values), CHUNK):
+        lanes = [0.0] * LANES
+        for i, v in enumerate(values[start:start + CHUNK]):
+            lanes[i % LANES] += v
+        width = LANES // 2
+        while width:
+            for k in range(width):
+                lanes[k] += lanes[k + width]
+            width //= 2
+        chunks.append(lanes[0])
+    while len(chunks) > 1:
+        pairs = [chunks[i] + chunks[i + 1] for i in range(0, len(chunks) - 1, 2)]
+        chunks = pairs + ([chunks[-1]] if len(chunks) % 2 else [])
+    return chunks[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 15, 16, 17, 33, CHUNK + 3, 2 * CHUNK + 37])
+def test_sums_follow_the_documented_order(n, dtype):
+    # The per-point values in the data's dtype, as network.h evaluates them
+    # (torch's eager ops round each multiply and add alike), summed in the
+    # order above in Python floats: every kernel, small chunks included,
+    # must give exactly these bits.
+    x, y, w, b = special_problem(n, dtype)
+    w00, b00, w01, w10, b10, w11 = w
+    h = (x * w00 + b00).relu() * w01 + (x * w10 + b10).relu() * w11
+    z = h + b
+    r = z.relu() - y
+    loss = (r.double() * r.double()).tolist()
+    grad = (2.0 * torch.where(z > 0, r, torch.zeros_like(r)).double()).tolist()
+    sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b).tolist()
+    assert sums[0] == cpu_order_sum(loss)
+    assert sums[1] == cpu_order_sum(grad)
+    # The trainer's first epoch (the direct call's, and the op's) is the
+    # same sum; with every unit off, fit_fused reports the stall instead.
+    try:
+        first = biasfit.fit_fused(x, y, weights=w, bias=b, epochs=1, tol=0.0, lr=0.0)
+    except biasfit.StalledError as e:
+        first = e.result
+    _, losses, _, _ = fit_sgd(x, y, w, b, epochs=1)
+    assert first.losses[0] == losses[0].item() == torch.tensor(sums[0], dtype=dtype).item()
