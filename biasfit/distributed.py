@@ -19,9 +19,10 @@ optimizer's step) in the next epoch's collective, or in one closing
 collective as the fit ends, so every rank stops within an epoch's time.
 
 Before the first epoch, check_shards gathers a description of every rank's
-shard and settings, so a bad shard (labels of another shape, a dtype, frozen
-weights or starting bias different from rank 0's) stops every rank with the
-same message. An empty shard (more ranks than rows) adds zero sums. all_or_none does the same for any step before the fit (the command
+shard and settings, so a bad shard (labels of another shape, a dtype, any of
+the seven starting values, the set of trained parameters or the optimizer's
+settings different from rank 0's) stops every rank with the same message:
+ranks that agree on the trained parameters send rows of one width. An empty shard (more ranks than rows) adds zero sums. all_or_none does the same for any step before the fit (the command
 line reads each rank's rows in one).
 
 None of them catches a rank that dies or hangs outside the epoch's computation:
@@ -167,8 +168,9 @@ class ShardError(ValueError):
 
 def check_shards(inputs, labels, settings: dict) -> int:
     """Before the first epoch: every rank's shard must be usable, of one
-    dtype, and every rank must fit with the same settings (starting bias,
-    optimizer, frozen weights, epochs, tol...). Raises the same
+    dtype, and every rank must fit with the same settings (the seven
+    starting values, which of them train, the optimizer and its
+    hyperparameters, epochs, tol...). Raises the same
     DistributedFitError on every rank otherwise, naming the ranks that differ
     from rank 0 and the settings in which they differ. A rank may hold no
     rows (more ranks than rows): it adds zero sums. Returns the total number

@@ -95,14 +95,16 @@ def _check_loop_args(lr, epochs, tol):
 
 def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         callback=None, engine="autograd"):
-    """Train model.final_bias on (inputs, labels) with the tutorial's loop.
+    """Train the model on (inputs, labels) with the tutorial's loop.
 
     Trains every parameter of the model that requires grad (the tutorial's
     BasicNN: final_bias alone, unless others are set to require grad).
     optimizer: any torch.optim optimizer over model.parameters() (default
     SGD(lr=lr)); engine="fused" takes SGD, Adam and AdamW. callback(epoch,
     loss, bias) is called for every epoch (after the native call, for the
-    fused engine).
+    fused engine). Under torch.distributed (e.g. torchrun) inputs and labels
+    are this rank's shard, and every rank trains one model on all of them
+    (biasfit/distributed.py).
     Raises DivergedError if the loss or bias becomes inf or NaN, and
     StalledError if SGD reaches a bias where every output unit is off.
     """
