@@ -151,3 +151,15 @@ def test_params_step_opcheck():
     torch.library.opcheck(torch.ops.biasfit.params_step.default,
                           (p, p * 0.5, state, 127, 1, 0.01, 0.0, 0.0, False, 0.0, False,
                            0.9, 0.999, 1e-8, True))
+
+
+def test_params_step_cuda_slot_errors_clearly():
+    # No CUDA kernel: whatever the build, the CUDA slot says so in one line
+    # rather than the dispatcher's generic "could not run".
+    cuda_key = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    p = torch.zeros(7, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="biasfit::params_step (got a CUDA tensor, but this "
+                                           "biasfit was built without CUDA|has no CUDA kernel)"):
+        torch.ops.biasfit.params_step.default.redispatch(
+            cuda_key, p, p, torch.zeros(7, 4, dtype=torch.float64), 1, 0, 0.1, 0.0, 0.0,
+            False, 0.0, False, 0.9, 0.999, 1e-8, False)
