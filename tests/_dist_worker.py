@@ -97,11 +97,13 @@ def failing_callback(at, message):
 
 def failing_case(spec, rank, world):
     """Rank `spec['rank']` gets a broken shard, setting, model or callback
-    ("all_empty" and "callback_everywhere" break every rank)."""
+    ("all_empty", "diverge" and "callback_everywhere" break every rank)."""
     x, y = shard(spec, rank, world, *make_data(spec))
     model = callback = None
     if spec["kind"] == "all_empty":
         x, y = x[:0], y[:0]
+    elif spec["kind"] == "diverge":  # labels far above every output, on every rank
+        y = y + 1e3
     elif spec["kind"] == "callback_everywhere":
         callback = failing_callback(spec["at"], f"stop at epoch {spec['at']}")
     elif rank == spec["rank"]:

@@ -441,6 +441,12 @@ FAIL_CASES = [
          expect=["DistributedFitError", "rank 1", "'lr': 0.2"]),
     dict(FAIL_PARAMS, kind="nan", engine="fused",
          expect=["DivergedError", "the loss became nan at epoch 0"]),
+    # Every rank's w11 overflows alike in the first step: each raises the
+    # one-process error, naming the parameter.
+    *[dict(FAIL_BASE, kind="diverge", engine=engine, train=["w11"],
+           optimizer=["SGD", {"lr": 1e308, "momentum": 1e10}],
+           expect=["DivergedError", "w11 became inf at epoch 0"])
+      for engine in ("autograd", "fused")],
     # One rank trains w00 too: it would send rows of another width, so the
     # shard check stops every rank first (rank 0 trains final_bias alone,
     # by SGD's own path with the autograd engine, by fit_params's with Adam).
