@@ -22,8 +22,10 @@ Before the first epoch, check_shards gathers a description of every rank's
 shard and settings, so a bad shard (labels of another shape, a dtype, any of
 the seven starting values, the set of trained parameters or the optimizer's
 settings different from rank 0's) stops every rank with the same message:
-ranks that agree on the trained parameters send rows of one width. An empty shard (more ranks than rows) adds zero sums. all_or_none does the same for any step before the fit (the command
-line reads each rank's rows in one).
+ranks that agree on the trained parameters send rows of one width. An
+empty shard (more ranks than rows) adds zero sums. all_or_none does the
+same for any step before the fit (the command line reads each rank's rows
+in one).
 
 None of them catches a rank that dies or hangs outside the epoch's computation:
 its peers then fail in their collective when the backend sees the closed
