@@ -321,8 +321,9 @@ std::tuple<Tensor, Tensor> params_step_cpu(
   check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
                     optimizer == kSgd && nesterov, weight_decay);
   if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
-  const SgdOptions sgd{lr, momentum, dampening, weight_decay, nesterov, maximize};
-  const AdamOptions adam{lr,       beta1,    beta2, eps, weight_decay,
+  const SgdOptions sgd{lr, momentum, dampening, weight_decay, nesterov,
+                       maximize};
+  const AdamOptions adam{lr,      beta1,    beta2, eps, weight_decay,
                          amsgrad, maximize, optimizer == kAdamW};
   const Tensor p_in = torch::stable::contiguous(params);
   const Tensor g_in = torch::stable::contiguous(grads);

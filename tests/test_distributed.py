@@ -115,6 +115,10 @@ FIT_CASES = [
     # engines (the autograd engine takes any torch.optim optimizer).
     *[random_case(f"{name}-{engine}", engine, optimizer, train=train, **kw)
       for name, optimizer, train, kw in PARAM_FITS for engine in ("autograd", "fused")],
+    # The autograd engine steps any torch.optim optimizer with the summed grads.
+    random_case("all-rmsprop-autograd", "autograd",
+                ["RMSprop", {"lr": 1e-3, "momentum": 0.5, "centered": True}],
+                sizes=UNEVEN, train=ALL),
 ]
 CASE_IDS = [c["id"] for c in FIT_CASES]
 
