@@ -116,6 +116,8 @@ def failing_case(spec, rank, world):
             x, y = x[:0], y[:0]
         elif kind == "lr":
             spec = dict(spec, optimizer=["SGD", {"lr": 0.2}])
+        elif kind == "start_bias":
+            spec = dict(spec, bias=-14.0)
         elif kind == "trains":
             spec = dict(spec, train=spec["train"] + ["w00"])
         elif kind == "nan":

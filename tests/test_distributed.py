@@ -441,6 +441,10 @@ FAIL_CASES = [
                    "[1.8, -0.85, -40.8, 12.6, 0.0, 2.7]} but rank 0 with {'weights': "
                    "[1.7, -0.85, -40.8, 12.6, 0.0, 2.7]}"])
       for engine in ("autograd", "fused")],
+    *[dict(FAIL_PARAMS, kind="start_bias", engine=engine,
+           expect=["DistributedFitError", "rank 1 of 2 would fit with settings {'bias': -14.0} "
+                   "but rank 0 with {'bias': 0.0}"])
+      for engine in ("autograd", "fused")],
     dict(FAIL_PARAMS, kind="lr", engine="fused",
          expect=["DistributedFitError", "rank 1", "'lr': 0.2"]),
     dict(FAIL_PARAMS, kind="nan", engine="fused",
