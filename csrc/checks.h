@@ -46,6 +46,13 @@ void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
                            const Tensor& params, int64_t trained,
                            int64_t optimizer);
 
+// params_step's arguments: params as fit_params's, grads 7 values of params'
+// dtype, state float64 [7, 4] on params' device; trained and optimizer as
+// fit_params's.
+void check_params_step_args(const Tensor& params, const Tensor& grads,
+                            const Tensor& state, int64_t trained,
+                            int64_t optimizer);
+
 // The `needs` argument of fused_loss_grads and predict_grads: a set of
 // network.h's GradNeeds bits.
 void check_needs(int64_t needs);

@@ -72,6 +72,18 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize) -> "
         "(Tensor param, Tensor momentum_buffer)");
+  // One step of fit_params's optimizer (csrc/sgd.h, adam.h) for the seven
+  // parameters at once, with fit_params's options: params[p] for each bit p
+  // of trained steps with grads[p] (params' dtype), the others are copied.
+  // state: float64 [7, 4], per parameter (momentum buffer or exp_avg,
+  // exp_avg_sq, max_exp_avg_sq, steps taken), zeros before the first step;
+  // the step's new state is returned. An epoch loop run from Python (a
+  // sharded fit, biasfit/distributed.py) thus steps with fit_params's bits.
+  // CPU tensors.
+  m.def("params_step(Tensor params, Tensor grads, Tensor state, int trained, "
+        "int optimizer, float lr, float momentum, float dampening, "
+        "bool nesterov, float weight_decay, bool maximize, float beta1, "
+        "float beta2, float eps, bool amsgrad) -> (Tensor params, Tensor state)");
 }
 
 namespace {
@@ -101,6 +113,7 @@ constexpr char kFusedLossGrads[] = "biasfit::fused_loss_grads";
 constexpr char kFusedLossGradsSums[] = "biasfit::fused_loss_grads_sums";
 constexpr char kPredictGrads[] = "biasfit::predict_grads";
 constexpr char kFitParams[] = "biasfit::fit_params";
+constexpr char kParamsStep[] = "biasfit::params_step";
 
 #ifdef BIASFIT_WITH_CUDA
 #define BIASFIT_NEW_OPS_WHY kCpuOnly
@@ -145,6 +158,11 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
                                   Tensor, Tensor, int64_t, int64_t, double, double,
                                   double, bool, double, bool, double, double,
                                   double, bool, int64_t, double>)));
+  m.impl("params_step",
+         TORCH_BOX((&cuda_refused<kParamsStep, BIASFIT_NEW_OPS_WHY,
+                                  std::tuple<Tensor, Tensor>, Tensor, Tensor, Tensor,
+                                  int64_t, int64_t, double, double, double, bool,
+                                  double, bool, double, double, double, bool>)));
 }
 
 }  // namespace biasfit
