@@ -161,12 +161,14 @@ LossGradsOutputs fused_loss_grads_cpu(Tensor inputs, Tensor labels,
         want_y ? data_of<T>(dy) : nullptr, want_x ? data_of<T>(dx) : nullptr};
     // The parameters alone over contiguous data (every training epoch of
     // the autograd engine): the branch-free points, same sums bit for bit.
+    // The parameter sums always: bias_grad is among them, and the schema
+    // promises it whatever `needs` says.
     const ParamSums sums =
         !strided && !want_y && !want_x
             ? sum_param_grads(PointLossParamGrads<T>{point.x, point.y, point.w,
                                                      point.bias},
-                              x.numel(), want_w, torch_threads())
-            : sum_param_grads(point, x.numel(), want_w, torch_threads());
+                              x.numel(), true, torch_threads())
+            : sum_param_grads(point, x.numel(), true, torch_threads());
     auto [wg, bg] = param_grad_tensors<T>(x, sums, want_w);
     return LossGradsOutputs{scalar_tensor(x, T(sums.loss)), wg, bg, dy, dx};
   });
