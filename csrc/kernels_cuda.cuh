@@ -16,12 +16,17 @@
 namespace biasfit {
 namespace cuda {
 
+// A point's Extra when it writes nothing per point.
+struct NoExtra {};
+
 // Points of fused_loss and of the trainer's epochs: (input, label).
 template <typename T>
 struct LossPoint {
+  using Extra = NoExtra;
   Weights<T> w;
   T bias;
-  __device__ LossGrad operator()(T x, T y) const {
+  Extra extra;
+  __device__ LossGrad operator()(T x, T y, int64_t) const {
     return point_loss_grad(x, y, w, bias);
   }
 };
@@ -29,9 +34,11 @@ struct LossPoint {
 // Points of predict's backward: (input, grad_out); only .grad is used.
 template <typename T>
 struct BiasGradPoint {
+  using Extra = NoExtra;
   Weights<T> w;
   T bias;
-  __device__ LossGrad operator()(T x, T g) const {
+  Extra extra;
+  __device__ LossGrad operator()(T x, T g, int64_t) const {
     return {0.0, point_bias_grad(x, g, w, bias)};
   }
 };
@@ -39,6 +46,7 @@ struct BiasGradPoint {
 // The sums take the data's type at the end, as in cpu.cpp.
 template <typename T>
 struct LossSink {
+  using Sum = LossGrad;
   T* loss;
   T* grad;
   __device__ bool active() const { return true; }
@@ -50,6 +58,7 @@ struct LossSink {
 
 template <typename T>
 struct GradSink {
+  using Sum = LossGrad;
   T* grad;
   __device__ bool active() const { return true; }
   __device__ void operator()(const LossGrad& s) const { *grad = T(s.grad); }
@@ -179,7 +188,7 @@ __global__ void __launch_bounds__(kThreads)
   if (fit->state.status != kRunning) return;
   __shared__ LossGrad smem[kWarps];
   __shared__ bool last;
-  const LossPoint<T> point{Weights<T>::load(weights), fit->state.bias};
+  const LossPoint<T> point{Weights<T>::load(weights), fit->state.bias, {}};
   const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const LossGrad sum =

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "fit.h"
 #include "kernels_cuda.cuh"
@@ -49,20 +50,24 @@ void predict(Launcher& l, const T* x, int64_t n, const T* weights,
            bias, out);
 }
 
-// sink(sum over i of point(a[i], b[i])): partial sums by block, then one
-// block adds them (reduce_cuda.cuh's order), all on the device.
+// sink(sum over i of point(a[i], b[i], i)): partial sums by block, then one
+// block adds them (reduce_cuda.cuh's order), all on the device. extra: the
+// point's per-point outputs, if any.
 template <typename Point, typename T, typename Sink, typename Launcher>
 void sum_points(Launcher& l, const Inputs<T>& in, const T* weights,
-                const T* bias, const Sink& sink) {
+                const T* bias, const Sink& sink,
+                const typename Point::Extra& extra = {}) {
+  using S = SumOf<Point, T>;
+  static_assert(std::is_same<S, typename Sink::Sum>::value,
+                "the sink takes the points' kind of sum");
   const int blocks = grid_blocks<T>(in.n);
-  auto* partials =
-      static_cast<LossGrad*>(l.scratch(sizeof(LossGrad) * size_t(blocks)));
+  auto* partials = static_cast<S*>(l.scratch(sizeof(S) * size_t(blocks)));
   const int64_t* no_status = nullptr;
   l.launch(dense_and_aligned(in) ? partial_sums_kernel<true, Point, T>
                                  : partial_sums_kernel<false, Point, T>,
-           blocks, kThreads, in, weights, bias, no_status, partials);
-  l.launch(finish_kernel<Sink>, 1, kThreads,
-           static_cast<const LossGrad*>(partials), blocks, sink);
+           blocks, kThreads, in, weights, bias, no_status, extra, partials);
+  l.launch(finish_kernel<Sink>, 1, kThreads, static_cast<const S*>(partials),
+           blocks, sink);
 }
 
 // Where fit_sgd writes: losses[epochs], biases[epochs], the final bias, and
