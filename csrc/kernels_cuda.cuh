@@ -158,11 +158,20 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The multi-block fit's device memory: the state, and the ticket that tells
-// the last block of an epoch's launch that every partial is in.
+// the last block of an epoch's launch that every partial is in. What
+// fit_epoch_kernel needs of a trainer: its Sum and Options, its point at the
+// current state, state.status and state.end_epoch (fit_params's trainer,
+// kernels_params_cuda.cuh, is the other one).
 template <typename T>
 struct FitDeviceState {
+  using Sum = LossGrad;
+  using Options = FitOptions;
   FitState<T> state;
   unsigned int ticket;
+
+  __device__ LossPoint<T> point(const T* weights) const {
+    return {Weights<T>::load(weights), state.bias, {}};
+  }
 };
 
 template <typename T>
@@ -179,20 +188,19 @@ __global__ void fit_start_kernel(const T* __restrict__ bias, int64_t epochs,
 // run; the partials' order, hence the bits, never does. A no-op once the fit
 // has stopped: every block reads the status before any block can take the
 // last ticket, and only that block writes the state.
-template <bool kAligned, typename T>
+template <bool kAligned, typename T, typename Fit>
 __global__ void __launch_bounds__(kThreads)
-    fit_epoch_kernel(Inputs<T> in, const T* __restrict__ weights,
-                     FitDeviceState<T>* fit, LossGrad* partials,
-                     FitOptions opt, T* __restrict__ losses,
-                     T* __restrict__ biases) {
+    fit_epoch_kernel(Inputs<T> in, const T* __restrict__ weights, Fit* fit,
+                     typename Fit::Sum* partials, typename Fit::Options opt,
+                     T* __restrict__ losses, T* __restrict__ biases) {
+  using S = typename Fit::Sum;
   if (fit->state.status != kRunning) return;
-  __shared__ LossGrad smem[kWarps];
+  __shared__ S smem[kWarps];
   __shared__ bool last;
-  const LossPoint<T> point{Weights<T>::load(weights), fit->state.bias, {}};
+  const auto point = fit->point(weights);
   const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
-  const LossGrad sum =
-      block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
+  const S sum = block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = sum;
     __threadfence();  // the partial is visible before the ticket is taken
@@ -202,7 +210,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (!last) return;
   __threadfence();  // every block's partial, seen through its ticket
-  const LossGrad total = sum_partials(partials, int(gridDim.x), smem);
+  const S total = sum_partials(partials, int(gridDim.x), smem);
   if (threadIdx.x == 0) {
     fit->state.end_epoch(total, opt, losses, biases);
     fit->ticket = 0;  // for the next epoch's launch
