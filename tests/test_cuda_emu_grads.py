@@ -237,10 +237,14 @@ def test_one_block_fit_params_agrees_with_the_cpu(emu, tmp_path, fit, dtype):
     assert list(got[3]) == [4, 2, -1] and int(got[4]["launches"]) == 1
 
 
-@pytest.mark.parametrize("fit", ["sgd nesterov wd", "adam amsgrad wd", "hidden layer only, sgd"])
-def test_multi_block_fit_params_agrees_with_the_cpu(emu, tmp_path, fit):
-    # 4097 float64 points: 3 blocks, one launch an epoch between start and publish.
-    x, _ = data(4097, np.float64, seed=1)
+@pytest.mark.parametrize("fit, dtype", [("sgd nesterov wd", np.float64),
+                                        ("adam amsgrad wd", np.float64),
+                                        ("hidden layer only, sgd", np.float64),
+                                        ("adamw amsgrad maximize", np.float32)])
+def test_multi_block_fit_params_agrees_with_the_cpu(emu, tmp_path, fit, dtype):
+    # 4097 points: 3 float64 blocks (2 float32 ones), one launch an epoch
+    # between start and publish.
+    x, _ = data(4097, dtype, seed=1)
     y = em.predict(x, W, -5.0)
     kw = dict(FITS[fit], epochs=3, tol=0.0)
     kw["lr"] = kw["lr"] / 4097 if kw["kind"] == 0 else kw["lr"]
@@ -252,9 +256,10 @@ def test_multi_block_fit_params_agrees_with_the_cpu(emu, tmp_path, fit):
 def test_bias_only_sgd_equals_the_model_fit_bit_for_bit(emu, tmp_path, n):
     # fit_params on final_bias alone with SGD is fit_sgd's fit: the same sums
     # (hidden(x) evaluated each epoch or once, the same bits) and step.
-    x, y = (np.array([0.0, 0.5, 1.0], np.float32), np.array([0.0, 1.0, 0.0], np.float32)) \
-        if n == 3 else (data(n, np.float64, seed=1)[0], None)
-    if y is None:
+    if n == 3:  # the tutorial's points, float32
+        x, y = np.array([0.0, 0.5, 1.0], np.float32), np.array([0.0, 1.0, 0.0], np.float32)
+    else:
+        x = data(n, np.float64, seed=1)[0]
         y = em.predict(x, W, -5.0)
     kw = dict(lr=0.1 if n == 3 else 0.5 / n, momentum=0.5, epochs=5, tol=0.0)
     got = emu.fit_params(tmp_path, x, y, TUTORIAL_PARAMS, trained=BIAS, kind=0, **kw)
