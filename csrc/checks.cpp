@@ -198,4 +198,33 @@ FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
           new_tensor(x, {2}, ScalarType::Long)};
 }
 
+ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
+                                const Tensor& params, int64_t trained,
+                                int64_t optimizer, double lr, double momentum,
+                                double dampening, bool nesterov,
+                                double weight_decay, bool maximize,
+                                double beta1, double beta2, double eps,
+                                bool amsgrad, int64_t epochs, double tol) {
+  check_fit_params_args(inputs, labels, params, trained, optimizer);
+  check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
+                    optimizer == kSgd && nesterov, weight_decay);
+  if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
+  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol});
+  const ParamFitOptions opt{
+      trained, optimizer,
+      SgdOptions{lr, momentum, dampening, weight_decay, nesterov, maximize},
+      AdamOptions{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  optimizer == kAdamW},
+      epochs, tol};
+  const Tensor x = torch::stable::contiguous(inputs);
+  return {x,
+          torch::stable::contiguous(labels),
+          torch::stable::contiguous(params),
+          opt,
+          new_tensor(x, {kNumParams}),
+          new_tensor(x, {epochs}),
+          new_tensor(x, {epochs}),
+          new_tensor(x, {3}, ScalarType::Long)};
+}
+
 }  // namespace biasfit

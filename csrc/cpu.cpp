@@ -163,12 +163,14 @@ LossGradsOutputs fused_loss_grads_cpu(Tensor inputs, Tensor labels,
         want_y ? data_of<T>(dy) : nullptr, want_x ? data_of<T>(dx) : nullptr};
     // The parameters alone over contiguous data (every training epoch of
     // the autograd engine): the branch-free points, same sums bit for bit.
+    // The parameter sums always: bias_grad is among them, and the schema
+    // promises it whatever `needs` says.
     const ParamSums sums =
         !strided && !want_y && !want_x
             ? sum_param_grads(PointLossParamGrads<T>{point.x, point.y, point.w,
                                                      point.bias},
-                              x.numel(), want_w, torch_threads())
-            : sum_param_grads(point, x.numel(), want_w, torch_threads());
+                              x.numel(), true, torch_threads())
+            : sum_param_grads(point, x.numel(), true, torch_threads());
     auto [wg, bg] = param_grad_tensors<T>(x, sums, want_w);
     return LossGradsOutputs{scalar_tensor(x, T(sums.loss)), wg, bg, dy, dx};
   });
@@ -251,38 +253,25 @@ FitOutputs fit_params_cpu(Tensor inputs, Tensor labels, Tensor params,
                           double weight_decay, bool maximize, double beta1,
                           double beta2, double eps, bool amsgrad,
                           int64_t epochs, double tol) {
-  check_fit_params_args(inputs, labels, params, trained, optimizer);
-  check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
-                    optimizer == kSgd && nesterov, weight_decay);
-  if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
-  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol});
-  const ParamFitOptions opt{
-      trained, optimizer,
-      SgdOptions{lr, momentum, dampening, weight_decay, nesterov, maximize},
-      AdamOptions{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                  optimizer == kAdamW},
-      epochs, tol};
-  const Tensor x = torch::stable::contiguous(inputs);
-  const Tensor y = torch::stable::contiguous(labels);
-  const Tensor start = torch::stable::contiguous(params);
-  Tensor final_params = new_tensor(x, {kNumParams});
-  Tensor losses = new_tensor(x, {epochs}), biases = new_tensor(x, {epochs});
-  Tensor info = new_tensor(x, {3}, ScalarType::Long);
+  const ParamFitCall call = prepare_fit_params(
+      inputs, labels, params, trained, optimizer, lr, momentum, dampening,
+      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol);
+  const Tensor& x = call.x;
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     History<T> history;
     const ParamFitState<T> state =
-        train_params(data_of<T>(x), data_of<T>(y), x.numel(), data_of<T>(start),
-                     opt, torch_threads(), history);
+        train_params(data_of<T>(x), data_of<T>(call.y), x.numel(),
+                     data_of<T>(call.start), call.opt, torch_threads(), history);
     const size_t seen = std::min<size_t>(history.losses.size(), size_t(epochs));
-    std::memcpy(data_of<T>(losses), history.losses.data(), seen * sizeof(T));
-    std::memcpy(data_of<T>(biases), history.biases.data(), seen * sizeof(T));
-    std::memcpy(data_of<T>(final_params), state.params, sizeof(state.params));
-    data_of<int64_t>(info)[0] = state.epoch;
-    data_of<int64_t>(info)[1] = state.status;
-    data_of<int64_t>(info)[2] = state.bad_param;
+    std::memcpy(data_of<T>(call.losses), history.losses.data(), seen * sizeof(T));
+    std::memcpy(data_of<T>(call.biases), history.biases.data(), seen * sizeof(T));
+    std::memcpy(data_of<T>(call.final_params), state.params, sizeof(state.params));
+    data_of<int64_t>(call.info)[0] = state.epoch;
+    data_of<int64_t>(call.info)[1] = state.status;
+    data_of<int64_t>(call.info)[2] = state.bad_param;
   });
-  return {final_params, losses, biases, info};
+  return call.outputs();
 }
 
 std::tuple<Tensor, Tensor> sgd_step_cpu(Tensor param, Tensor grad,
