@@ -1,11 +1,13 @@
 """Data-parallel fitting: every process of a torch.distributed group holds a
-shard of the data, and all of them train one final_bias.
+shard of the data, and all of them train one model (final_bias, or any of
+the seven parameters).
 
 When a process group is initialized (for example under `torchrun`),
 biasfit.fit treats each rank's inputs and labels as its shard. Every epoch
-each rank computes its shard's loss and d(loss)/d(bias), and ONE collective,
-an all_gather of every rank's (loss, grad, ok) row, hands every rank the
-whole table, which each sums in rank order in float64. all_reduce would not
+each rank computes its shard's loss and the gradient of each trained
+parameter, and ONE collective, an all_gather of every rank's
+(loss, grads..., ok) row, hands every rank the whole table, which each sums
+in rank order in float64. all_reduce would not
 do: the order in which gloo or NCCL add the ranks' values is theirs and may
 depend on timing, and then ranks could step differently or stop at
 different epochs. The `ok` entry carries a failure on one rank to all of
@@ -17,10 +19,13 @@ optimizer's step) in the next epoch's collective, or in one closing
 collective as the fit ends, so every rank stops within an epoch's time.
 
 Before the first epoch, check_shards gathers a description of every rank's
-shard and settings, so a bad shard (labels of another shape, a dtype, frozen
-weights or starting bias different from rank 0's) stops every rank with the
-same message. An empty shard (more ranks than rows) adds zero sums. all_or_none does the same for any step before the fit (the command
-line reads each rank's rows in one).
+shard and settings, so a bad shard (labels of another shape, a dtype, any of
+the seven starting values, the set of trained parameters or the optimizer's
+settings different from rank 0's) stops every rank with the same message:
+ranks that agree on the trained parameters send rows of one width. An
+empty shard (more ranks than rows) adds zero sums. all_or_none does the
+same for any step before the fit (the command line reads each rank's rows
+in one).
 
 None of them catches a rank that dies or hangs outside the epoch's computation:
 its peers then fail in their collective when the backend sees the closed
@@ -175,8 +180,9 @@ class ShardError(ValueError):
 
 def check_shards(inputs, labels, settings: dict) -> int:
     """Before the first epoch: every rank's shard must be usable, of one
-    dtype, and every rank must fit with the same settings (starting bias,
-    optimizer, frozen weights, epochs, tol...). Raises the same
+    dtype, and every rank must fit with the same settings (the seven
+    starting values, which of them train, the optimizer and its
+    hyperparameters, epochs, tol...). Raises the same
     DistributedFitError on every rank otherwise, naming the ranks that differ
     from rank 0 and the settings in which they differ. A rank may hold no
     rows (more ranks than rows): it adds zero sums. Returns the total number
@@ -215,14 +221,15 @@ def check_shards(inputs, labels, settings: dict) -> int:
     return rows
 
 
-def shard_sums(local_sums, inputs, like: torch.Tensor):
+def shard_sums(local_sums, inputs, like: torch.Tensor, width: int = 1):
     """local_sums, or for a rank that holds no rows, zero sums in `like`'s
-    dtype and device: an empty shard adds nothing to the loss or gradient
-    (the native ops refuse empty inputs)."""
+    dtype and device (a loss and `width` gradients): an empty shard adds
+    nothing to the loss or gradient (the native ops refuse empty inputs)."""
     if inputs.numel() != 0:
         return local_sums
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
-    return lambda: (zero, zero)
+    grads = torch.zeros(width, dtype=like.dtype, device=like.device)
+    return lambda: (zero, grads)
 
 
 # The last entry of each rank's row in a per-epoch all_gather: the rank's
@@ -232,9 +239,10 @@ _FAILED, _SUMS, _DONE = 0.0, 1.0, 2.0
 
 
 class Lockstep:
-    """The epoch loop of a sharded fit, run inside `with Lockstep() as step:`
-    on every rank, with `step.sums(local_sums, epoch, like)` as each epoch's
-    collective.
+    """The epoch loop of a sharded fit, run inside `with Lockstep(width) as
+    step:` on every rank, with `step.sums(local_sums, epoch, like)` as each
+    epoch's collective; width: the number of gradients in a row (one per
+    trained parameter), the same on every rank.
 
     Every rank of the group makes the same collectives: one per epoch and one
     more when it leaves the block (the closing one). An exception on a rank
@@ -252,7 +260,8 @@ class Lockstep:
     pass through without another collective.
     """
 
-    def __init__(self):
+    def __init__(self, width: int = 1):
+        self.width = width       # gradients per row
         self.epoch = 0           # the epoch under way (its sums exchanged or next)
         self._settled = None     # an exception the group has agreed on
 
@@ -262,7 +271,8 @@ class Lockstep:
     def __exit__(self, kind, exc, tb):
         if exc is not None and (exc is self._settled or not isinstance(exc, Exception)):
             return False
-        row = torch.tensor([math.nan, math.nan, _DONE if exc is None else _FAILED],
+        # Every row of a collective has one length: a loss, the gradients, the flag.
+        row = torch.tensor([math.nan] * (1 + self.width) + [_DONE if exc is None else _FAILED],
                            dtype=torch.float64, device=_collective_device())
         self._exchange(row, _DONE, exc, self.epoch, what="the end of the fit")
         return False  # a failure raised above; else the block's own outcome stands
@@ -270,7 +280,8 @@ class Lockstep:
     def sums(self, local_sums, epoch: int, like: torch.Tensor):
         """This epoch's (loss, grad) summed over every rank (sum_over_ranks)."""
         self.epoch = epoch
-        return sum_over_ranks(local_sums, epoch, like, exchange=self._exchange)
+        return sum_over_ranks(local_sums, epoch, like, width=self.width,
+                              exchange=self._exchange)
 
     def _exchange(self, *args, **kwargs):
         try:
@@ -311,35 +322,42 @@ def _exchange(row, expect: float, failure, epoch: int, *, what: str):
     return table
 
 
-def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, exchange=_exchange):
+def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, width: int = 1,
+                   exchange=_exchange):
     """One epoch's (loss, grad) summed over every rank's shard, identical
     bits on every rank.
 
-    local_sums() -> this rank's (loss, grad) tensors. Their sums are added in
-    float64, in rank order, and returned in the dtype and on the device of
-    `like` (the trained parameter), as the single-process loss and gradient
-    are. An exception in local_sums on any rank makes every rank raise
-    DistributedFitError naming it and its error (or, when every rank raised
-    the same, each its own exception). Inside a fit, Lockstep also carries
-    failures from outside local_sums.
+    local_sums() -> this rank's (loss, grad) tensors, grad holding `width`
+    values (one per trained parameter; the same width on every rank). Each
+    value's sums are added in float64, in rank order, and returned in the
+    dtype and on the device of `like` (the trained parameter), as the
+    single-process loss and gradient are: grad 0-d for width 1, else of
+    shape (width,). An exception in local_sums on any rank makes every rank
+    raise DistributedFitError naming it and its error (or, when every rank
+    raised the same, each its own exception). Inside a fit, Lockstep also
+    carries failures from outside local_sums.
     """
     device = _collective_device()
     failure = None
     try:
         loss, grad = local_sums()
-        row = torch.stack([loss.detach().double().reshape(()),
-                           grad.detach().double().reshape(()),
-                           torch.full((), _SUMS, dtype=torch.float64, device=loss.device)])
+        grad = grad.detach().double().reshape(-1)
+        if grad.numel() != width:
+            raise ValueError(f"biasfit: this rank's sums hold {grad.numel()} gradients, "
+                             f"expected {width}")
+        row = torch.cat([loss.detach().double().reshape(1), grad.to(loss.device),
+                         torch.full((1,), _SUMS, dtype=torch.float64, device=loss.device)])
     except Exception as e:  # reported to every rank by _exchange, then re-raised
         failure = e
-        row = torch.tensor([math.nan, math.nan, _FAILED], dtype=torch.float64)
+        row = torch.tensor([math.nan] * (1 + width) + [_FAILED], dtype=torch.float64)
     table = exchange(row.to(device), _SUMS, failure, epoch, what=f"epoch {epoch}")
-    total_loss, total_grad = table[0][0], table[0][1]
-    for part_loss, part_grad, _ in table[1:]:
-        total_loss += part_loss
-        total_grad += part_grad
+    # Python floats are float64: each column is summed in rank order.
+    total = table[0][:-1]
+    for part in table[1:]:
+        total = [t + v for t, v in zip(total, part[:-1])]
     as_data = {"dtype": like.dtype, "device": like.device}
-    return torch.tensor(total_loss, **as_data), torch.tensor(total_grad, **as_data)
+    return (torch.tensor(total[0], **as_data),
+            torch.tensor(total[1] if width == 1 else total[1:], **as_data))
 
 
 class NativeSGD:
@@ -383,3 +401,63 @@ def fused_parts(inputs, labels, weights, bias, hyper: dict):
         return torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, param).unbind()
 
     return shard_sums(local_sums, inputs, param), param, NativeSGD(param, **hyper)
+
+
+# csrc/network.h's parameter order, as fit_params and params_step take them.
+PARAM_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+
+
+class NativeParams:
+    """fit_params's optimizer step (csrc/sgd.h, adam.h) of the seven
+    parameters, through the params_step op, so an epoch loop driven from
+    Python steps with the native trainer's bits (torch.optim's own step can
+    differ in the last bit: see NativeSGD).
+
+    `params` holds the seven values (w00 ... final_bias), stepped in place;
+    `grads` the trained ones' gradients for the next step. options:
+    fit_params's (kind 0 SGD, 1 Adam, 2 AdamW, lr, momentum, dampening,
+    nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad).
+    """
+
+    def __init__(self, params, trained: int, options: dict):
+        self.params = params.detach().clone().cpu()
+        self.grads = torch.zeros_like(self.params)
+        self.trained = int(trained)
+        o = options
+        self.options = (int(o["kind"]), float(o["lr"]), float(o["momentum"]),
+                        float(o["dampening"]), bool(o["nesterov"]), float(o["weight_decay"]),
+                        bool(o["maximize"]), float(o["beta1"]), float(o["beta2"]),
+                        float(o["eps"]), bool(o["amsgrad"]))
+        self.state = torch.zeros(len(PARAM_NAMES), 4, dtype=torch.float64)
+
+    def zero_grad(self):
+        self.grads.zero_()
+
+    def step(self):
+        new, self.state = torch.ops.biasfit.params_step(
+            self.params, self.grads, self.state, self.trained, *self.options)
+        self.params.copy_(new)  # in place: views of params see the step
+
+
+def fused_params_parts(inputs, labels, params, trained: int, options: dict):
+    """The fused engine's epoch in Python for a sharded fit of any subset of
+    the seven parameters: (local_sums, optimizer) for train._run_epochs.
+    local_sums() -> this shard's float64 loss and trained gradients at the
+    optimizer's current params, from the native one-pass op that fit_params
+    runs (fit_params runs every epoch natively and cannot all-gather between
+    them); the optimizer is a NativeParams."""
+    native = NativeParams(params, trained, options)
+    index = [i for i in range(len(PARAM_NAMES)) if (trained >> i) & 1]
+    weights, bias = native.params[:6], native.params[6]  # views: they follow each step
+
+    def local_sums():
+        # fit_params's passes: the bias-only sums unless a weight trains (the
+        # same bits as its own), float64 so float32 shards add up as float32
+        # data does in one process: rounded once, after the sum.
+        if index and index[0] < 6:
+            sums = torch.ops.biasfit.fused_loss_grads_sums(inputs, labels, weights, bias)
+            return sums[0], sums[1:][index]
+        sums = torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, bias)
+        return sums[0], sums[1:1 + len(index)]  # final_bias's gradient, or none
+
+    return shard_sums(local_sums, inputs, native.params, len(index)), native

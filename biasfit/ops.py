@@ -74,6 +74,13 @@ def _sgd_step_fake(param, grad, momentum_buffer, lr, momentum, dampening,
     return torch.empty_like(param), torch.empty_like(param)
 
 
+@torch.library.register_fake("biasfit::params_step")
+def _params_step_fake(params, grads, state, trained, optimizer, lr, momentum, dampening,
+                      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad):
+    _one_device(params=params, grads=grads, state=state)
+    return (params.new_empty((7,)), state.new_empty((7, 4)))
+
+
 @torch.library.register_fake("biasfit::fused_loss_grads")
 def _fused_loss_grads_fake(inputs, labels, weights, bias, needs):
     _one_device(inputs=inputs, labels=labels, weights=weights, bias=bias)

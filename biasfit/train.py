@@ -11,7 +11,7 @@ optimizer steps. Two engines run that loop:
 
 Under torch.distributed (e.g. torchrun) each rank's data is its shard and
 both engines run the epoch loop in Python, summing every rank's loss and
-gradient each epoch: see biasfit/distributed.py.
+trained parameters' gradients each epoch: see biasfit/distributed.py.
 """
 import functools
 import math
@@ -96,14 +96,16 @@ def _check_loop_args(lr, epochs, tol):
 
 def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
         callback=None, engine="autograd"):
-    """Train model.final_bias on (inputs, labels) with the tutorial's loop.
+    """Train the model on (inputs, labels) with the tutorial's loop.
 
     Trains every parameter of the model that requires grad (the tutorial's
     BasicNN: final_bias alone, unless others are set to require grad).
     optimizer: any torch.optim optimizer over model.parameters() (default
     SGD(lr=lr)); engine="fused" takes SGD, Adam and AdamW. callback(epoch,
     loss, bias) is called for every epoch (after the native call, for the
-    fused engine).
+    fused engine). Under torch.distributed (e.g. torchrun) inputs and labels
+    are this rank's shard, and every rank trains one model on all of them
+    (biasfit/distributed.py).
     Raises DivergedError if the loss or bias becomes inf or NaN, and
     StalledError if SGD reaches a bias where every output unit is off.
     """
@@ -137,11 +139,19 @@ def _fit(model, inputs, labels, optimizer, lr, epochs, tol, callback, engine):
         loss.backward()
         return loss.detach(), model.final_bias.grad
 
-    settings = {"optimizer": type(optimizer).__name__, "groups": [
-        {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
-        "weights": model.weights().tolist()}  # ranks must train one model
     return _run_epochs(local_sums, model.final_bias, optimizer, epochs, tol, callback,
-                       (inputs, labels), settings, model.weights())
+                       (inputs, labels), _autograd_settings(optimizer, model),
+                       model.weights())
+
+
+def _autograd_settings(optimizer, model) -> dict:
+    # What every rank must share to train one model (_run_epochs adds the
+    # starting final_bias, epochs and tol): the six weights' values, which
+    # parameters train, and the optimizer with every hyperparameter.
+    return {"optimizer": type(optimizer).__name__, "groups": [
+        {k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
+        "weights": model.weights().tolist(),
+        "trains": list(getattr(model, "trainable_names", lambda: ("final_bias",))())}
 
 
 def _trains_more_than_the_bias(model) -> bool:
@@ -155,41 +165,63 @@ def _trained_values(model) -> dict:
 
 def _fit_params_autograd(model, inputs, labels, optimizer, epochs, tol, callback):
     """The tutorial's loop over every parameter that requires grad: the fused
-    op's one pass gives all their gradients, the optimizer steps them."""
-    if distributed.is_distributed():
-        raise NotImplementedError(
-            f"biasfit: under torch.distributed, fit trains final_bias alone; this model "
-            f"also trains {', '.join(n for n in model.trainable_names() if n != 'final_bias')}"
-            f": train it in one process")
+    op's one pass gives all their gradients, the optimizer steps them.
+    Under torch.distributed every rank sends its shard's loss and those
+    gradients, and sets each parameter's .grad to their sum over the ranks
+    before the optimizer steps: every rank steps alike."""
+    checked = [(name, getattr(model, name)) for name in model.trainable_names()]
 
     def sums(epoch):  # backward leaves every trained parameter's .grad
         loss = model.loss(inputs, labels)
         loss.backward()
         return loss.detach(), None
 
-    checked = [(name, getattr(model, name)) for name in model.trainable_names()]
-    return _epoch_loop(sums, model.final_bias, optimizer, epochs, tol, callback,
-                       checked=checked)
+    if not distributed.is_distributed():
+        return _epoch_loop(sums, model.final_bias, optimizer, epochs, tol, callback,
+                           checked=checked)
+
+    def local_sums():
+        loss, _ = sums(None)
+        missing = [name for name, p in checked if p.grad is None]
+        if missing:  # a model whose loss leaves a trained parameter out
+            raise RuntimeError(f"biasfit: the loss gave no gradient for {', '.join(missing)}")
+        return loss, torch.stack([p.grad.reshape(()) for _, p in checked])
+
+    def set_grads(grads):
+        for (_, p), g in zip(checked, grads.reshape(-1).unbind()):
+            p.grad = g.reshape(p.shape)
+
+    return _run_epochs(local_sums, model.final_bias, optimizer, epochs, tol, callback,
+                       (inputs, labels), _autograd_settings(optimizer, model),
+                       width=len(checked), set_grads=set_grads, checked=checked)
 
 
 def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, settings,
-                weights=None):
+                weights=None, *, width=1, set_grads=None, checked=None):
     """The epoch loop around local_sums() -> (loss, grad) of this process's
-    data at `param`. Under torch.distributed every rank's sums are added
-    (biasfit/distributed.py), and every rank steps and stops alike. With
-    `weights` (one process, SGD), a stall (see StalledError) stops the fit."""
+    data at `param` (final_bias). Under torch.distributed every rank's sums
+    are added (biasfit/distributed.py), and every rank steps and stops
+    alike. With `weights` (one process, SGD), a stall (see StalledError)
+    stops the fit. For several trained parameters: grad holds `width`
+    values, set_grads(summed grads) hands them to the optimizer, and
+    `checked` lists the (name, parameter) pairs that must stay finite."""
     if not distributed.is_distributed():
         watch = (weights is not None and type(optimizer) is torch.optim.SGD
                  and all(_may_stall(group) for group in optimizer.param_groups))
         return _epoch_loop(lambda epoch: local_sums(), param, optimizer, epochs, tol,
                            callback, data[0] if watch else None, weights)
     distributed.check_shards(*data, dict(settings, bias=param.item(), epochs=epochs, tol=tol))
-    local_sums = distributed.shard_sums(local_sums, data[0], param)
+    local_sums = distributed.shard_sums(local_sums, data[0], param, width)
     # Every rank runs the loop in lockstep: an exception on one rank, in an
     # epoch's sums, the callback or the step, stops them all.
-    with distributed.Lockstep() as lockstep:
-        return _epoch_loop(lambda epoch: lockstep.sums(local_sums, epoch, param), param,
-                           optimizer, epochs, tol, callback)
+    with distributed.Lockstep(width) as lockstep:
+        def sums(epoch):
+            loss, grad = lockstep.sums(local_sums, epoch, param)
+            if set_grads is None:
+                return loss, grad
+            set_grads(grad)
+            return loss, None
+        return _epoch_loop(sums, param, optimizer, epochs, tol, callback, checked=checked)
 
 
 def _epoch_loop(sums, param, optimizer, epochs, tol, callback, watch_inputs=None,
@@ -267,11 +299,8 @@ def _sgd_hyperparameters(optimizer, model):
 
 def _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callback):
     """engine="fused" for any subset of the seven parameters (those that
-    require grad) or with Adam/AdamW: the whole fit in one fit_params call."""
-    if distributed.is_distributed():
-        raise NotImplementedError(
-            "biasfit: under torch.distributed, engine='fused' trains final_bias with "
-            "SGD alone; train other parameters or optimizers in one process")
+    require grad) or with Adam/AdamW: the whole fit in one fit_params call
+    (under torch.distributed, its epochs from Python: _fit_params_sharded)."""
     names = getattr(model, "trainable_names", lambda: ("final_bias",))()
     opts = {"kind": 0, "lr": lr, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
             "weight_decay": 0.0, "maximize": False, "beta1": 0.9, "beta2": 0.999,
@@ -291,6 +320,9 @@ def _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callbac
             opts.update(beta1=beta1, beta2=beta2, eps=group["eps"], amsgrad=group["amsgrad"])
     params = torch.stack([getattr(model, n).detach() for n in _PARAM_NAMES]).contiguous()
     trained = sum(1 << i for i, n in enumerate(_PARAM_NAMES) if n in names)
+    if distributed.is_distributed():
+        return _fit_params_sharded(model, inputs, labels, params, trained, opts, epochs,
+                                   tol, callback)
     final, losses, biases, info = torch.ops.biasfit.fit_params(
         inputs, labels, params, trained, opts["kind"], opts["lr"], opts["momentum"],
         opts["dampening"], opts["nesterov"], opts["weight_decay"], opts["maximize"],
@@ -313,6 +345,32 @@ def _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callbac
         raise DivergedError(epoch, _PARAM_NAMES[bad], final[bad])
     return FitResult(epoch, final[-1], losses, status == _CONVERGED,
                      {n: final[i] for i, n in enumerate(_PARAM_NAMES) if n in names})
+
+
+def _fit_params_sharded(model, inputs, labels, params, trained, opts, epochs, tol,
+                        callback):
+    """fit_params's fit under torch.distributed: every epoch, this shard's
+    float64 sums (fit_params's own pass), summed over the ranks, then
+    fit_params's step (NativeParams): the one-process fit_params's bits for
+    one rank, and up to the order of the float64 sums for several."""
+    local_sums, native = distributed.fused_params_parts(inputs, labels, params, trained, opts)
+    index = [i for i in range(len(_PARAM_NAMES)) if (trained >> i) & 1]
+    names = [_PARAM_NAMES[i] for i in index]
+
+    def set_grads(grads):
+        if index:
+            native.grads[index] = grads.reshape(-1)
+
+    settings = dict(opts, engine="fused", weights=params[:6].tolist(), trains=names)
+    try:
+        return _run_epochs(local_sums, native.params[6], native, epochs, tol, callback,
+                           (inputs, labels), settings, width=len(index),
+                           set_grads=set_grads,
+                           checked=[(_PARAM_NAMES[i], native.params[i]) for i in index])
+    finally:
+        with torch.no_grad():  # where fit_params's engine leaves them, also on an error
+            for i in index:
+                getattr(model, _PARAM_NAMES[i]).fill_(native.params[i].item())
 
 
 def _fit_model_fused(model, inputs, labels, hyper, epochs, tol, callback):

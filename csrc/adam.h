@@ -5,7 +5,10 @@
 // Python-float coefficient computed in double and rounded to T where the
 // tensor op rounds it. Like sgd.h, not bit for bit: torch's CPU kernels may
 // fuse a multiply and an add (lerp_, addcmul_, addcdiv_) where these round
-// each on its own (rounding.h).
+// each on its own (rounding.h). Every operation, the double coefficients'
+// included, goes through rounding.h, so the CUDA trainer rounds as the CPU
+// one whatever nvcc's flags; only pow (the bias corrections' beta^step) is
+// the platform's: glibc's on the CPU, CUDA's (within 2 ulp) on the GPU.
 #pragma once
 
 #include <cmath>
@@ -53,24 +56,24 @@ struct AdamState {
     ++step;
     if (o.weight_decay != 0) {
       if (o.decoupled) {
-        param = mul_rn(param, T(1.0 - o.lr * o.weight_decay));
+        param = mul_rn(param, T(sub_rn(1.0, mul_rn(o.lr, o.weight_decay))));
       } else {
         grad = add_rn(grad, mul_rn(T(o.weight_decay), param));
       }
     }
-    exp_avg = lerp(exp_avg, grad, T(1.0 - o.beta1));
+    exp_avg = lerp(exp_avg, grad, T(sub_rn(1.0, o.beta1)));
     // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     exp_avg_sq = add_rn(mul_rn(exp_avg_sq, T(o.beta2)),
-                        mul_rn(mul_rn(T(1.0 - o.beta2), grad), grad));
-    const double bias_correction1 = 1.0 - pow_step(o.beta1, step);
-    const double bias_correction2 = 1.0 - pow_step(o.beta2, step);
-    const double step_size = o.lr / bias_correction1;
-    const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+                        mul_rn(mul_rn(T(sub_rn(1.0, o.beta2)), grad), grad));
+    const double bias_correction1 = sub_rn(1.0, pow_step(o.beta1, step));
+    const double bias_correction2 = sub_rn(1.0, pow_step(o.beta2, step));
+    const double step_size = div_rn(o.lr, bias_correction1);
+    const double bias_correction2_sqrt = sqrt_rn(bias_correction2);
     T second = exp_avg_sq;
     if (o.amsgrad) {
       // torch.maximum: NaN wins.
       max_exp_avg_sq = (max_exp_avg_sq != max_exp_avg_sq || second != second)
-                           ? T(max_exp_avg_sq + second)
+                           ? add_rn(max_exp_avg_sq, second)
                            : (max_exp_avg_sq > second ? max_exp_avg_sq : second);
       second = max_exp_avg_sq;
     }

@@ -112,18 +112,16 @@ void check_sgd_step_args(const Tensor& param, const Tensor& grad,
   }
 }
 
-void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
-                           const Tensor& params, int64_t trained,
-                           int64_t optimizer) {
-  check_tensor(params, "params");
-  if (params.dim() != 1 || params.numel() != kNumParams) {
-    fail("params must be 1-D with 7 values (w00, b00, w01, w10, b10, w11, "
-         "final_bias), got ", params.numel(), " in ", params.dim(), " dims");
+namespace {
+
+void check_seven(const Tensor& t, const char* name) {
+  if (t.dim() != 1 || t.numel() != kNumParams) {
+    fail(name, " must be 1-D with 7 values (w00, b00, w01, w10, b10, w11, "
+         "final_bias), got ", t.numel(), " in ", t.dim(), " dims");
   }
-  // fused_loss's checks, with the weights and bias as views of params.
-  Tensor all = params;  // narrow takes a non-const reference
-  check_loss_args(inputs, labels, torch::stable::narrow(all, 0, 0, kNumWeights),
-                  torch::stable::narrow(all, 0, kBiasIndex, 1));
+}
+
+void check_trained_optimizer(int64_t trained, int64_t optimizer) {
   if (trained < 0 || trained >= (1 << kNumParams)) {
     fail("trained must be a set of the 7 parameters' bits, 0 to 127, got ",
          trained);
@@ -131,6 +129,41 @@ void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
   if (optimizer < 0 || optimizer > 2) {
     fail("optimizer must be 0 (SGD), 1 (Adam) or 2 (AdamW), got ", optimizer);
   }
+}
+
+}  // namespace
+
+void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
+                           const Tensor& params, int64_t trained,
+                           int64_t optimizer) {
+  check_tensor(params, "params");
+  check_seven(params, "params");
+  // fused_loss's checks, with the weights and bias as views of params.
+  Tensor all = params;  // narrow takes a non-const reference
+  check_loss_args(inputs, labels, torch::stable::narrow(all, 0, 0, kNumWeights),
+                  torch::stable::narrow(all, 0, kBiasIndex, 1));
+  check_trained_optimizer(trained, optimizer);
+}
+
+void check_params_step_args(const Tensor& params, const Tensor& grads,
+                            const Tensor& state, int64_t trained,
+                            int64_t optimizer) {
+  check_tensor(params, "params");
+  check_seven(params, "params");
+  check_same(grads, "grads", params, "params");
+  check_seven(grads, "grads");
+  if (!state.defined()) fail("state is undefined");
+  if (state.scalar_type() != ScalarType::Double) {
+    fail("state must be float64, got ", state.scalar_type());
+  }
+  if (state.dim() != 2 || state.size(0) != kNumParams || state.size(1) != 4) {
+    fail("state must have shape [7, 4], got ", shape_of(state.sizes()));
+  }
+  if (state.device() != params.device()) {
+    fail("state is on ", device_name(state), " but params is on ",
+         device_name(params), "; move both to one device");
+  }
+  check_trained_optimizer(trained, optimizer);
 }
 
 void check_needs(int64_t needs) {
@@ -163,6 +196,35 @@ FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
           new_tensor(x, {epochs}),
           new_tensor(x, {epochs}),
           new_tensor(x, {2}, ScalarType::Long)};
+}
+
+ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
+                                const Tensor& params, int64_t trained,
+                                int64_t optimizer, double lr, double momentum,
+                                double dampening, bool nesterov,
+                                double weight_decay, bool maximize,
+                                double beta1, double beta2, double eps,
+                                bool amsgrad, int64_t epochs, double tol) {
+  check_fit_params_args(inputs, labels, params, trained, optimizer);
+  check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
+                    optimizer == kSgd && nesterov, weight_decay);
+  if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
+  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol});
+  const ParamFitOptions opt{
+      trained, optimizer,
+      SgdOptions{lr, momentum, dampening, weight_decay, nesterov, maximize},
+      AdamOptions{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  optimizer == kAdamW},
+      epochs, tol};
+  const Tensor x = torch::stable::contiguous(inputs);
+  return {x,
+          torch::stable::contiguous(labels),
+          torch::stable::contiguous(params),
+          opt,
+          new_tensor(x, {kNumParams}),
+          new_tensor(x, {epochs}),
+          new_tensor(x, {epochs}),
+          new_tensor(x, {3}, ScalarType::Long)};
 }
 
 }  // namespace biasfit

@@ -18,6 +18,7 @@
 
 #include "check_options.h"
 #include "fit.h"
+#include "fit_params.h"
 #include "network.h"
 
 namespace biasfit {
@@ -45,6 +46,13 @@ void check_sgd_step_args(const Tensor& param, const Tensor& grad,
 void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
                            const Tensor& params, int64_t trained,
                            int64_t optimizer);
+
+// params_step's arguments: params as fit_params's, grads 7 values of params'
+// dtype, state float64 [7, 4] on params' device; trained and optimizer as
+// fit_params's.
+void check_params_step_args(const Tensor& params, const Tensor& grads,
+                            const Tensor& state, int64_t trained,
+                            int64_t optimizer);
 
 // The `needs` argument of fused_loss_grads and predict_grads: a set of
 // network.h's GradNeeds bits.
@@ -77,6 +85,23 @@ FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
                     double momentum, double dampening, bool nesterov,
                     double weight_decay, bool maximize, int64_t epochs,
                     double tol);
+
+// fit_params's start on every backend: every argument checked, contiguous
+// data and starting params, the options, and the outputs (final params[7],
+// losses[epochs], biases[epochs], info[3]) on inputs' device.
+struct ParamFitCall {
+  Tensor x, y, start;
+  ParamFitOptions opt;
+  Tensor final_params, losses, biases, info;
+  FitOutputs outputs() const { return {final_params, losses, biases, info}; }
+};
+ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
+                                const Tensor& params, int64_t trained,
+                                int64_t optimizer, double lr, double momentum,
+                                double dampening, bool nesterov,
+                                double weight_decay, bool maximize,
+                                double beta1, double beta2, double eps,
+                                bool amsgrad, int64_t epochs, double tol);
 
 // f(float{}) or f(double{}) by the (checked) dtype: the ops' one dispatch.
 template <typename F>

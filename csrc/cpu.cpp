@@ -9,9 +9,11 @@
 #include <cstring>
 #include <optional>
 
+#include "adam.h"
 #include "checks.h"
 #include "grads_cpu.h"
 #include "kernels_cpu.h"
+#include "sgd.h"
 #include "trainer_cpu.h"
 #include "trainer_params_cpu.h"
 
@@ -178,12 +180,14 @@ LossGradsOutputs fused_loss_grads_cpu(Tensor inputs, Tensor labels,
         want_y ? data_of<T>(dy) : nullptr, want_x ? data_of<T>(dx) : nullptr};
     // The parameters alone over contiguous data (every training epoch of
     // the autograd engine): the branch-free points, same sums bit for bit.
+    // The parameter sums always: bias_grad is among them, and the schema
+    // promises it whatever `needs` says.
     const ParamSums sums =
         !strided && !want_y && !want_x
             ? sum_param_grads(PointLossParamGrads<T>{point.x, point.y, point.w,
                                                      point.bias},
-                              x.numel(), want_w, torch_threads())
-            : sum_param_grads(point, x.numel(), want_w, torch_threads());
+                              x.numel(), true, torch_threads())
+            : sum_param_grads(point, x.numel(), true, torch_threads());
     auto [wg, bg] = param_grad_tensors<T>(x, sums, want_w);
     return LossGradsOutputs{scalar_tensor(x, T(sums.loss)), wg, bg, dy, dx};
   });
@@ -270,38 +274,26 @@ FitOutputs fit_params_cpu(Tensor inputs, Tensor labels, Tensor params,
                           double weight_decay, bool maximize, double beta1,
                           double beta2, double eps, bool amsgrad,
                           int64_t epochs, double tol) {
-  check_fit_params_args(inputs, labels, params, trained, optimizer);
-  check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
-                    optimizer == kSgd && nesterov, weight_decay);
-  if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
-  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol});
-  const ParamFitOptions opt{
-      trained, optimizer,
-      SgdOptions{lr, momentum, dampening, weight_decay, nesterov, maximize},
-      AdamOptions{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-                  optimizer == kAdamW},
-      epochs, tol};
-  const Tensor x = torch::stable::contiguous(inputs);
-  const Tensor y = torch::stable::contiguous(labels);
-  const Tensor start = torch::stable::contiguous(params);
-  Tensor final_params = new_tensor(x, {kNumParams});
-  Tensor losses = new_tensor(x, {epochs}), biases = new_tensor(x, {epochs});
-  Tensor info = new_tensor(x, {3}, ScalarType::Long);
+  const ParamFitCall call = prepare_fit_params(
+      inputs, labels, params, trained, optimizer, lr, momentum, dampening,
+      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol);
+  const Tensor& x = call.x;
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     History<T> history;
     const ParamFitState<T> state =
-        train_params(data_of<T>(x), data_of<T>(y), x.numel(), data_of<T>(start),
-                     opt, torch_threads(), history, {&python_signal_pending});
+        train_params(data_of<T>(x), data_of<T>(call.y), x.numel(),
+                     data_of<T>(call.start), call.opt, torch_threads(), history,
+                     {&python_signal_pending});
     const size_t seen = std::min<size_t>(history.losses.size(), size_t(epochs));
-    std::memcpy(data_of<T>(losses), history.losses.data(), seen * sizeof(T));
-    std::memcpy(data_of<T>(biases), history.biases.data(), seen * sizeof(T));
-    std::memcpy(data_of<T>(final_params), state.params, sizeof(state.params));
-    data_of<int64_t>(info)[0] = state.epoch;
-    data_of<int64_t>(info)[1] = state.status;
-    data_of<int64_t>(info)[2] = state.bad_param;
+    std::memcpy(data_of<T>(call.losses), history.losses.data(), seen * sizeof(T));
+    std::memcpy(data_of<T>(call.biases), history.biases.data(), seen * sizeof(T));
+    std::memcpy(data_of<T>(call.final_params), state.params, sizeof(state.params));
+    data_of<int64_t>(call.info)[0] = state.epoch;
+    data_of<int64_t>(call.info)[1] = state.status;
+    data_of<int64_t>(call.info)[2] = state.bad_param;
   });
-  return {final_params, losses, biases, info};
+  return call.outputs();
 }
 
 std::tuple<Tensor, Tensor> sgd_step_cpu(Tensor param, Tensor grad,
@@ -327,6 +319,60 @@ std::tuple<Tensor, Tensor> sgd_step_cpu(Tensor param, Tensor grad,
   });
 }
 
+// params_step's state columns, per parameter.
+enum StepState : int { kBufOrExpAvg = 0, kExpAvgSq, kMaxExpAvgSq, kSteps, kStateWidth };
+
+std::tuple<Tensor, Tensor> params_step_cpu(
+    Tensor params, Tensor grads, Tensor state, int64_t trained,
+    int64_t optimizer, double lr, double momentum, double dampening,
+    bool nesterov, double weight_decay, bool maximize, double beta1,
+    double beta2, double eps, bool amsgrad) {
+  check_params_step_args(params, grads, state, trained, optimizer);
+  // fit_params's checks and options, so the step is its step.
+  check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
+                    optimizer == kSgd && nesterov, weight_decay);
+  if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
+  const SgdOptions sgd{lr, momentum, dampening, weight_decay, nesterov,
+                       maximize};
+  const AdamOptions adam{lr,      beta1,    beta2, eps, weight_decay,
+                         amsgrad, maximize, optimizer == kAdamW};
+  const Tensor p_in = torch::stable::contiguous(params);
+  const Tensor g_in = torch::stable::contiguous(grads);
+  const Tensor s_in = torch::stable::contiguous(state);
+  Tensor new_params = new_tensor(p_in, {kNumParams});
+  Tensor new_state = new_tensor(s_in, {kNumParams, kStateWidth});
+  dispatch_float(p_in.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const T* p = data_of<T>(p_in);
+    const T* g = data_of<T>(g_in);
+    T* out = data_of<T>(new_params);
+    for (int i = 0; i < kNumParams; ++i) {
+      // The state holds values of type T (exact in double) and a count.
+      const double* s = data_of<double>(s_in) + kStateWidth * i;
+      double* s_out = data_of<double>(new_state) + kStateWidth * i;
+      std::copy(s, s + kStateWidth, s_out);
+      out[i] = p[i];
+      if (!((trained >> i) & 1)) continue;
+      const int64_t steps = int64_t(s[kSteps]);
+      if (optimizer == kSgd) {
+        // torch (and the trainer) creates the momentum buffer at step 1.
+        SgdState<T> st{T(s[kBufOrExpAvg]), steps > 0};
+        out[i] = st.step(p[i], g[i], sgd);
+        s_out[kBufOrExpAvg] = double(st.buf);
+      } else {
+        AdamState<T> st{T(s[kBufOrExpAvg]), T(s[kExpAvgSq]), T(s[kMaxExpAvgSq]),
+                        steps};
+        out[i] = st.step_param(p[i], g[i], adam);
+        s_out[kBufOrExpAvg] = double(st.exp_avg);
+        s_out[kExpAvgSq] = double(st.exp_avg_sq);
+        s_out[kMaxExpAvgSq] = double(st.max_exp_avg_sq);
+      }
+      s_out[kSteps] = double(steps + 1);
+    }
+  });
+  return {new_params, new_state};
+}
+
 }  // namespace
 
 STABLE_TORCH_LIBRARY_IMPL(biasfit, CPU, m) {
@@ -340,6 +386,7 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CPU, m) {
   m.impl("fit_sgd", TORCH_BOX(&fit_sgd_cpu));
   m.impl("fit_params", TORCH_BOX(&fit_params_cpu));
   m.impl("sgd_step", TORCH_BOX(&sgd_step_cpu));
+  m.impl("params_step", TORCH_BOX(&params_step_cpu));
 }
 
 }  // namespace biasfit

@@ -34,6 +34,8 @@ namespace {
 
 static_assert(sizeof(LossGrad) == 2 * sizeof(double),
               "partials are pairs of doubles");
+static_assert(sizeof(ParamSums) == (1 + kNumParams) * sizeof(double),
+              "ParamSums partials are eight doubles");
 
 // Only reachable by redispatching with CPU tensors: the dispatcher sends a
 // call here when any argument is on CUDA, and the checks in checks.cpp have
@@ -269,6 +271,116 @@ FitOutputs fit_sgd_cuda(const Tensor& inputs, const Tensor& labels,
   return call.outputs();
 }
 
+// ---- every gradient ---------------------------------------------------------
+
+// A fresh tensor of inputs' shape where a per-point gradient is asked for,
+// else an empty one (the schema's outputs always exist), as cpu.cpp's.
+Tensor per_point_grad(const Tensor& like, bool asked) {
+  return asked ? new_tensor(like, like.sizes()) : new_tensor(like, {0});
+}
+
+LossGradsOutputs fused_loss_grads_cuda(const Tensor& inputs,
+                                       const Tensor& labels,
+                                       const Tensor& weights,
+                                       const Tensor& bias, int64_t needs) {
+  check_loss_args(inputs, labels, weights, bias);
+  check_needs(needs);
+  check_on_cuda(inputs);
+  const DeviceGuard guard(inputs.get_device_index());
+  const bool want_w = needs & kNeedWeights, want_y = needs & kNeedLabels,
+             want_x = needs & kNeedInputs;
+  const bool view = read_as_views(inputs, labels);
+  const Tensor x = view ? inputs : torch::stable::contiguous(inputs);
+  const Tensor y = view ? labels : torch::stable::contiguous(labels);
+  const Tensor w = torch::stable::contiguous(weights);
+  Tensor loss = new_tensor(inputs, {}), bias_grad = new_tensor(inputs, {});
+  Tensor weights_grad = new_tensor(inputs, {want_w ? kNumWeights : 0});
+  Tensor dy = per_point_grad(inputs, want_y), dx = per_point_grad(inputs, want_x);
+  CudaLauncher launcher(x);
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    loss_grads<T>(launcher, inputs_of<T>(x, y), data_of<T>(w),
+                  data_of<T>(bias),
+                  LossGradsPointers<T>{
+                      data_of<T>(loss),
+                      want_w ? data_of<T>(weights_grad) : nullptr,
+                      data_of<T>(bias_grad), want_y ? data_of<T>(dy) : nullptr,
+                      want_x ? data_of<T>(dx) : nullptr});
+  });
+  return {loss, weights_grad, bias_grad, dy, dx};
+}
+
+Tensor fused_loss_grads_sums_cuda(const Tensor& inputs, const Tensor& labels,
+                                  const Tensor& weights, const Tensor& bias) {
+  check_loss_args(inputs, labels, weights, bias);
+  check_on_cuda(inputs);
+  const DeviceGuard guard(inputs.get_device_index());
+  const bool view = read_as_views(inputs, labels);
+  const Tensor x = view ? inputs : torch::stable::contiguous(inputs);
+  const Tensor y = view ? labels : torch::stable::contiguous(labels);
+  const Tensor w = torch::stable::contiguous(weights);
+  Tensor sums = new_tensor(inputs, {1 + kNumParams}, ScalarType::Double);
+  CudaLauncher launcher(x);
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    loss_grads_sums<T>(launcher, inputs_of<T>(x, y), data_of<T>(w),
+                       data_of<T>(bias), data_of<double>(sums));
+  });
+  return sums;
+}
+
+PredictGradsOutputs predict_grads_cuda(const Tensor& grad_out,
+                                       const Tensor& inputs,
+                                       const Tensor& weights,
+                                       const Tensor& bias, int64_t needs) {
+  check_bias_grad_args(grad_out, inputs, weights, bias);
+  check_needs(needs);
+  check_on_cuda(inputs);
+  const DeviceGuard guard(inputs.get_device_index());
+  const bool want_w = needs & kNeedWeights, want_x = needs & kNeedInputs;
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor w = torch::stable::contiguous(weights);
+  const Tensor g = torch::stable::contiguous(
+      torch::stable::to(grad_out, x.scalar_type()));
+  Tensor weights_grad = new_tensor(x, {want_w ? kNumWeights : 0});
+  Tensor bias_grad = new_tensor(x, {});
+  Tensor dx = per_point_grad(x, want_x);
+  CudaLauncher launcher(x);
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    predict_grads<T>(launcher, inputs_of<T>(x, g), data_of<T>(w),
+                     data_of<T>(bias),
+                     want_w ? data_of<T>(weights_grad) : nullptr,
+                     data_of<T>(bias_grad), want_x ? data_of<T>(dx) : nullptr);
+  });
+  return {weights_grad, bias_grad, dx};
+}
+
+FitOutputs fit_params_cuda(const Tensor& inputs, const Tensor& labels,
+                           const Tensor& params, int64_t trained,
+                           int64_t optimizer, double lr, double momentum,
+                           double dampening, bool nesterov,
+                           double weight_decay, bool maximize, double beta1,
+                           double beta2, double eps, bool amsgrad,
+                           int64_t epochs, double tol) {
+  const ParamFitCall call = prepare_fit_params(
+      inputs, labels, params, trained, optimizer, lr, momentum, dampening,
+      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol);
+  check_on_cuda(call.x);
+  const DeviceGuard guard(call.x.get_device_index());
+  CudaLauncher launcher(call.x);
+  dispatch_float(call.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    fit_params<T>(launcher, inputs_of<T>(call.x, call.y),
+                  data_of<T>(call.start), call.opt,
+                  ParamFitOutputs<T>{data_of<T>(call.losses),
+                                     data_of<T>(call.biases),
+                                     data_of<T>(call.final_params),
+                                     data_of<int64_t>(call.info)});
+  });
+  return call.outputs();
+}
+
 }  // namespace
 }  // namespace cuda
 
@@ -278,6 +390,10 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("fused_loss_sums", TORCH_BOX(&cuda::fused_loss_sums_cuda));
   m.impl("predict_bias_grad", TORCH_BOX(&cuda::predict_bias_grad_cuda));
   m.impl("fit_sgd", TORCH_BOX(&cuda::fit_sgd_cuda));
+  m.impl("fused_loss_grads", TORCH_BOX(&cuda::fused_loss_grads_cuda));
+  m.impl("fused_loss_grads_sums", TORCH_BOX(&cuda::fused_loss_grads_sums_cuda));
+  m.impl("predict_grads", TORCH_BOX(&cuda::predict_grads_cuda));
+  m.impl("fit_params", TORCH_BOX(&cuda::fit_params_cuda));
 }
 
 }  // namespace biasfit

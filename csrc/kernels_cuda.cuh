@@ -16,12 +16,17 @@
 namespace biasfit {
 namespace cuda {
 
+// A point's Extra when it writes nothing per point.
+struct NoExtra {};
+
 // Points of fused_loss and of the trainer's epochs: (input, label).
 template <typename T>
 struct LossPoint {
+  using Extra = NoExtra;
   Weights<T> w;
   T bias;
-  __device__ LossGrad operator()(T x, T y) const {
+  Extra extra;
+  __device__ LossGrad operator()(T x, T y, int64_t) const {
     return point_loss_grad(x, y, w, bias);
   }
 };
@@ -29,9 +34,11 @@ struct LossPoint {
 // Points of predict's backward: (input, grad_out); only .grad is used.
 template <typename T>
 struct BiasGradPoint {
+  using Extra = NoExtra;
   Weights<T> w;
   T bias;
-  __device__ LossGrad operator()(T x, T g) const {
+  Extra extra;
+  __device__ LossGrad operator()(T x, T g, int64_t) const {
     return {0.0, point_bias_grad(x, g, w, bias)};
   }
 };
@@ -39,6 +46,7 @@ struct BiasGradPoint {
 // The sums take the data's type at the end, as in cpu.cpp.
 template <typename T>
 struct LossSink {
+  using Sum = LossGrad;
   T* loss;
   T* grad;
   __device__ bool active() const { return true; }
@@ -50,6 +58,7 @@ struct LossSink {
 
 template <typename T>
 struct GradSink {
+  using Sum = LossGrad;
   T* grad;
   __device__ bool active() const { return true; }
   __device__ void operator()(const LossGrad& s) const { *grad = T(s.grad); }
@@ -149,11 +158,20 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // The multi-block fit's device memory: the state, and the ticket that tells
-// the last block of an epoch's launch that every partial is in.
+// the last block of an epoch's launch that every partial is in. What
+// fit_epoch_kernel needs of a trainer: its Sum and Options, its point at the
+// current state, state.status and state.end_epoch (fit_params's trainer,
+// kernels_params_cuda.cuh, is the other one).
 template <typename T>
 struct FitDeviceState {
+  using Sum = LossGrad;
+  using Options = FitOptions;
   FitState<T> state;
   unsigned int ticket;
+
+  __device__ LossPoint<T> point(const T* weights) const {
+    return {Weights<T>::load(weights), state.bias, {}};
+  }
 };
 
 template <typename T>
@@ -170,20 +188,19 @@ __global__ void fit_start_kernel(const T* __restrict__ bias, int64_t epochs,
 // run; the partials' order, hence the bits, never does. A no-op once the fit
 // has stopped: every block reads the status before any block can take the
 // last ticket, and only that block writes the state.
-template <bool kAligned, typename T>
+template <bool kAligned, typename T, typename Fit>
 __global__ void __launch_bounds__(kThreads)
-    fit_epoch_kernel(Inputs<T> in, const T* __restrict__ weights,
-                     FitDeviceState<T>* fit, LossGrad* partials,
-                     FitOptions opt, T* __restrict__ losses,
-                     T* __restrict__ biases) {
+    fit_epoch_kernel(Inputs<T> in, const T* __restrict__ weights, Fit* fit,
+                     typename Fit::Sum* partials, typename Fit::Options opt,
+                     T* __restrict__ losses, T* __restrict__ biases) {
+  using S = typename Fit::Sum;
   if (fit->state.status != kRunning) return;
-  __shared__ LossGrad smem[kWarps];
+  __shared__ S smem[kWarps];
   __shared__ bool last;
-  const LossPoint<T> point{Weights<T>::load(weights), fit->state.bias};
+  const auto point = fit->point(weights);
   const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
-  const LossGrad sum =
-      block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
+  const S sum = block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = sum;
     __threadfence();  // the partial is visible before the ticket is taken
@@ -193,7 +210,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (!last) return;
   __threadfence();  // every block's partial, seen through its ticket
-  const LossGrad total = sum_partials(partials, int(gridDim.x), smem);
+  const S total = sum_partials(partials, int(gridDim.x), smem);
   if (threadIdx.x == 0) {
     fit->state.end_epoch(total, opt, losses, biases);
     fit->ticket = 0;  // for the next epoch's launch

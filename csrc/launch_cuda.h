@@ -20,9 +20,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "fit.h"
+#include "fit_params.h"
 #include "kernels_cuda.cuh"
+#include "kernels_grads_cuda.cuh"
+#include "kernels_params_cuda.cuh"
 #include "network.h"
 #include "reduce_cuda.cuh"
 
@@ -49,20 +53,24 @@ void predict(Launcher& l, const T* x, int64_t n, const T* weights,
            bias, out);
 }
 
-// sink(sum over i of point(a[i], b[i])): partial sums by block, then one
-// block adds them (reduce_cuda.cuh's order), all on the device.
+// sink(sum over i of point(a[i], b[i], i)): partial sums by block, then one
+// block adds them (reduce_cuda.cuh's order), all on the device. extra: the
+// point's per-point outputs, if any.
 template <typename Point, typename T, typename Sink, typename Launcher>
 void sum_points(Launcher& l, const Inputs<T>& in, const T* weights,
-                const T* bias, const Sink& sink) {
+                const T* bias, const Sink& sink,
+                const typename Point::Extra& extra = {}) {
+  using S = SumOf<Point, T>;
+  static_assert(std::is_same<S, typename Sink::Sum>::value,
+                "the sink takes the points' kind of sum");
   const int blocks = grid_blocks<T>(in.n);
-  auto* partials =
-      static_cast<LossGrad*>(l.scratch(sizeof(LossGrad) * size_t(blocks)));
+  auto* partials = static_cast<S*>(l.scratch(sizeof(S) * size_t(blocks)));
   const int64_t* no_status = nullptr;
   l.launch(dense_and_aligned(in) ? partial_sums_kernel<true, Point, T>
                                  : partial_sums_kernel<false, Point, T>,
-           blocks, kThreads, in, weights, bias, no_status, partials);
-  l.launch(finish_kernel<Sink>, 1, kThreads,
-           static_cast<const LossGrad*>(partials), blocks, sink);
+           blocks, kThreads, in, weights, bias, no_status, extra, partials);
+  l.launch(finish_kernel<Sink>, 1, kThreads, static_cast<const S*>(partials),
+           blocks, sink);
 }
 
 // Where fit_sgd writes: losses[epochs], biases[epochs], the final bias, and
@@ -112,6 +120,18 @@ class StatusPoll {
   bool started_ = false, disabled_ = false, pending_ = false;
 };
 
+// Queues launch_epoch() once an epoch, up to `epochs`, until a StatusPoll of
+// the device `status` shows the fit stopped.
+template <typename Launcher, typename LaunchEpoch>
+void queue_epochs(Launcher& l, int64_t epochs, const int64_t* status,
+                  const LaunchEpoch& launch_epoch) {
+  StatusPoll<Launcher> poll(l, status);
+  for (int64_t e = 0; e < epochs; ++e) {
+    if (e > 0 && e % kPollEvery == 0 && poll.stopped()) break;
+    launch_epoch();
+  }
+}
+
 // fit_sgd. Which of two shapes runs depends on n alone:
 //
 //  - n fits one block (fits_one_block: up to 1024 groups, e.g. the
@@ -146,17 +166,91 @@ void fit(Launcher& l, const Inputs<T>& in, const T* weights, const T* bias,
   auto* partials =
       static_cast<LossGrad*>(l.scratch(sizeof(LossGrad) * size_t(blocks)));
   l.launch(fit_start_kernel<T>, 1, 1, bias, opt.epochs, state);
-  StatusPoll<Launcher> poll(l, &state->state.status);
-  const auto epoch_kernel =
-      aligned ? fit_epoch_kernel<true, T> : fit_epoch_kernel<false, T>;
-  for (int64_t e = 0; e < opt.epochs; ++e) {
-    if (e > 0 && e % kPollEvery == 0 && poll.stopped()) break;
+  using Fit = FitDeviceState<T>;
+  const auto epoch_kernel = aligned ? fit_epoch_kernel<true, T, Fit>
+                                    : fit_epoch_kernel<false, T, Fit>;
+  queue_epochs(l, opt.epochs, &state->state.status, [&] {
     l.launch(epoch_kernel, blocks, kThreads, in, weights, state, partials,
              opt, out.losses, out.biases);
-  }
+  });
   l.launch(fit_publish_kernel<T>, 1, 1,
            static_cast<const FitDeviceState<T>*>(state), out.final_bias,
            out.info);
+}
+
+// ---- every gradient ---------------------------------------------------------
+
+// Where fused_loss_grads writes, in the data's type: the loss, weights_grad[6]
+// (null unless asked), bias_grad, and per point dy and dx (null unless asked).
+template <typename T>
+struct LossGradsPointers {
+  T* loss;
+  T* weights_grad;
+  T* bias_grad;
+  T* dy;
+  T* dx;
+};
+
+// fused_loss_grads: one pass of LossGradsPoint; with nothing per point and no
+// weight asked for, fused_loss's own pass, exactly as fast (as cpu.cpp).
+template <typename T, typename Launcher>
+void loss_grads(Launcher& l, const Inputs<T>& in, const T* weights,
+                const T* bias, const LossGradsPointers<T>& out) {
+  if (out.weights_grad == nullptr && out.dy == nullptr && out.dx == nullptr) {
+    sum_points<LossPoint<T>>(l, in, weights, bias,
+                             LossSink<T>{out.loss, out.bias_grad});
+    return;
+  }
+  sum_points<LossGradsPoint<T>>(
+      l, in, weights, bias,
+      ParamGradsSink<T>{out.loss, out.weights_grad, out.bias_grad},
+      PointGrads<T>{out.dy, out.dx});
+}
+
+// fused_loss_grads_sums: out[8] = float64 [loss, 6 weight grads, bias grad].
+template <typename T, typename Launcher>
+void loss_grads_sums(Launcher& l, const Inputs<T>& in, const T* weights,
+                     const T* bias, double* out) {
+  sum_points<LossGradsPoint<T>>(l, in, weights, bias, ParamSumsSink{out},
+                                PointGrads<T>{nullptr, nullptr});
+}
+
+// predict_grads over in = (inputs, grad_out): weights_grad[6] (null unless
+// asked), bias_grad, and dx per point (null unless asked).
+template <typename T, typename Launcher>
+void predict_grads(Launcher& l, const Inputs<T>& in, const T* weights,
+                   const T* bias, T* weights_grad, T* bias_grad, T* dx) {
+  sum_points<PredictGradsPoint<T>>(
+      l, in, weights, bias, ParamGradsSink<T>{nullptr, weights_grad, bias_grad},
+      PointGrads<T>{nullptr, dx});
+}
+
+// fit_params: fit's two shapes, chosen by n alone as fit's, with every point
+// evaluated in full each epoch (the hidden layer may train).
+template <typename T, typename Launcher>
+void fit_params(Launcher& l, const Inputs<T>& in, const T* start,
+                const ParamFitOptions& opt, const ParamFitOutputs<T>& out) {
+  const bool aligned = dense_and_aligned(in);
+  if (fits_one_block<T>(in.n)) {
+    l.launch(aligned ? fit_params_one_block_kernel<true, T>
+                     : fit_params_one_block_kernel<false, T>,
+             1, kThreads, in, start, opt, out);
+    return;
+  }
+  using Fit = ParamFitDeviceState<T>;
+  const int blocks = grid_blocks<T>(in.n);
+  auto* state = static_cast<Fit*>(l.scratch(sizeof(Fit)));
+  auto* partials =
+      static_cast<ParamSums*>(l.scratch(sizeof(ParamSums) * size_t(blocks)));
+  l.launch(fit_params_start_kernel<T>, 1, 1, start, opt.epochs, state);
+  const auto epoch_kernel = aligned ? fit_epoch_kernel<true, T, Fit>
+                                    : fit_epoch_kernel<false, T, Fit>;
+  queue_epochs(l, opt.epochs, &state->state.status, [&] {
+    l.launch(epoch_kernel, blocks, kThreads, in, start, state, partials, opt,
+             out.losses, out.biases);
+  });
+  l.launch(fit_params_publish_kernel<T>, 1, 1, static_cast<const Fit*>(state),
+           out.final_params, out.info);
 }
 
 }  // namespace cuda

@@ -245,6 +245,19 @@ BIASFIT_HD double point_loss_all_grads(T x, T y, const Weights<T>& w, T bias,
   return mul_rn(rd, rd);
 }
 
+// One point of predict's backward with every gradient: grad_out times
+// d(y_hat)/d(each parameter) into dparams (ParamSums's order), and times
+// d(y_hat)/dx into dx (if dx).
+template <typename T>
+BIASFIT_HD void point_predict_all_grads(T x, T grad_out, const Weights<T>& w,
+                                        T bias, double* dparams, T* dx) {
+  const Forward<T> f = forward(x, w, bias);
+  const double g = f.z > T(0) ? double(grad_out) : 0.0;
+  double dxd = 0.0;
+  backward_point(f, x, w, g, dparams, dx != nullptr ? &dxd : nullptr);
+  if (dx != nullptr) *dx = T(dxd);
+}
+
 // d(y_hat)/d(final_bias) times the incoming gradient, for predict's backward.
 template <typename T>
 BIASFIT_HD double point_bias_grad(T x, T grad_out, const Weights<T>& w,

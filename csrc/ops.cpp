@@ -72,21 +72,28 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize) -> "
         "(Tensor param, Tensor momentum_buffer)");
+  // One step of fit_params's optimizer (csrc/sgd.h, adam.h) for the seven
+  // parameters at once, with fit_params's options: params[p] for each bit p
+  // of trained steps with grads[p] (params' dtype), the others are copied.
+  // state: float64 [7, 4], per parameter (momentum buffer or exp_avg,
+  // exp_avg_sq, max_exp_avg_sq, steps taken), zeros before the first step;
+  // the step's new state is returned. An epoch loop run from Python (a
+  // sharded fit, biasfit/distributed.py) thus steps with fit_params's bits.
+  // CPU tensors.
+  m.def("params_step(Tensor params, Tensor grads, Tensor state, int trained, "
+        "int optimizer, float lr, float momentum, float dampening, "
+        "bool nesterov, float weight_decay, bool maximize, float beta1, "
+        "float beta2, float eps, bool amsgrad) -> (Tensor params, Tensor state)");
 }
 
 namespace {
-// A CUDA tensor would otherwise meet the dispatcher's generic "could not run
-// ... with arguments from the 'CUDA' backend".
+// In a build without CUDA, a CUDA tensor would otherwise meet the
+// dispatcher's generic "could not run ... with arguments from the 'CUDA'
+// backend". With CUDA, cuda.cu registers every op.
 constexpr char kNotBuilt[] =
     " got a CUDA tensor, but this biasfit was built without CUDA. Rebuild it "
     "where a CUDA toolkit and a CUDA build of torch are present: "
     "BIASFIT_CUDA=1 pip install --no-deps --force-reinstall .";
-// The ops of every gradient and the trainer of any subset have CPU kernels
-// only so far (csrc/grads_cpu.h, trainer_params_cpu.h).
-constexpr char kCpuOnly[] =
-    " has no CUDA kernel yet: move the tensors to the CPU (training final_bias "
-    "alone runs on CUDA through fused_loss and fit_sgd)";
-
 template <const char* kName, const char* kWhy, typename R, typename... Args>
 R cuda_refused(Args...) {
   throw std::runtime_error(std::string("biasfit: ") + kName + kWhy);
@@ -101,12 +108,7 @@ constexpr char kFusedLossGrads[] = "biasfit::fused_loss_grads";
 constexpr char kFusedLossGradsSums[] = "biasfit::fused_loss_grads_sums";
 constexpr char kPredictGrads[] = "biasfit::predict_grads";
 constexpr char kFitParams[] = "biasfit::fit_params";
-
-#ifdef BIASFIT_WITH_CUDA
-#define BIASFIT_NEW_OPS_WHY kCpuOnly
-#else
-#define BIASFIT_NEW_OPS_WHY kNotBuilt
-#endif
+constexpr char kParamsStep[] = "biasfit::params_step";
 }  // namespace
 
 #ifndef BIASFIT_WITH_CUDA
@@ -126,26 +128,41 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
          TORCH_BOX((&cuda_refused<kFitSgd, kNotBuilt, FitOutputs, Tensor, Tensor,
                                   Tensor, Tensor, double, double, double, bool,
                                   double, bool, int64_t, double>)));
-}
-#endif
-
-// With or without CUDA: the CPU-only ops say why on a CUDA tensor.
-STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("fused_loss_grads",
-         TORCH_BOX((&cuda_refused<kFusedLossGrads, BIASFIT_NEW_OPS_WHY, LossGradsOutputs,
+         TORCH_BOX((&cuda_refused<kFusedLossGrads, kNotBuilt, LossGradsOutputs,
                                   Tensor, Tensor, Tensor, Tensor, int64_t>)));
   m.impl("fused_loss_grads_sums",
-         TORCH_BOX((&cuda_refused<kFusedLossGradsSums, BIASFIT_NEW_OPS_WHY, Tensor, Tensor,
+         TORCH_BOX((&cuda_refused<kFusedLossGradsSums, kNotBuilt, Tensor, Tensor,
                                   Tensor, Tensor, Tensor>)));
   m.impl("predict_grads",
-         TORCH_BOX((&cuda_refused<kPredictGrads, BIASFIT_NEW_OPS_WHY, PredictGradsOutputs,
+         TORCH_BOX((&cuda_refused<kPredictGrads, kNotBuilt, PredictGradsOutputs,
                                   Tensor, Tensor, Tensor, Tensor, int64_t>)));
   m.impl("fit_params",
-         TORCH_BOX((&cuda_refused<kFitParams, BIASFIT_NEW_OPS_WHY, FitOutputs, Tensor,
+         TORCH_BOX((&cuda_refused<kFitParams, kNotBuilt, FitOutputs, Tensor,
                                   Tensor, Tensor, int64_t, int64_t, double, double,
                                   double, bool, double, bool, double, double,
                                   double, bool, int64_t, double>)));
+  m.impl("params_step",
+         TORCH_BOX((&cuda_refused<kParamsStep, kNotBuilt,
+                                  std::tuple<Tensor, Tensor>, Tensor, Tensor, Tensor,
+                                  int64_t, int64_t, double, double, double, bool,
+                                  double, bool, double, double, double, bool>)));
 }
+#else
+namespace {
+// params_step steps seven scalars: there is no CUDA kernel in any build, and
+// a CUDA tensor gets one line saying so rather than the generic dispatcher error.
+constexpr char kNoCudaKernel[] =
+    " has no CUDA kernel: it steps seven scalars on the CPU; pass CPU tensors";
+}  // namespace
+STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+  m.impl("params_step",
+         TORCH_BOX((&cuda_refused<kParamsStep, kNoCudaKernel,
+                                  std::tuple<Tensor, Tensor>, Tensor, Tensor, Tensor,
+                                  int64_t, int64_t, double, double, double, bool,
+                                  double, bool, double, double, double, bool>)));
+}
+#endif
 
 }  // namespace biasfit
 

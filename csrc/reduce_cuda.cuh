@@ -17,6 +17,11 @@
 //  - finish_kernel, one block, sums the partials the same way: thread t takes
 //    partials t, t + kThreads, ... in order, then the same tree.
 //
+// A sum is of several doubles at once: LossGrad (loss, bias gradient) or
+// ParamSums (loss, then the seven parameter gradients). Each of its values
+// is added up on its own, in the order above, exactly as if it were summed
+// alone: the values never mix, so which others ride along changes no bit.
+//
 // 64-bit indices throughout: n may exceed 2^31.
 //
 // Free of torch and of the CUDA runtime API: csrc/cuda.cu compiles it with
@@ -25,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "fit.h"
 #include "network.h"
@@ -70,9 +76,26 @@ struct alignas(16) Pack {
   T v[kVec<T>];
 };
 
-__device__ __forceinline__ void add_to(LossGrad& acc, const LossGrad& p) {
-  acc.loss = add_rn(acc.loss, p.loss);
-  acc.grad = add_rn(acc.grad, p.grad);
+// f(a's value, b's value) for each value of a sum, in a fixed order: the
+// one place that knows a sum's fields.
+template <typename F>
+__device__ __forceinline__ void each_value(LossGrad& a, const LossGrad& b,
+                                           const F& f) {
+  f(a.loss, b.loss);
+  f(a.grad, b.grad);
+}
+
+template <typename F>
+__device__ __forceinline__ void each_value(ParamSums& a, const ParamSums& b,
+                                           const F& f) {
+  f(a.loss, b.loss);
+#pragma unroll
+  for (int p = 0; p < kNumParams; ++p) f(a.grad[p], b.grad[p]);
+}
+
+template <typename S>
+__device__ __forceinline__ void add_to(S& acc, const S& p) {
+  each_value(acc, p, [](double& a, const double& b) { a = add_rn(a, b); });
 }
 
 // Group g of `a` (point i at a[i * step]): its kVec points, or for the last
@@ -105,18 +128,25 @@ struct Inputs {
   int64_t n;
 };
 
-// One thread's share: point(a[i], b[i]) over groups first, first + stride, ...
-// The unrolled loads only change when loads are issued, not the order of
-// the additions, which is that of the plain grid-stride loop.
+// What point(a[i], b[i], i) returns: the kind of sum (LossGrad, ParamSums).
+template <typename Point, typename T>
+using SumOf = decltype(std::declval<const Point&>()(T(), T(), int64_t()));
+
+// One thread's share: point(a[i], b[i], i) over groups first, first +
+// stride, ... The unrolled loads only change when loads are issued, not the
+// order of the additions, which is that of the plain grid-stride loop. (i
+// is for points that also write per-point outputs.)
 template <bool kAligned, typename T, typename Point>
-__device__ __forceinline__ LossGrad thread_sum(const Inputs<T>& in,
-                                               const Point& point,
-                                               int64_t first, int64_t stride) {
+__device__ __forceinline__ SumOf<Point, T> thread_sum(const Inputs<T>& in,
+                                                      const Point& point,
+                                                      int64_t first,
+                                                      int64_t stride) {
+  using S = SumOf<Point, T>;
   const T* __restrict__ a = in.a;
   const T* __restrict__ b = in.b;
   const int64_t n = in.n;
   const int64_t groups = num_groups<T>(n);
-  LossGrad acc{0.0, 0.0};
+  S acc{};
   for (int64_t g0 = first; g0 < groups; g0 += kUnroll * stride) {
     T av[kUnroll][kVec<T>] = {}, bv[kUnroll][kVec<T>] = {};
 #pragma unroll
@@ -132,34 +162,37 @@ __device__ __forceinline__ LossGrad thread_sum(const Inputs<T>& in,
       const int64_t g = g0 + u * stride;
 #pragma unroll
       for (int k = 0; k < kVec<T>; ++k) {
-        if (g < groups && g * kVec<T> + k < n) {
-          add_to(acc, point(av[u][k], bv[u][k]));
-        }
+        const int64_t i = g * kVec<T> + k;
+        if (g < groups && i < n) add_to(acc, point(av[u][k], bv[u][k], i));
       }
     }
   }
   return acc;
 }
 
-// Lane 0 ends with the warp's sum, always combined in the same tree.
-__device__ __forceinline__ LossGrad warp_sum(LossGrad v) {
+// Lane 0 ends with the warp's sum, always combined in the same tree (each
+// value by its own shuffles).
+template <typename S>
+__device__ __forceinline__ S warp_sum(S v) {
 #pragma unroll
   for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-    v.loss = add_rn(v.loss, __shfl_down_sync(0xffffffffu, v.loss, offset));
-    v.grad = add_rn(v.grad, __shfl_down_sync(0xffffffffu, v.grad, offset));
+    each_value(v, v, [offset](double& a, const double& b) {
+      a = add_rn(b, __shfl_down_sync(0xffffffffu, b, offset));
+    });
   }
   return v;
 }
 
 // The block's sum, valid in thread 0. All kThreads threads must call it; a
 // caller that calls it again must __syncthreads() first (`smem` is reused).
-__device__ __forceinline__ LossGrad block_sum(LossGrad v, LossGrad* smem) {
+template <typename S>
+__device__ __forceinline__ S block_sum(S v, S* smem) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   v = warp_sum(v);
   if (lane == 0) smem[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < kWarps ? smem[lane] : LossGrad{0.0, 0.0};
+    v = lane < kWarps ? smem[lane] : S{};
     v = warp_sum(v);
   }
   return v;
@@ -169,18 +202,21 @@ __device__ __forceinline__ LossGrad block_sum(LossGrad v, LossGrad* smem) {
 // Point is built from the weights and *bias read on the device (the trainer's
 // bias changes every epoch without the host seeing it). A non-null `status`
 // that is no longer kRunning (the trainer has stopped) makes it a no-op.
+// Point::Extra: what a point needs besides the weights and bias (per-point
+// outputs); an empty struct for the sums alone.
 template <bool kAligned, typename Point, typename T>
 __global__ void __launch_bounds__(kThreads)
     partial_sums_kernel(Inputs<T> in, const T* __restrict__ weights,
                         const T* bias, const int64_t* status,
-                        LossGrad* __restrict__ partials) {
+                        typename Point::Extra extra,
+                        SumOf<Point, T>* __restrict__ partials) {
+  using S = SumOf<Point, T>;
   if (status != nullptr && *status != kRunning) return;
-  __shared__ LossGrad smem[kWarps];
-  const Point point{Weights<T>::load(weights), *bias};
+  __shared__ S smem[kWarps];
+  const Point point{Weights<T>::load(weights), *bias, extra};
   const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
-  const LossGrad sum =
-      block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
+  const S sum = block_sum(thread_sum<kAligned>(in, point, first, stride), smem);
   if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 
@@ -188,23 +224,31 @@ __global__ void __launch_bounds__(kThreads)
 // partials t, t + kThreads, ... in order, then block_sum's tree; valid in
 // thread 0. The loads bypass L1 (__ldcg): fit_epoch_kernel reads partials
 // that other blocks of the same launch have just written.
-__device__ __forceinline__ LossGrad sum_partials(const LossGrad* partials,
-                                                 int count, LossGrad* smem) {
-  LossGrad acc{0.0, 0.0};
+template <typename S>
+__device__ __forceinline__ S sum_partials(const S* partials, int count,
+                                          S* smem) {
+  S acc{};
   for (int i = threadIdx.x; i < count; i += kThreads) {
-    add_to(acc, LossGrad{__ldcg(&partials[i].loss), __ldcg(&partials[i].grad)});
+    S p;
+    each_value(p, partials[i], [](double& to, const double& from) {
+      to = __ldcg(&from);
+    });
+    add_to(acc, p);
   }
   return block_sum(acc, smem);
 }
 
 // Second pass, one block of kThreads: hands the total of `count` partials to
-// sink (in thread 0), unless sink.active() is false.
+// sink (in thread 0), unless sink.active() is false. Sink::Sum: the kind of
+// sum it takes.
 template <typename Sink>
 __global__ void __launch_bounds__(kThreads)
-    finish_kernel(const LossGrad* __restrict__ partials, int count, Sink sink) {
+    finish_kernel(const typename Sink::Sum* __restrict__ partials, int count,
+                  Sink sink) {
+  using S = typename Sink::Sum;
   if (!sink.active()) return;
-  __shared__ LossGrad smem[kWarps];
-  const LossGrad total = sum_partials(partials, count, smem);
+  __shared__ S smem[kWarps];
+  const S total = sum_partials(partials, count, smem);
   if (threadIdx.x == 0) sink(total);
 }
 

@@ -56,11 +56,11 @@ constexpr int64_t kCachedBytes = int64_t(16) << 20;
 // Regrouping needs chunks to skip.
 constexpr int64_t kRegroupMinChunks = 4;
 
-// The share of points whose output unit is off at `bias`, from up to 4096
+// The share of points whose output unit is off at `bias`, from up to 1024
 // evenly spaced points: what regrouping can skip, at least at the start.
 template <typename T>
 double off_share(const T* x, int64_t n, const Weights<T>& w, T bias) {
-  const int64_t samples = std::min<int64_t>(n, 4096);
+  const int64_t samples = std::min<int64_t>(n, 1024);
   int64_t off = 0;
   for (int64_t j = 0; j < samples; ++j) {
     off += !(add_rn(hidden(x[j * n / samples], w), bias) > T(0));
@@ -68,8 +68,6 @@ double off_share(const T* x, int64_t n, const Weights<T>& w, T bias) {
   return double(off) / double(samples);
 }
 
-// The cheapest plan for a fit of `epochs` over n points of `bytes` each
-// (inputs and labels), `off` of them off at the start (off_share).
 inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off) {
   if (const char* pick = std::getenv("BIASFIT_TRAINER_PLAN")) {
     if (std::strcmp(pick, "stream") == 0) return Plan::kStream;
@@ -214,8 +212,10 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
                   History<T>& history, Interrupt interrupt = {}) {
   FitState<T> state = FitState<T>::start(bias, opt.epochs);
   InterruptPoll poll(interrupt, n);
-  const Plan plan =
-      choose_plan(n, 2 * sizeof(T), opt.epochs, off_share(x, n, w, bias));
+  // Only data that can regroup needs the share (a sample costs a few us).
+  const double off =
+      num_chunks(n) >= kRegroupMinChunks ? off_share(x, n, w, bias) : 0.0;
+  const Plan plan = choose_plan(n, 2 * sizeof(T), opt.epochs, off);
   if (plan == Plan::kStream) {
     run_epochs(PointLoss<T>{x, y, w, T(0)}, n, static_cast<ActiveSet<T>*>(nullptr),
                state, opt, threads, history, poll);

@@ -49,14 +49,24 @@ def make_optimizer(spec, model):
     return getattr(torch.optim, name)(model.parameters(), **kwargs)
 
 
+PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+
+
 def run_fit(spec, x, y, model=None, callback=None):
-    model = model or biasfit.BasicNN(dtype=x.dtype)
+    """spec["train"]: the parameters that train (default: the model's own
+    choice, final_bias alone); spec["bias"]: the starting final_bias of the
+    default model."""
+    model = model or biasfit.BasicNN(final_bias=spec.get("bias", 0.0), dtype=x.dtype)
+    if "train" in spec:
+        for name in PARAMS:
+            getattr(model, name).requires_grad_(name in spec["train"])
     result = biasfit.fit(model, x, y, optimizer=make_optimizer(spec, model),
                          epochs=spec.get("epochs", 100), tol=spec.get("tol", 1e-4),
                          engine=spec["engine"], callback=callback)
     return {"epochs_run": result.epochs_run, "final_bias": result.final_bias,
             "losses": result.losses, "converged": result.converged,
-            "model_bias": model.final_bias.item()}
+            "model_bias": model.final_bias.item(), "params": result.params,
+            "model_params": {n: getattr(model, n).item() for n in PARAMS}}
 
 
 class FailingNN(biasfit.BasicNN):
@@ -87,11 +97,13 @@ def failing_callback(at, message):
 
 def failing_case(spec, rank, world):
     """Rank `spec['rank']` gets a broken shard, setting, model or callback
-    ("all_empty" and "callback_everywhere" break every rank)."""
+    ("all_empty", "diverge" and "callback_everywhere" break every rank)."""
     x, y = shard(spec, rank, world, *make_data(spec))
     model = callback = None
     if spec["kind"] == "all_empty":
         x, y = x[:0], y[:0]
+    elif spec["kind"] == "diverge":  # labels far above every output, on every rank
+        y = y + 1e3
     elif spec["kind"] == "callback_everywhere":
         callback = failing_callback(spec["at"], f"stop at epoch {spec['at']}")
     elif rank == spec["rank"]:
@@ -104,6 +116,10 @@ def failing_case(spec, rank, world):
             x, y = x[:0], y[:0]
         elif kind == "lr":
             spec = dict(spec, optimizer=["SGD", {"lr": 0.2}])
+        elif kind == "start_bias":
+            spec = dict(spec, bias=-14.0)
+        elif kind == "trains":
+            spec = dict(spec, train=spec["train"] + ["w00"])
         elif kind == "nan":
             x = x.clone()
             x[0] = float("nan")

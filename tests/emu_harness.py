@@ -128,3 +128,48 @@ class Harness:
                 np.fromfile(d / "out_losses.bin", dtype),
                 np.fromfile(d / "out_biases.bin", dtype),
                 np.fromfile(d / "out_info.bin", np.int64), counts)
+
+    # -- every gradient (csrc/kernels_grads_cuda.cuh, kernels_params_cuda.cuh)
+
+    def loss_grads(self, workdir, x, y, weights, bias, needs=15):
+        """fused_loss_grads: (loss, weights_grad[6] or None, bias_grad, dy or
+        None, dx or None) in the data's dtype; needs as the op's."""
+        dtype, _ = self._call("loss_grads", workdir, x, y, weights, bias, needs=needs)
+        d = Path(workdir)
+        out = np.fromfile(d / "out.bin", dtype)
+        per_point = lambda bit, name: np.fromfile(d / name, dtype) if needs & bit else None
+        return (out[0], out[1:7] if needs & 1 else None, out[7],
+                per_point(4, "out_dy.bin"), per_point(8, "out_dx.bin"))
+
+    def loss_grads_sums(self, workdir, x, y, weights, bias):
+        """fused_loss_grads_sums: float64 [loss, 6 weight grads, bias grad]."""
+        self._call("loss_grads_sums", workdir, x, y, weights, bias)
+        return np.fromfile(Path(workdir) / "out.bin", np.float64)
+
+    def predict_grads(self, workdir, grad_out, x, weights, bias, needs=15):
+        """predict_grads: (weights_grad[6] or None, bias_grad, dx or None)."""
+        dtype, _ = self._call("predict_grads", workdir, np.ascontiguousarray(x),
+                              np.ascontiguousarray(grad_out), weights, bias, needs=needs)
+        d = Path(workdir)
+        out = np.fromfile(d / "out.bin", dtype)
+        return (out[:6] if needs & 1 else None, out[6],
+                np.fromfile(d / "out_dx.bin", dtype) if needs & 8 else None)
+
+    def fit_params(self, workdir, x, y, params, trained=127, kind=0, lr=0.1, momentum=0.0,
+                   dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+                   beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=False, epochs=100, tol=1e-4,
+                   event_delay=0, capturing=False):
+        """(params[7], losses, biases, info[3], counts), as ops.fit_params."""
+        f = lambda v: float(v).hex()
+        dtype, counts = self._call(
+            "fit_params", workdir, x, y, TUTORIAL_WEIGHTS, 0.0, p=hexes(params),
+            trained=int(trained), kind=int(kind), lr=f(lr), momentum=f(momentum),
+            dampening=f(dampening), nesterov=int(nesterov), weight_decay=f(weight_decay),
+            maximize=int(maximize), beta1=f(beta1), beta2=f(beta2), eps=f(eps),
+            amsgrad=int(amsgrad), epochs=int(epochs), tol=f(tol),
+            event_delay=event_delay, capturing=int(capturing))
+        d = Path(workdir)
+        return (np.fromfile(d / "out_params.bin", dtype),
+                np.fromfile(d / "out_losses.bin", dtype),
+                np.fromfile(d / "out_biases.bin", dtype),
+                np.fromfile(d / "out_info.bin", np.int64), counts)

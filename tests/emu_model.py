@@ -111,6 +111,66 @@ def fused_loss_sums(x, y, w, bias):
     return grid_sum(loss, x.dtype), grid_sum(grad, x.dtype)
 
 
+# -- every gradient (csrc/network.h's "every gradient", kernels_grads_cuda.cuh)
+#
+# Per point, the forward in the data's dtype T: a0 = x w00 + b00,
+# a1 = x w10 + b10, h0 = relu(a0), h1 = relu(a1), z = (h0 w01 + h1 w11) + bias.
+# The derivatives in float64 from those values, with g = d(out)/dz (0 where
+# z <= 0): d0 = g w01 where a0 > 0 (else 0), d1 = g w11 where a1 > 0;
+# parameters [d0 x, d0, g h0, d1 x, d1, g h1, g]; d/dx = d0 w00 + d1 w10,
+# rounded to T. For the loss, r = relu(z) - y in T, g = 2 r, d/dy = -2 r in T.
+# A sum of several values (the loss and the seven parameter gradients) adds
+# each value on its own in grid_sum's order.
+
+def _forward(x, w, bias):
+    T = x.dtype.type
+    w00, b00, w01, w10, b10, w11 = (T(v) for v in w)
+    a0, a1 = x * w00 + b00, x * w10 + b10
+    h0, h1 = relu(a0), relu(a1)
+    return a0, a1, h0, h1, (h0 * w01 + h1 * w11) + T(bias)
+
+
+def _backward(x, w, a0, a1, h0, h1, g):
+    """(7 parameter derivatives as rows, d/dx in float64) from g = d(out)/dz."""
+    w00, b00, w01, w10, b10, w11 = (float(x.dtype.type(v)) for v in w)
+    d0 = np.where(a0 > 0, g * w01, 0.0)
+    d1 = np.where(a1 > 0, g * w11, 0.0)
+    xd = x.astype(np.float64)
+    params = np.stack([d0 * xd, d0, g * h0.astype(np.float64), d1 * xd, d1,
+                       g * h1.astype(np.float64), g])
+    return params, d0 * w00 + d1 * w10
+
+
+def point_loss_all_grads(x, y, w, bias):
+    """(loss, params[7, n], dy, dx) per point: the loss and parameter
+    derivatives in float64, dy and dx in the data's dtype."""
+    a0, a1, h0, h1, z = _forward(x, w, bias)
+    rd = (relu(z) - y).astype(np.float64)
+    g = np.where(z > 0, 2.0 * rd, 0.0)
+    params, dx = _backward(x, w, a0, a1, h0, h1, g)
+    return rd * rd, params, (-2.0 * rd).astype(x.dtype), dx.astype(x.dtype)
+
+
+def point_predict_all_grads(x, grad_out, w, bias):
+    """(params[7, n], dx) of grad_out * y_hat per point."""
+    a0, a1, h0, h1, z = _forward(x, w, bias)
+    g = np.where(z > 0, grad_out.astype(np.float64), 0.0)
+    params, dx = _backward(x, w, a0, a1, h0, h1, g)
+    return params, dx.astype(x.dtype)
+
+
+def loss_grads_sums(x, y, w, bias):
+    """fused_loss_grads_sums: [loss, 6 weight grads, bias grad], float64."""
+    loss, params, _, _ = point_loss_all_grads(x, y, w, bias)
+    return [grid_sum(loss, x.dtype)] + [grid_sum(p, x.dtype) for p in params]
+
+
+def predict_grads_sums(x, grad_out, w, bias):
+    """predict_grads's 7 sums [6 weight grads, bias grad], float64."""
+    params, _ = point_predict_all_grads(x, grad_out, w, bias)
+    return [grid_sum(p, x.dtype) for p in params]
+
+
 def sgd_step(state, bias, grad, lr, momentum, dampening, nesterov, weight_decay,
              maximize):
     """csrc/sgd.h, in the parameter's type T (each hyperparameter rounded to T)."""

@@ -54,9 +54,9 @@ def cpu_trainer_order(x, w, epochs):
     chunks = -(-x.numel() // CHUNK)
     if x.device.type != "cpu" or chunks < REGROUP_CHUNKS:
         return None
-    # trainer_cpu.h's off_share: up to 4096 evenly spaced points.
+    # trainer_cpu.h's off_share: up to 1024 evenly spaced points.
     n = x.numel()
-    samples = min(n, 4096)
+    samples = min(n, 1024)
     at = torch.tensor([j * n // samples for j in range(samples)])
     w00, b00, w01, w10, b10, w11 = w
     xs = x[at]

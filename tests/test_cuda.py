@@ -5,10 +5,12 @@ the errors for CUDA tensors a build cannot take.
 Every kernel test elsewhere also runs on CUDA through the `device` fixture;
 these need a GPU and a CUDA build of biasfit, and say so when skipped.
 """
+import numpy as np
 import pytest
 import torch
 
 import biasfit
+import emu_model as em
 from biasfit.reference import TutorialNN
 from biasfit.train import tutorial_weights
 from helpers import cpu_trainer_order
@@ -372,6 +374,165 @@ def test_more_than_2_to_the_31_elements():
     assert bool((out[head:] == tail_value).all())
 
 
+# -- every gradient and fit_params ------------------------------------------------------
+
+GRAD_SIZES = [1, 3, 2049, 4097, 70_001, 1_000_003]
+
+
+def param_scales(x, y, w, b):
+    """[sum |loss_i|, sum |d loss_i / d p| for the 7 parameters]: what a sum
+    in another order of float64 additions is off by at most RTOL64 of."""
+    with np.errstate(all="ignore"):
+        loss, params, _, _ = em.point_loss_all_grads(x.numpy(), y.numpy(), w.tolist(), float(b))
+    return torch.tensor([np.abs(loss).sum(), *np.abs(params).sum(axis=1)])
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_loss_grads_sums_match_cpu(dtype):
+    for n in GRAD_SIZES:
+        x, y = random_data(n, dtype, "cpu", seed=n)
+        w, b = weights_and_bias(x, 0.5)
+        cpu = ops.fused_loss_grads_sums(x, y, w, b)
+        gpu = ops.fused_loss_grads_sums(x.to(GPU), y.to(GPU), w.to(GPU), b.to(GPU)).cpu()
+        bound = RTOL64 * param_scales(x, y, w, b)
+        assert bool(((gpu - cpu).abs() <= bound).all()), f"n={n}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_loss_grads_every_needs_matches_cpu(dtype):
+    # Per-point gradients are each point's own math: the same bits as the
+    # CPU's. Sums: another order of float64 additions, then the dtype.
+    x, y = random_data(70_001, dtype, "cpu", seed=5)
+    x[:3] = torch.tensor([0.5, 0.0, 1.0], dtype=dtype)  # the hidden units' kinks
+    w, b = weights_and_bias(x, -16.0)
+    bound = max(torch.finfo(dtype).eps, RTOL64) * param_scales(x, y, w, b).to(dtype)
+    bounds = {"loss": bound[0], "weights": bound[1:7], "bias": bound[7]}
+    for needs in range(16):
+        cpu = ops.fused_loss_grads(x, y, w, b, needs)
+        gpu = to_cpu(*ops.fused_loss_grads(x.to(GPU), y.to(GPU), w.to(GPU), b.to(GPU), needs))
+        for name, c, g in zip(("loss", "weights", "bias", "labels", "inputs"), cpu, gpu):
+            assert c.shape == g.shape, (needs, name)
+            if name in ("labels", "inputs"):
+                assert torch.equal(c, g), (needs, name)
+            elif c.numel():
+                assert bool(((g - c).abs() <= bounds[name]).all()), (needs, name)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_predict_grads_match_cpu(dtype):
+    x, g = random_data(70_001, dtype, "cpu", seed=6)
+    g = g - 1
+    w, b = weights_and_bias(x, -16.0)
+    params, _ = em.point_predict_all_grads(x.numpy(), g.numpy(), w.tolist(), float(b))
+    bound = max(torch.finfo(dtype).eps, RTOL64) * torch.tensor(np.abs(params).sum(axis=1))
+    for needs in (2, 3, 10, 11):
+        cpu = ops.predict_grads(g, x, w, b, needs)
+        gpu = to_cpu(*ops.predict_grads(g.to(GPU), x.to(GPU), w.to(GPU), b.to(GPU), needs))
+        assert torch.equal(cpu[2], gpu[2]), needs  # d/dx per point: the same bits
+        assert cpu[0].shape == gpu[0].shape and cpu[1].shape == gpu[1].shape
+        if needs & 1:
+            assert bool(((gpu[0] - cpu[0]).abs() <= bound[:6].to(dtype)).all()), needs
+        assert abs(float(gpu[1] - cpu[1])) <= float(bound[6]), needs
+
+
+@needs_gpu
+def test_autograd_every_gradient_on_gpu_matches_cpu():
+    x, y = random_data(10_000, torch.float64, "cpu")
+    grads = []
+    for device in ("cpu", GPU):
+        model = biasfit.BasicNN(-16.0, dtype=torch.float64).to(device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        xs, ys = x.to(device).requires_grad_(), y.to(device).requires_grad_()
+        loss = model.loss(xs, ys)
+        grads.append([t.cpu() for t in torch.autograd.grad(
+            loss, [xs, ys, *model.parameters()])])
+        # predict's backward too: every parameter's and the inputs' gradients
+        out = (model(xs) * ys.detach()).sum()
+        grads[-1] += [t.cpu() for t in torch.autograd.grad(out, [xs, *model.parameters()])]
+    for c, g in zip(*grads):
+        torch.testing.assert_close(g, c, rtol=RTOL64, atol=RTOL64 * float(c.abs().max()))
+
+
+PARAM_FITS = {
+    "sgd nesterov": dict(kind=0, lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "sgd dampened maximize": dict(kind=0, lr=0.001, momentum=0.5, dampening=0.3, maximize=True),
+    "adam": dict(kind=1, lr=0.05),
+    "adam amsgrad": dict(kind=1, lr=0.05, amsgrad=True, weight_decay=0.01),
+    "adamw": dict(kind=2, lr=0.05, weight_decay=0.1),
+    "adamw hidden layer": dict(kind=2, lr=0.05, trained=0b11011),
+    "bias only sgd": dict(kind=0, lr=0.1, trained=64),
+}
+
+
+def fit_params_on(device, x, y, start, trained=127, kind=0, lr=0.1, momentum=0.0,
+                  dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
+                  beta1=0.9, beta2=0.999, eps=1e-8, amsgrad=False, epochs=100, tol=1e-4):
+    p = torch.tensor(start, dtype=x.dtype, device=device)
+    return to_cpu(*ops.fit_params(x.to(device), y.to(device), p, trained, kind, lr, momentum,
+                                  dampening, nesterov, weight_decay, maximize, beta1, beta2,
+                                  eps, amsgrad, epochs, tol))
+
+
+@needs_gpu
+@pytest.mark.parametrize("fit", PARAM_FITS)
+@pytest.mark.parametrize("data", ["tutorial", "50k points"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fit_params_matches_cpu(fit, data, dtype):
+    # One launch for the tutorial's 3 points; one an epoch for 50k (25 blocks).
+    if data == "tutorial":
+        x, y = (t.to(dtype) for t in biasfit.tutorial_data())
+        kw = dict(PARAM_FITS[fit], epochs=200)
+    else:
+        x, y = generated_labels(50_000, dtype)
+        kw = dict(PARAM_FITS[fit], epochs=60)
+        if kw["kind"] == 0:
+            kw["lr"] /= 50_000
+    start = list(biasfit.TUTORIAL_WEIGHTS) + [-10.0]
+    got, expected = fit_params_on(GPU, x, y, start, **kw), fit_params_on("cpu", x, y, start, **kw)
+    assert got[3].tolist() == expected[3].tolist()
+    epoch, status, _ = expected[3].tolist()
+    seen = epoch if status == 2 else epoch + 1
+    rtol = RTOL64 if dtype == torch.float64 else 1e-5
+    for g, e in ((got[0], expected[0]), (got[1][:seen], expected[1][:seen]),
+                 (got[2][:seen], expected[2][:seen])):
+        torch.testing.assert_close(g, e, rtol=rtol, atol=rtol * float(e.abs().max()))
+
+
+@needs_gpu
+def test_fit_params_same_bits_run_to_run_and_divergence():
+    x, y = generated_labels(50_000, torch.float64)
+    start = list(biasfit.TUTORIAL_WEIGHTS) + [-3.0]
+    runs = [fit_params_on(GPU, x, y, start, kind=1, lr=0.01, amsgrad=True, epochs=20, tol=0.0)
+            for _ in range(2)]
+    for a, b_ in zip(*runs):
+        assert torch.equal(a, b_)
+    for data in (biasfit.tutorial_data(), (x, y)):
+        kw = dict(kind=0, lr=1e300, maximize=True, epochs=10, tol=0.0)
+        got = fit_params_on(GPU, *data, start, **kw)
+        assert got[3].tolist() == fit_params_on("cpu", *data, start, **kw)[3].tolist()
+        assert got[3][1] in (3, 4)
+
+
+@needs_gpu
+def test_fit_fused_engine_trains_all_seven_on_gpu():
+    x, y = biasfit.tutorial_data()
+    results = []
+    for device in ("cpu", GPU):
+        model = biasfit.BasicNN().to(device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        results.append(biasfit.fit(model, x.to(device), y.to(device), engine="fused",
+                                   optimizer=torch.optim.Adam(model.parameters(), lr=0.05),
+                                   epochs=500))
+    assert results[0].epochs_run == results[1].epochs_run
+    for name, value in results[0].params.items():
+        assert results[1].params[name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+
+
 # -- CUDA tensors a build cannot take ----------------------------------------------------
 
 @needs_gpu
@@ -388,15 +549,21 @@ def test_tensors_on_two_devices_are_refused():
         ops.predict(x.cpu(), w.cpu(), b)
 
 
-ALL_OPS = ["predict", "fused_loss", "predict_bias_grad", "fit_sgd"]
+ALL_OPS = ["predict", "fused_loss", "predict_bias_grad", "fit_sgd", "fused_loss_grads",
+           "fused_loss_grads_sums", "predict_grads", "fit_params"]
 
 
 def cpu_args(name):
     x, y = biasfit.tutorial_data()
     w, b = weights_and_bias(x, 0.0)
+    params = torch.cat([w, b.reshape(1)])
     return {"predict": (x, w, b), "fused_loss": (x, y, w, b),
             "predict_bias_grad": (y, x, w, b),
-            "fit_sgd": (x, y, w, b, 0.1, 0.0, 0.0, False, 0.0, False, 10, 1e-4)}[name]
+            "fit_sgd": (x, y, w, b, 0.1, 0.0, 0.0, False, 0.0, False, 10, 1e-4),
+            "fused_loss_grads": (x, y, w, b, 15), "fused_loss_grads_sums": (x, y, w, b),
+            "predict_grads": (y, x, w, b, 11),
+            "fit_params": (x, y, params, 127, 1, 0.1, 0.0, 0.0, False, 0.0, False, 0.9,
+                           0.999, 1e-8, False, 10, 1e-4)}[name]
 
 
 @pytest.mark.parametrize("name", ALL_OPS)

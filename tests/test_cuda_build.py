@@ -1,6 +1,8 @@
-"""The CUDA build without a GPU: setup.py's CUDA settings, and csrc/cuda.cu
-compiling with nvcc wherever nvcc exists (tools/check_cuda_compile.py)."""
+"""The CUDA build without a GPU: setup.py's CUDA settings, csrc/cuda.cu
+compiling with nvcc wherever nvcc exists (tools/check_cuda_compile.py), and
+every kernel's PTX free of anything the GPU could fuse into an FMA."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -102,3 +104,57 @@ def test_biasfit_cuda_1_fails_early_with_the_reason_and_writes_nothing(tmp_path)
     assert last.startswith("biasfit: BIASFIT_CUDA=1 but no CUDA build can be made: ")
     assert "CPU build" in last or "no CUDA toolkit" in last
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# -- the kernels' math is free of FMA contraction, whatever the flags ------------------
+
+# CUDA's own pow (adam.h's beta^step) is the one function allowed plain
+# operations and fused multiply-adds: its accuracy is CUDA's business. Its
+# special cases, inlined into the kernels, leave plain adds (x + y for NaN)
+# there; an add with no plain multiply beside it has nothing to fuse with.
+CUDA_POW = "__internal_accurate_pow"
+PLAIN_MUL = re.compile(r"^\s*mul(\.ftz)?\.f(32|64)\s")  # no .rn: ptxas may fuse it
+FMA = re.compile(r"^\s*(fma|mad)(\.[a-z]+)*\.f(32|64)\s")  # NVVM fused it
+
+
+def contractible(ptx):
+    """(function, instruction) of every multiply that a --fmad=true build
+    could fuse into an FMA, and every FMA already there, outside CUDA's pow."""
+    found, function = [], None
+    for line in ptx.splitlines():
+        entry = re.search(r"\.(?:entry|func)\s+(?:\([^)]*\)\s*)?([\w$]+)", line)
+        if entry:
+            function = entry.group(1)
+        elif function != CUDA_POW and (PLAIN_MUL.match(line) or FMA.match(line)):
+            found.append((function, line.strip()))
+    return found
+
+
+def probe_ptx(tmp_path, source, csrc=ROOT / "csrc"):
+    nvcc = check_cuda_compile.find_nvcc()
+    out = tmp_path / "probe.ptx"
+    done = subprocess.run([nvcc, "-std=c++20", "--ptx", "-arch=sm_90", "--fmad=true",
+                           f"-I{csrc}", str(source), "-o", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return out.read_text()
+
+
+@pytest.mark.skipif(check_cuda_compile.find_nvcc() is None, reason="no nvcc on this machine")
+def test_kernel_math_has_nothing_to_fuse_even_with_fmad_true(tmp_path):
+    # tests/cuda_emu/fma_probe.cu instantiates every kernel (fused_loss,
+    # fit_sgd, every gradient, fit_params) for both dtypes: with contraction
+    # allowed, every multiply must still be a round-to-nearest one (rounding.h)
+    # and no FMA may appear, so each point rounds as on the CPU.
+    ptx = probe_ptx(tmp_path, ROOT / "tests" / "cuda_emu" / "fma_probe.cu")
+    assert "fit_params_one_block_kernel" in ptx and "ParamSumsSink" in ptx
+    assert contractible(ptx) == []
+    # The check bites: sgd.h's step written as plain operators is caught.
+    mutant = tmp_path / "csrc"
+    shutil.copytree(ROOT / "csrc", mutant)
+    sgd = (mutant / "sgd.h").read_text()
+    step = "return add_rn(param, mul_rn(T(-o.lr), grad));"
+    assert step in sgd
+    (mutant / "sgd.h").write_text(sgd.replace(step, "return param + T(-o.lr) * grad;"))
+    assert contractible(probe_ptx(tmp_path, ROOT / "tests" / "cuda_emu" / "fma_probe.cu",
+                                  csrc=mutant)) != []

@@ -78,6 +78,23 @@ def quick_set(h, tmp_path):
         expected = em.fit(fx, fy, W, 0.0, **kw)
         results[name] = (list(got[3]) == list(expected[3]) and got[0] == expected[0]
                          and np.array_equal(got[1], expected[1]))
+    # Every gradient (sums of eight values) and fit_params's kernels.
+    results["grads sums f32 (2 blocks)"] = (list(h.loss_grads_sums(tmp_path, x32, y32, W, -4.0))
+                                            == em.loss_grads_sums(x32, y32, W, -4.0))
+    got = h.loss_grads(tmp_path, x[:2100], y[:2100], W, -4.0, needs=15)
+    _, _, dy, dx = em.point_loss_all_grads(x[:2100], y[:2100], W, -4.0)
+    results["grads per point f64 (2 blocks)"] = (np.array_equal(got[3], dy)
+                                                 and np.array_equal(got[4], dx))
+    got = h.predict_grads(tmp_path, y32[:3000], x32[:3000], W, -4.0, needs=11)
+    results["predict_grads"] = np.array_equal(
+        got[2], em.point_predict_all_grads(x32[:3000], y32[:3000], W, -4.0)[1])
+    for name, (fx, fy) in {"one-block fit_params": (x32[:3], y32[:3]),
+                           "multi-block fit_params": (x, y)}.items():
+        kw = dict(lr=0.5 / fx.size, epochs=2, tol=0.0, momentum=0.9)
+        got = h.fit_params(tmp_path, fx, fy, list(W) + [0.0], trained=64, **kw)
+        expected = em.fit(fx, fy, W, 0.0, **kw)
+        results[name] = (list(got[3][:2]) == list(expected[3]) and got[0][6] == expected[0]
+                         and np.array_equal(got[1], expected[1]))
     return results
 
 
@@ -95,9 +112,9 @@ def test_a_removed_barrier_is_caught(tmp_path):
     mutant = tmp_path / "csrc"
     shutil.copytree(eh.CSRC, mutant)
     source = (mutant / "reduce_cuda.cuh").read_text()
-    body = source[source.index("LossGrad block_sum("):]
-    barrier = body.index("__syncthreads();")
-    cut = source.index("LossGrad block_sum(") + barrier
+    start = source.index("S block_sum(S v")  # the template for every kind of sum
+    barrier = source[start:].index("__syncthreads();")
+    cut = start + barrier
     (mutant / "reduce_cuda.cuh").write_text(source[:cut] + source[cut + len("__syncthreads();"):])
     h = eh.Harness(eh.build(tmp_path / "mutant", eh.TSAN_FLAGS, csrc=mutant), env=TSAN_ENV)
     try:

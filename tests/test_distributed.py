@@ -36,20 +36,60 @@ N = 2 * 2**14 + 1234  # crosses the native sum's 2^14-point chunks
 # rounding apart.
 SHARDED_RTOL = {("float64", "autograd"): 1e-12, ("float64", "fused"): 1e-12,
                 ("float32", "fused"): 1e-12, ("float32", "autograd"): RTOL[torch.float32]}
+# Training several parameters (issue 13), both engines: each rank's float64
+# sums, then the ranks' in rank order, against the whole data's float64 sums
+# in the native chunk order. The sums differ by float64 roundings (~1e-16);
+# a float32 fit rounds them to float32, where one sum that lands on the other
+# side of a rounding boundary differs by an ulp, and Adam's steps carry it.
+# The issue's bounds for the engines' agreement hold here too. Measured
+# worst over these cases (2 and 3 ranks): float64 2.2e-13 (Adam divides by
+# the gradients' root mean square, which magnifies small ones' differences),
+# float32 2.4e-6 (autograd: per-rank float32 gradients) and 0 (fused).
+PARAMS_RTOL = {"float64": 1e-12, "float32": 1e-5}
 
 
-def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None):
+def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None, train=None):
     spec = {"id": name, "data": "random", "n": N, "seed": 7, "dtype": dtype,
             "engine": engine, "optimizer": optimizer, "tol": tol}
     if sizes:
         spec["sizes"] = sizes
+    if train:
+        # Near the tutorial's final_bias: from 0 the first steps of SGD on
+        # these points turn every output unit off, and the fit stalls.
+        spec.update(train=list(train), bias=-15.0)
     return spec
 
 
+def sharded_rtol(spec):
+    if "train" in spec:
+        return PARAMS_RTOL[spec["dtype"]]
+    return SHARDED_RTOL[spec["dtype"], spec["engine"]]
+
+
+PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+ALL, WEIGHTS, BIAS = PARAMS, PARAMS[:6], ("final_bias",)
 # Uneven shards, one of them cut inside a native chunk.
 UNEVEN = {"2": [N // 4, N - N // 4], "3": [1000, 2**14 + 7, N - 1007 - 2**14]}
 LR = 0.2 / N  # the summed loss's gradient grows with N
 EMPTY = {"2": [0, N], "3": [N - 5, 0, 5]}
+
+# (name, optimizer, trained parameters, random_case's other arguments)
+PARAM_FITS = [
+    # lr 0.02 / N sat at the edge of stability here: an oscillating direction
+    # grew the sharded sums' ~1e-16 differences about 10x an epoch (8e-5 by
+    # epoch 50), so no order of additions could agree to 1e-12. At 0.005 / N
+    # they stay ~4e-16 over 100 epochs on 2 and 3 ranks.
+    ("all-sgd", ["SGD", {"lr": 0.005 / N, "momentum": 0.5, "nesterov": True}], ALL,
+     {"tol": "late"}),
+    ("all-sgd-dampening", ["SGD", {"lr": 0.01 / N, "momentum": 0.7, "dampening": 0.1,
+                                   "weight_decay": 1e-3}], ALL, {"sizes": UNEVEN}),
+    ("weights-adam", ["Adam", {"lr": 0.01}], WEIGHTS, {"tol": "late", "sizes": UNEVEN}),
+    ("bias-adamw", ["AdamW", {"lr": 0.5, "weight_decay": 0.01}], BIAS, {}),
+    ("all-adamw", ["AdamW", {"lr": 0.01, "weight_decay": 0.1}], ALL, {"sizes": UNEVEN}),
+    ("all-amsgrad", ["Adam", {"lr": 0.01, "weight_decay": 0.01, "amsgrad": True}], ALL, {}),
+    ("all-adam-float32", ["Adam", {"lr": 0.01}], ALL, {"dtype": "float32", "sizes": UNEVEN}),
+    ("all-empty-shard", ["AdamW", {"lr": 0.01, "amsgrad": True}], ALL, {"sizes": EMPTY}),
+]
 
 FIT_CASES = [
     {"id": "tutorial-autograd", "data": "tutorial", "dtype": "float32", "engine": "autograd",
@@ -75,6 +115,14 @@ FIT_CASES = [
     random_case("empty-shard-autograd", "autograd", ["SGD", {"lr": LR}], sizes=EMPTY),
     random_case("empty-shard-fused", "fused", ["SGD", {"lr": LR, "momentum": 0.5}],
                 sizes=EMPTY),
+    # Any subset of the seven parameters, each optimizer fit_params runs, both
+    # engines (the autograd engine takes any torch.optim optimizer).
+    *[random_case(f"{name}-{engine}", engine, optimizer, train=train, **kw)
+      for name, optimizer, train, kw in PARAM_FITS for engine in ("autograd", "fused")],
+    # The autograd engine steps any torch.optim optimizer with the summed grads.
+    random_case("all-rmsprop-autograd", "autograd",
+                ["RMSprop", {"lr": 1e-3, "momentum": 0.5, "centered": True}],
+                sizes=UNEVEN, train=ALL),
 ]
 CASE_IDS = [c["id"] for c in FIT_CASES]
 
@@ -91,6 +139,23 @@ def midway_tol(spec):
     raise AssertionError(f"{spec['id']}: the loss never drops near its floor")
 
 
+def late_tol(spec):
+    """A tol that the single-process fit first crosses in the second half of
+    its epochs, its loss then dropping below every earlier one by 1e-6
+    relative or more: far more than the float64 bound (1e-12), so a sharded
+    fit stopping at another epoch fails. For slow fits, which midway_tol's 1%
+    drop does not suit."""
+    losses = worker.run_fit(dict(spec, tol=0.0), *worker.make_data(spec))["losses"]
+    for k in range(len(losses) // 2, len(losses)):
+        before = min(losses[:k])
+        if losses[k] < (1 - 1e-6) * before:
+            return math.sqrt(before * losses[k])
+    raise AssertionError(f"{spec['id']}: the loss never drops in its second half")
+
+
+PICK_TOL = {"midway": midway_tol, "late": late_tol}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     # The references are the same bits on any number of threads; one is
@@ -103,7 +168,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def fit_cases():
-    return [dict(c, tol=midway_tol(c)) if c.get("tol") == "midway" else c for c in FIT_CASES]
+    return [dict(c, tol=PICK_TOL[c["tol"]](c)) if c.get("tol") in PICK_TOL else c
+            for c in FIT_CASES]
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +246,15 @@ def assert_fit_equal(got, want, rtol):
                                torch.tensor(want["losses"], dtype=torch.float64),
                                rtol=rtol, atol=0)
     assert got["final_bias"] == pytest.approx(want["final_bias"], rel=rtol, abs=0)
+    # Every trained parameter, which the model holds too; the frozen ones keep
+    # their values exactly.
+    assert set(got["params"]) == set(want["params"])
+    for name, value in got["params"].items():
+        assert got["model_params"][name] == value
+    for name, value in got["model_params"].items():
+        assert value == pytest.approx(want["model_params"][name], rel=rtol, abs=0), name
+        if name not in got["params"]:
+            assert value == want["model_params"][name], name
 
 
 class TorchRun:
@@ -196,8 +271,13 @@ class TorchRun:
 
     def results(self):
         """(exit status, stdout, stderr)"""
+        # The deadline catches a hang: a run that has exited is read in full
+        # even past it (communicate(timeout=0) would raise before reading,
+        # as when earlier tests on a loaded machine used up the deadline).
+        left = None if self.proc.poll() is not None else max(
+            0, self.deadline - time.monotonic())
         try:
-            out, err = self.proc.communicate(timeout=max(0, self.deadline - time.monotonic()))
+            out, err = self.proc.communicate(timeout=left)
         except subprocess.TimeoutExpired:
             self.stop()
             pytest.fail(f"torchrun still running after {GROUP_TIMEOUT} s")
@@ -229,7 +309,7 @@ import os, sys
 left = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
 print("gloo threads left:", sorted(t for t in left if "gloo" in t), file=sys.stderr)
 """
-README_OUT = ["34 epochs, final_bias = -16.0019"]
+README_OUT = ["34 epochs, final_bias = -16.0019", "35 epochs, w10 = 12.266"]
 # How many times test_the_readme_script_exits_cleanly_every_time runs the
 # script with 3 processes (a few seconds each); set more to hunt rare exits.
 README_RUNS = int(os.environ.get("BIASFIT_TEST_README_RUNS", "5"))
@@ -304,7 +384,7 @@ def test_sharded_fit_equals_single_process_fit(sharded, single_process, world, i
     per_rank = [untimed(results[index]) for results in sharded(world)]
     for rank, got in enumerate(per_rank):
         assert got == per_rank[0], f"rank {rank} ended unlike rank 0"
-    assert_fit_equal(per_rank[0], single_process[spec["id"]], SHARDED_RTOL[spec["dtype"], spec["engine"]])
+    assert_fit_equal(per_rank[0], single_process[spec["id"]], sharded_rtol(spec))
 
 
 def test_tutorial_sharded_fit_is_the_tutorial_result(sharded):
@@ -315,7 +395,8 @@ def test_tutorial_sharded_fit_is_the_tutorial_result(sharded):
 
 FAIL_BASE = {"data": "random", "n": 1000, "seed": 3, "dtype": "float64",
              "optimizer": ["SGD", {"lr": 1e-4}], "rank": 1}
-# FAIL_BASE never reaches tol (its noise keeps the loss near 2.5): its fits
+FAIL_PARAMS = dict(FAIL_BASE, train=list(ALL), optimizer=["Adam", {"lr": 0.01}])
+# FAIL_BASE and FAIL_PARAMS never reach tol (its noise keeps the loss near 2.5): its fits
 # run epochs 0 to 99.
 LAST_EPOCH = 99
 FAIL_CASES = [
@@ -351,9 +432,45 @@ FAIL_CASES = [
     # as one process would.
     dict(FAIL_BASE, kind="callback_everywhere", engine="fused", at=5,
          expect=["RuntimeError", "stop at epoch 5"]),
+    # Training all seven: the same stops, both engines.
+    *[dict(FAIL_PARAMS, kind="raise", engine=engine,
+           expect=["DistributedFitError", "rank 1 of 2 failed in epoch 2 (rank 1: RuntimeError: "
+                   "injected failure)"]) for engine in ("autograd",)],
+    *[dict(FAIL_PARAMS, kind="callback", engine=engine, at=at,
+           expect=["DistributedFitError", f"rank 1 of 2 failed in epoch {at} (rank 1: "
+                   f"RuntimeError: injected callback failure)"])
+      for engine, at in (("autograd", 2), ("fused", 2), ("fused", LAST_EPOCH))],
+    *[dict(FAIL_PARAMS, kind="weights", engine=engine,
+           expect=["DistributedFitError", "rank 1 of 2 would fit with settings {'weights': "
+                   "[1.8, -0.85, -40.8, 12.6, 0.0, 2.7]} but rank 0 with {'weights': "
+                   "[1.7, -0.85, -40.8, 12.6, 0.0, 2.7]}"])
+      for engine in ("autograd", "fused")],
+    *[dict(FAIL_PARAMS, kind="start_bias", engine=engine,
+           expect=["DistributedFitError", "rank 1 of 2 would fit with settings {'bias': -14.0} "
+                   "but rank 0 with {'bias': 0.0}"])
+      for engine in ("autograd", "fused")],
+    dict(FAIL_PARAMS, kind="lr", engine="fused",
+         expect=["DistributedFitError", "rank 1", "'lr': 0.2"]),
+    dict(FAIL_PARAMS, kind="nan", engine="fused",
+         expect=["DivergedError", "the loss became nan at epoch 0"]),
+    # Every rank's w11 overflows alike in the first step: each raises the
+    # one-process error, naming the parameter.
+    *[dict(FAIL_BASE, kind="diverge", engine=engine, train=["w11"],
+           optimizer=["SGD", {"lr": 1e308, "momentum": 1e10}],
+           expect=["DivergedError", "w11 became inf at epoch 0"])
+      for engine in ("autograd", "fused")],
+    # One rank trains w00 too: it would send rows of another width, so the
+    # shard check stops every rank first (rank 0 trains final_bias alone,
+    # by SGD's own path with the autograd engine, by fit_params's with Adam).
+    *[dict(FAIL_BASE, kind="trains", engine=engine, train=["final_bias"],
+           optimizer=optimizer,
+           expect=["DistributedFitError", "rank 1 of 2 would fit with settings {'trains': "
+                   "['w00', 'final_bias']} but rank 0 with {'trains': ['final_bias']}"])
+      for engine, optimizer in (("autograd", FAIL_BASE["optimizer"]),
+                                ("fused", FAIL_PARAMS["optimizer"]))],
 ]
-FAIL_IDS = [f"{c['kind']}-{c['engine']}" + (f"-{c['at']}" if "at" in c else "")
-            for c in FAIL_CASES]
+FAIL_IDS = [f"{c['kind']}-{c['engine']}" + ("-params" if c.get("train") == list(ALL) else "")
+            + (f"-{c['at']}" if "at" in c else "") for c in FAIL_CASES]
 
 
 @pytest.fixture(scope="module")

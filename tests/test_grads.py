@@ -118,6 +118,19 @@ def test_only_what_is_asked_is_computed():
         torch.ops.biasfit.fused_loss_grads(x, y, w, b, 16)
 
 
+def test_bias_grad_is_computed_whatever_needs_says():
+    # The schema promises bias_grad always; with the labels' or inputs'
+    # bit but not the weights' it once came back 0, and autograd then gave
+    # final_bias a zero gradient when the labels also required grad.
+    x, y, w, b = random_problem(100, torch.float64, "cpu")
+    loss, want = torch.ops.biasfit.fused_loss(x, y, w, b)
+    for needs in range(16):
+        got = torch.ops.biasfit.fused_loss_grads(x, y, w, b, needs)
+        assert torch.equal(got[0], loss) and torch.equal(got[2], want), needs
+    yr, br = y.clone().requires_grad_(), b.clone().requires_grad_()
+    assert torch.equal(torch.autograd.grad(biasfit.fused_loss(x, yr, w, br), [yr, br])[1], want)
+
+
 @pytest.mark.parametrize("which", ["bias", "weights", "all", "labels", "inputs"])
 def test_autograd_gives_every_gradient(which):
     x, y, w, b = kinked(4001, torch.float64, seed=3)

@@ -15,9 +15,18 @@ void* probe() {
       reinterpret_cast<void*>(bc::finish_kernel<bc::LossSink<T>>),
       reinterpret_cast<void*>(bc::fit_one_block_kernel<true, T>),
       reinterpret_cast<void*>(bc::fit_one_block_kernel<false, T>),
-      reinterpret_cast<void*>(bc::fit_epoch_kernel<true, T>),
+      reinterpret_cast<void*>(bc::fit_epoch_kernel<true, T, bc::FitDeviceState<T>>),
       reinterpret_cast<void*>(bc::fit_start_kernel<T>),
       reinterpret_cast<void*>(bc::fit_publish_kernel<T>),
+      // Every gradient and fit_params.
+      reinterpret_cast<void*>(bc::partial_sums_kernel<true, bc::LossGradsPoint<T>, T>),
+      reinterpret_cast<void*>(bc::partial_sums_kernel<false, bc::PredictGradsPoint<T>, T>),
+      reinterpret_cast<void*>(bc::finish_kernel<bc::ParamGradsSink<T>>),
+      reinterpret_cast<void*>(bc::finish_kernel<bc::ParamSumsSink>),
+      reinterpret_cast<void*>(bc::fit_params_one_block_kernel<true, T>),
+      reinterpret_cast<void*>(bc::fit_epoch_kernel<true, T, bc::ParamFitDeviceState<T>>),
+      reinterpret_cast<void*>(bc::fit_params_start_kernel<T>),
+      reinterpret_cast<void*>(bc::fit_params_publish_kernel<T>),
   };
   return kernels[0];
 }

@@ -93,6 +93,67 @@ FitOptions fit_options(const Args& a) {
           a.d("tol")};
 }
 
+// The ops of every gradient. out.bin: loss_grads [loss, 6 weight grads,
+// bias grad] in T (0 where not asked); loss_grads_sums the 8 float64 sums;
+// predict_grads [6 weight grads, bias grad] in T. out_dy.bin, out_dx.bin:
+// the per-point gradients where asked (needs, network.h's GradNeeds bits).
+template <typename T>
+void run_grads_op(const std::string& op, const Args& a, EmuLauncher& l,
+                  const T* w, const T* bias) {
+  const std::string dir = a.get("dir");
+  const bc::Inputs<T> in = inputs<T>(a, dir);
+  const int64_t needs = a.i("needs", biasfit::kNeedAll);
+  std::vector<T> out(8, T(0)), dy(size_t(in.n), T(0)), dx(size_t(in.n), T(0));
+  T* want_dy = needs & biasfit::kNeedLabels ? dy.data() : nullptr;
+  T* want_dx = needs & biasfit::kNeedInputs ? dx.data() : nullptr;
+  if (op == "loss_grads") {
+    T* wg = needs & biasfit::kNeedWeights ? &out[1] : nullptr;
+    bc::loss_grads<T>(l, in, w, bias, {&out[0], wg, &out[7], want_dy, want_dx});
+  } else if (op == "predict_grads") {
+    T* wg = needs & biasfit::kNeedWeights ? &out[0] : nullptr;
+    bc::predict_grads<T>(l, in, w, bias, wg, &out[6], want_dx);
+    out.resize(7);
+  } else {
+    double sums[8];
+    bc::loss_grads_sums<T>(l, in, w, bias, sums);
+    write_file(dir + "/out.bin", sums, sizeof sums);
+    return;
+  }
+  write_file(dir + "/out.bin", out.data(), sizeof(T) * out.size());
+  if (want_dy != nullptr) write_file(dir + "/out_dy.bin", dy.data(), sizeof(T) * dy.size());
+  if (want_dx != nullptr) write_file(dir + "/out_dx.bin", dx.data(), sizeof(T) * dx.size());
+}
+
+// fit_params from params p (7 hex floats), as the op's arguments.
+template <typename T>
+void run_fit_params(const Args& a, EmuLauncher& l) {
+  const std::string dir = a.get("dir");
+  const bc::Inputs<T> in = inputs<T>(a, dir);
+  T start[7];
+  std::string s = a.get("p");
+  for (int k = 0; k < 7; ++k) {
+    char* end = nullptr;
+    start[k] = T(std::strtod(s.c_str(), &end));
+    s = *end == ',' ? std::string(end + 1) : std::string();
+  }
+  const int64_t kind = a.i("kind");
+  const biasfit::ParamFitOptions opt{
+      a.i("trained"), kind,
+      {a.d("lr"), a.d("momentum"), a.d("dampening"), a.d("weight_decay"),
+       a.i("nesterov") != 0, a.i("maximize") != 0},
+      {a.d("lr"), a.d("beta1"), a.d("beta2"), a.d("eps"), a.d("weight_decay"),
+       a.i("amsgrad") != 0, a.i("maximize") != 0, kind == biasfit::kAdamW},
+      a.i("epochs"), a.d("tol")};
+  std::vector<T> losses(size_t(opt.epochs)), biases(size_t(opt.epochs));
+  T params[7] = {};
+  int64_t info[3] = {-2, -2, -2};
+  bc::fit_params<T>(l, in, start, opt, {losses.data(), biases.data(), params, info});
+  write_file(dir + "/out_losses.bin", losses.data(), sizeof(T) * losses.size());
+  write_file(dir + "/out_biases.bin", biases.data(), sizeof(T) * biases.size());
+  write_file(dir + "/out_params.bin", params, sizeof params);
+  write_file(dir + "/out_info.bin", info, sizeof info);
+}
+
 template <typename T>
 void run_op(const std::string& op, const Args& a, EmuLauncher& l) {
   const std::string dir = a.get("dir");
@@ -128,6 +189,11 @@ void run_op(const std::string& op, const Args& a, EmuLauncher& l) {
     write_file(dir + "/out_biases.bin", biases.data(), sizeof(T) * biases.size());
     write_file(dir + "/out_bias.bin", &final_bias, sizeof(T));
     write_file(dir + "/out_info.bin", info, sizeof info);
+  } else if (op == "loss_grads" || op == "loss_grads_sums" ||
+             op == "predict_grads") {
+    run_grads_op<T>(op, a, l, w, &bias);
+  } else if (op == "fit_params") {
+    run_fit_params<T>(a, l);
   } else {
     fail("harness: unknown op %s", op.c_str());
   }

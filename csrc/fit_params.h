@@ -1,0 +1,90 @@
+// The end of an epoch for any subset of the seven parameters: fit.h's
+// FitState::end_epoch with SGD (sgd.h), Adam or AdamW (adam.h) per trained
+// parameter. Written once for the CPU trainer (trainer_params_cpu.h) and the
+// CUDA one (kernels_params_cuda.cuh), so both stop, step and fail at the
+// same epoch, with the same update rules. Free of torch.
+//
+// A plain aggregate (no constructor, no default member values), so that a
+// CUDA kernel can keep one in shared memory; start() makes the first state.
+#pragma once
+
+#include <cstdint>
+
+#include "adam.h"
+#include "fit.h"
+#include "network.h"
+#include "sgd.h"
+
+namespace biasfit {
+
+enum OptimizerKind : int64_t { kSgd = 0, kAdam = 1, kAdamW = 2 };
+
+struct ParamFitOptions {
+  int64_t trained;  // bit p: parameter p (ParamSums's order) trains
+  int64_t kind;     // OptimizerKind
+  SgdOptions sgd;
+  AdamOptions adam;
+  int64_t epochs;
+  double tol;
+};
+
+template <typename T>
+struct ParamFitState {
+  T params[kNumParams];
+  SgdState<T> sgd[kNumParams];
+  AdamState<T> adam[kNumParams];
+  int64_t epoch;
+  int64_t status;
+  int64_t bad_param;  // the parameter that became inf/NaN, if one did, else -1
+
+  BIASFIT_HD static ParamFitState start(const T* params, int64_t epochs) {
+    ParamFitState s;
+    for (int p = 0; p < kNumParams; ++p) {
+      s.params[p] = params[p];
+      s.sgd[p] = SgdState<T>{T(0), false};
+      s.adam[p] = AdamState<T>::start();
+    }
+    s.epoch = 0;
+    s.status = epochs > 0 ? int64_t(kRunning) : int64_t(kExhausted);
+    s.bad_param = -1;
+    return s;
+  }
+
+  BIASFIT_HD static bool trains(const ParamFitOptions& o, int p) {
+    return (o.trained >> p) & 1;
+  }
+
+  // fit.h's FitState::end_epoch for seven parameters; biases[epoch] is the
+  // final_bias the epoch was taken at, as fit_sgd's.
+  BIASFIT_HD void end_epoch(const ParamSums& sum, const ParamFitOptions& o,
+                            T* losses, T* biases) {
+    const T loss = T(sum.loss);
+    losses[epoch] = loss;
+    biases[epoch] = params[kBiasIndex];
+    if (!is_finite(loss)) {
+      status = kLossNonFinite;
+      return;
+    }
+    if (double(loss) < o.tol) {
+      status = kConverged;
+      return;
+    }
+    for (int p = 0; p < kNumParams; ++p) {
+      if (!trains(o, p)) continue;
+      const T grad = T(sum.grad[p]);
+      params[p] = o.kind == kSgd ? sgd[p].step(params[p], grad, o.sgd)
+                                 : adam[p].step_param(params[p], grad, o.adam);
+    }
+    for (int p = 0; p < kNumParams; ++p) {
+      if (trains(o, p) && !is_finite(params[p])) {
+        status = kBiasNonFinite;
+        bad_param = p;
+        return;
+      }
+    }
+    ++epoch;
+    if (epoch == o.epochs) status = kExhausted;
+  }
+};
+
+}  // namespace biasfit
