@@ -161,8 +161,10 @@ BIASFIT_HD Forward<T> forward(T x, const Weights<T>& w, T bias) {
 // float is exact and keeps its sign, so comparing the widened value with 0
 // is comparing the original: the results are the same bits as forming each
 // derivative from T's values.
+// v in every lane (v itself for a double); for constants other than -0,
+// which 0 + v would make +0.
 template <typename D>
-BIASFIT_HD D splat(double v) {  // v in every lane (v itself for a double)
+BIASFIT_HD D splat(double v) {
   return D{} + v;
 }
 
