@@ -9,9 +9,19 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "network.h"
 #include "reduce_cpu.h"
+
+// x86's vector types (__m512, ...) carry __may_alias__, which a template
+// argument drops; the kernels never alias through them (loads go through
+// memcpy). And the functions that take or return them are always inlined,
+// so no call has the vector ABI that -Wpsabi warns of. Both notes would
+// only bury real warnings.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace biasfit {
 
@@ -300,57 +310,35 @@ BIASFIT_AVX2 LossGrad chunk_f32_avx2(const Point& p, int64_t begin,
   return lanes.finish(p, i, end);
 }
 
-// A chunk of fewer points than lanes (the tutorial's three) is only the
-// lanes' tail and tree: small_chunk_sum, without the vector set-up.
+// The points the trainer sums (from hidden, or streamed from x) have loops
+// written by hand; every other point takes chunk_sum compiled per ISA.
+template <typename Point>
+struct HandWritten : std::false_type {};
+template <typename T>
+struct HandWritten<PointLossFromHidden<T>> : std::true_type {};
+template <typename T>
+struct HandWritten<PointLoss<T>> : std::true_type {};
+
+template <typename Point, typename T>
+constexpr bool kHandWritten =
+    HandWritten<Point>::value && std::is_same_v<decltype(Point::bias), T>;
+
+// One chunk's sum on the best instruction set. A chunk of fewer points than
+// lanes (the tutorial's three) is only the lanes' tail and tree:
+// small_chunk_sum, without the vector set-up.
 template <typename Point>
 LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end) {
   if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
   switch (kIsa) {
-    case Isa::kAvx512: return chunk_avx512(p, begin, end);
-    case Isa::kAvx2: return chunk_avx2(p, begin, end);
-    default: return chunk_baseline(p, begin, end);
-  }
-}
-
-// The points the trainer sums take the hand-written loops.
-template <>
-inline LossGrad sum_chunk(const PointLossFromHidden<float>& p, int64_t begin,
-                          int64_t end) {
-  if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
-  switch (kIsa) {
-    case Isa::kAvx512: return chunk_f32_avx512(p, begin, end);
-    case Isa::kAvx2: return chunk_f32_avx2(p, begin, end);
-    default: return chunk_baseline(p, begin, end);
-  }
-}
-template <>
-inline LossGrad sum_chunk(const PointLossFromHidden<double>& p, int64_t begin,
-                          int64_t end) {
-  if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
-  switch (kIsa) {
-    case Isa::kAvx512: return chunk_f64_avx512(p, begin, end);
-    case Isa::kAvx2: return chunk_avx2(p, begin, end);
-    default: return chunk_baseline(p, begin, end);
-  }
-}
-template <>
-inline LossGrad sum_chunk(const PointLoss<double>& p, int64_t begin,
-                          int64_t end) {
-  if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
-  switch (kIsa) {
-    case Isa::kAvx512: return chunk_f64_avx512(p, begin, end);
-    case Isa::kAvx2: return chunk_avx2(p, begin, end);
-    default: return chunk_baseline(p, begin, end);
-  }
-}
-template <>
-inline LossGrad sum_chunk(const PointLoss<float>& p, int64_t begin,
-                          int64_t end) {
-  if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
-  switch (kIsa) {
-    case Isa::kAvx512: return chunk_f32_avx512(p, begin, end);
-    case Isa::kAvx2: return chunk_f32_avx2(p, begin, end);
-    default: return chunk_baseline(p, begin, end);
+    case Isa::kAvx512:
+      if constexpr (kHandWritten<Point, float>) return chunk_f32_avx512(p, begin, end);
+      if constexpr (kHandWritten<Point, double>) return chunk_f64_avx512(p, begin, end);
+      return chunk_avx512(p, begin, end);
+    case Isa::kAvx2:
+      if constexpr (kHandWritten<Point, float>) return chunk_f32_avx2(p, begin, end);
+      return chunk_avx2(p, begin, end);
+    default:
+      return chunk_baseline(p, begin, end);
   }
 }
 
@@ -373,3 +361,5 @@ void map_points(const T* x, T* out, int64_t n, int threads, const F& f) {
 
 }  // namespace cpu
 }  // namespace biasfit
+
+#pragma GCC diagnostic pop
