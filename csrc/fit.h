@@ -38,6 +38,16 @@ BIASFIT_HD bool is_finite(T v) {
   return v == v && sub_rn(v, v) == T(0);  // false for NaN and for +-inf
 }
 
+// An epoch's stop test before its step, shared by the trainers' end of an
+// epoch (FitState here, ParamFitState in fit_params.h): the status a fit
+// ends with at this loss, or kRunning to step.
+template <typename T>
+BIASFIT_HD int64_t stop_before_step(T loss, double tol) {
+  if (!is_finite(loss)) return kLossNonFinite;
+  if (double(loss) < tol) return kConverged;
+  return kRunning;
+}
+
 template <typename T>
 struct FitState {
   T bias;
@@ -56,14 +66,8 @@ struct FitState {
     const T loss = T(sum.loss);
     losses[epoch] = loss;
     biases[epoch] = bias;
-    if (!is_finite(loss)) {
-      status = kLossNonFinite;
-      return;
-    }
-    if (double(loss) < o.tol) {
-      status = kConverged;
-      return;
-    }
+    status = stop_before_step(loss, o.tol);
+    if (status != kRunning) return;
     bias = sgd.step(bias, T(sum.grad), o.sgd);
     if (!is_finite(bias)) {
       status = kBiasNonFinite;

@@ -61,14 +61,8 @@ struct ParamFitState {
     const T loss = T(sum.loss);
     losses[epoch] = loss;
     biases[epoch] = params[kBiasIndex];
-    if (!is_finite(loss)) {
-      status = kLossNonFinite;
-      return;
-    }
-    if (double(loss) < o.tol) {
-      status = kConverged;
-      return;
-    }
+    status = stop_before_step(loss, o.tol);
+    if (status != kRunning) return;
     for (int p = 0; p < kNumParams; ++p) {
       if (!trains(o, p)) continue;
       const T grad = T(sum.grad[p]);
