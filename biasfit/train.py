@@ -433,24 +433,28 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
         # weights, plain floats): recognized and run in C, since at the
         # tutorial's size checking it in Python took as long as the fit.
         epoch, status, final, losses, packed, zero_grad = plain
-        biases = None  # unpacked from float64 bytes when needed
     else:
-        fit = _fused_general(inputs, labels, weights, bias, lr, momentum, dampening,
-                             nesterov, weight_decay, maximize, epochs, tol, callback)
-        if isinstance(fit, FitResult):
-            return fit  # sharded
-        epoch, status, final, losses, biases, packed, zero_grad = fit
-        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
+        lr, momentum, dampening, nesterov, weight_decay, maximize, start = (
+            _checked_fused_args(inputs, labels, weights, bias, lr, momentum, dampening,
+                                nesterov, weight_decay, maximize, epochs, tol))
+        epochs, tol = int(epochs), float(tol)
+        hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                 "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
+        if distributed.is_distributed():
+            return _fit_fused_sharded(inputs, labels, weights, bias, start, hyper, epochs,
+                                      tol, callback)
+        epoch, status, final, losses, packed, zero_grad = _fit_sgd_native(
+            inputs, labels, weights, start, hyper, epochs, tol)
     if weights is None:
         weights = _tutorial_weights(inputs.dtype, inputs.device)
+    biases = None  # every epoch's bias, unpacked from float64 bytes when needed
     stall = None
     # Every unit off gives a gradient of exactly 0: only from such an epoch
     # is the pass over the inputs worth it (at 1e7 points it costs more than
     # a 10-epoch fit). A stall at the very last epoch ends as exhausted.
     if status == _EXHAUSTED and zero_grad >= 0 and weight_decay == 0 and momentum <= 1:
         # (_may_stall's test)
-        if biases is None:
-            biases = memoryview(packed).cast("d").tolist()
+        biases = memoryview(packed).cast("d").tolist()
         if final <= biases[-1]:
             stall = _first_stall(inputs, weights, biases + [final])
         if stall is not None:
@@ -471,44 +475,44 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     return FitResult(epoch, final, losses, status == _CONVERGED)
 
 
-def _fused_general(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
-                   weight_decay, maximize, epochs, tol, callback):
-    """fit_fused for any call but the plain one: every argument checked,
-    then the sharded loop (returns its FitResult), the direct call, or the
-    op. Else (epoch, status, final, losses, biases or None, packed biases or
-    None, first zero-gradient epoch or -1)."""
-    lr, momentum, dampening, nesterov, weight_decay, maximize, start = _checked_fused_args(
-        inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weight_decay,
-        maximize, epochs, tol)
-    epochs, tol = int(epochs), float(tol)
-    if distributed.is_distributed():
-        hyper = {"lr": lr, "momentum": momentum, "dampening": dampening,
-                 "nesterov": nesterov, "weight_decay": weight_decay, "maximize": maximize}
-        if weights is None:
-            weights = tutorial_weights(inputs)
-        if not isinstance(bias, torch.Tensor):
-            bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
-        local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
-        return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
-                           dict(hyper, weights=weights.tolist()))
+def _fit_fused_sharded(inputs, labels, weights, bias, start, hyper, epochs, tol, callback):
+    """fit_fused under torch.distributed: the epoch loop in Python around the
+    native one-pass op, every rank's sums added each epoch."""
+    if weights is None:
+        weights = tutorial_weights(inputs)
+    if not isinstance(bias, torch.Tensor):
+        bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
+    local_sums, param, sgd = distributed.fused_parts(inputs, labels, weights, bias, hyper)
+    return _run_epochs(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
+                       dict(hyper, weights=weights.tolist()))
+
+
+def _fit_sgd_native(inputs, labels, weights, start, hyper, epochs, tol):
+    """The native trainer for checked arguments: the direct call where it may
+    read the tensors as they are, else the op (any device, any view).
+    Returns fit_plain's (epoch, status, final_bias, losses, packed float64
+    biases, first zero-gradient epoch or -1)."""
+    options = (start, hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["nesterov"],
+               hyper["weight_decay"], hyper["maximize"], epochs, tol)
     direct = _direct_args(inputs, labels, weights)
     if direct is not None:
         # The CPU trainer called directly: for small data the op's own call
         # (boxing, four result tensors, .tolist()) would cost more than the fit.
-        epoch, status, final, losses, packed, zero_grad = _direct.fit_sgd(
-            *direct, start, lr, momentum, dampening, nesterov, weight_decay, maximize,
-            epochs, tol, torch.get_num_threads())
-        return epoch, status, final, losses, None, packed, zero_grad
+        return _direct.fit_sgd(*direct, *options, torch.get_num_threads())
     if weights is None:
         weights = _tutorial_weights(inputs.dtype, inputs.device)
-    epoch, status, final, losses, biases = _fit_sgd_op(
-        inputs, labels, weights, start, lr, momentum, dampening, nesterov, weight_decay,
-        maximize, epochs, tol)
+    final, losses, biases, info = torch.ops.biasfit.fit_sgd(
+        inputs, labels, weights,
+        torch.tensor(start, dtype=inputs.dtype, device=inputs.device), *options[1:])
+    epoch, status = info.tolist()
+    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
+    losses = losses[:seen].tolist()
     # A stall that began before the last epoch repeats its loss exactly
     # (every output is 0, so the loss is sum(y^2) in the kernel's fixed
     # order): the op reports no gradients, so look only then.
     zero_grad = len(losses) - 2 if len(losses) > 1 and losses[-1] == losses[-2] else -1
-    return epoch, status, final, losses, biases, None, zero_grad
+    packed = biases[:seen].to("cpu", torch.float64).numpy().tobytes()
+    return epoch, status, final.item(), losses, packed, zero_grad
 
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -548,16 +552,6 @@ def _direct_args(inputs, labels, weights):
     else:
         return None
     return inputs.data_ptr(), labels.data_ptr(), n, w, dtype is torch.float64
-
-
-def _fit_sgd_op(inputs, labels, weights, bias, *options):
-    """torch.ops.biasfit.fit_sgd (any device) with _direct.fit_sgd's results."""
-    final, losses, biases, info = torch.ops.biasfit.fit_sgd(
-        inputs, labels, weights, torch.tensor(bias, dtype=inputs.dtype, device=inputs.device),
-        *options)
-    epoch, status = info.tolist()
-    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
-    return epoch, status, final.item(), losses[:seen].tolist(), biases[:seen].tolist()
 
 
 def _start_bias(bias, dtype) -> float:
