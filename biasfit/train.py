@@ -207,7 +207,8 @@ def _run_epochs(local_sums, param, optimizer, epochs, tol, callback, data, setti
     `checked` lists the (name, parameter) pairs that must stay finite."""
     if not distributed.is_distributed():
         watch = (weights is not None and type(optimizer) is torch.optim.SGD
-                 and all(_may_stall(group) for group in optimizer.param_groups))
+                 and all(_may_stall(group["weight_decay"], group["momentum"])
+                     for group in optimizer.param_groups))
         return _epoch_loop(lambda epoch: local_sums(), param, optimizer, epochs, tol,
                            callback, data[0] if watch else None, weights)
     distributed.check_shards(*data, dict(settings, bias=param.item(), epochs=epochs, tol=tol))
@@ -452,8 +453,7 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     # Every unit off gives a gradient of exactly 0: only from such an epoch
     # is the pass over the inputs worth it (at 1e7 points it costs more than
     # a 10-epoch fit). A stall at the very last epoch ends as exhausted.
-    if status == _EXHAUSTED and zero_grad >= 0 and weight_decay == 0 and momentum <= 1:
-        # (_may_stall's test)
+    if status == _EXHAUSTED and zero_grad >= 0 and _may_stall(weight_decay, momentum):
         biases = memoryview(packed).cast("d").tolist()
         if final <= biases[-1]:
             stall = _first_stall(inputs, weights, biases + [final])
@@ -597,9 +597,9 @@ class StalledError(RuntimeError):
             f"grows with N: lower lr, e.g. scaled by 1/N (lr/N = {lr / n_points:.3g})")
 
 
-def _may_stall(group) -> bool:
+def _may_stall(weight_decay, momentum) -> bool:
     """Whether the stall argument above holds for these SGD settings."""
-    return group["weight_decay"] == 0 and group["momentum"] <= 1
+    return weight_decay == 0 and momentum <= 1
 
 
 def _first_stall(inputs, weights, biases):

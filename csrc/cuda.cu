@@ -182,6 +182,20 @@ Tensor predict_cuda(const Tensor& inputs, const Tensor& weights,
   return out;
 }
 
+// The loss ops' data: as on the CPU, 1-D views are read in place (the same
+// points in the same order as a contiguous copy, so the same bits), the
+// weights made contiguous.
+struct LossData {
+  Tensor x, y, w;
+};
+LossData loss_data(const Tensor& inputs, const Tensor& labels,
+                   const Tensor& weights) {
+  const bool view = read_as_views(inputs, labels);
+  return {view ? inputs : torch::stable::contiguous(inputs),
+          view ? labels : torch::stable::contiguous(labels),
+          torch::stable::contiguous(weights)};
+}
+
 // fused_loss's sums, handed to sink_for(T{}): a LossSink of the data's type
 // for fused_loss, of double for fused_loss_sums.
 template <typename SinkFor>
@@ -191,12 +205,8 @@ void sum_losses(const Tensor& inputs, const Tensor& labels,
   check_loss_args(inputs, labels, weights, bias);
   check_on_cuda(inputs);
   const DeviceGuard guard(inputs.get_device_index());
-  // As on the CPU, 1-D views are read in place; the same points in the same
-  // order as a contiguous copy, so the same bits.
-  const bool view = read_as_views(inputs, labels);
-  const Tensor x = view ? inputs : torch::stable::contiguous(inputs);
-  const Tensor y = view ? labels : torch::stable::contiguous(labels);
-  const Tensor w = torch::stable::contiguous(weights);
+  const LossData data = loss_data(inputs, labels, weights);
+  const Tensor &x = data.x, &y = data.y, &w = data.w;
   CudaLauncher launcher(x);
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
@@ -289,10 +299,8 @@ LossGradsOutputs fused_loss_grads_cuda(const Tensor& inputs,
   const DeviceGuard guard(inputs.get_device_index());
   const bool want_w = needs & kNeedWeights, want_y = needs & kNeedLabels,
              want_x = needs & kNeedInputs;
-  const bool view = read_as_views(inputs, labels);
-  const Tensor x = view ? inputs : torch::stable::contiguous(inputs);
-  const Tensor y = view ? labels : torch::stable::contiguous(labels);
-  const Tensor w = torch::stable::contiguous(weights);
+  const LossData data = loss_data(inputs, labels, weights);
+  const Tensor &x = data.x, &y = data.y, &w = data.w;
   Tensor loss = new_tensor(inputs, {}), bias_grad = new_tensor(inputs, {});
   Tensor weights_grad = new_tensor(inputs, {want_w ? kNumWeights : 0});
   Tensor dy = per_point_grad(inputs, want_y), dx = per_point_grad(inputs, want_x);
@@ -315,10 +323,8 @@ Tensor fused_loss_grads_sums_cuda(const Tensor& inputs, const Tensor& labels,
   check_loss_args(inputs, labels, weights, bias);
   check_on_cuda(inputs);
   const DeviceGuard guard(inputs.get_device_index());
-  const bool view = read_as_views(inputs, labels);
-  const Tensor x = view ? inputs : torch::stable::contiguous(inputs);
-  const Tensor y = view ? labels : torch::stable::contiguous(labels);
-  const Tensor w = torch::stable::contiguous(weights);
+  const LossData data = loss_data(inputs, labels, weights);
+  const Tensor &x = data.x, &y = data.y, &w = data.w;
   Tensor sums = new_tensor(inputs, {1 + kNumParams}, ScalarType::Double);
   CudaLauncher launcher(x);
   dispatch_float(x.scalar_type(), [&](auto zero) {

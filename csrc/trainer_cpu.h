@@ -36,9 +36,10 @@ namespace cpu {
 // BIASFIT_TRAINER_PLAN=stream|once|regroup forces one (to measure each).
 enum class Plan { kStream, kHiddenOnce, kRegroup };
 
-// Costs per point in units of one kHiddenOnce epoch, measured with
-// BIASFIT_TRAINER_PLAN on the 2-core AMD EPYC (Zen 4, AVX-512), float32, one
-// thread, CPU time at load ~20 (tools: benchmarks/bench_peers.py's cells):
+// Costs per point in units of one kHiddenOnce epoch, measured by forcing
+// each plan with BIASFIT_TRAINER_PLAN, interleaved, on bench_peers.py's
+// data sets (2-core AMD EPYC, Zen 4, AVX-512; float32, one thread, CPU
+// time, as other jobs loaded the machine to ~20):
 //   1e7 points (80 MB): a streamed epoch runs as fast as a hidden-once one
 //   (both at the read pass's speed: memory bound); the buffer costs ~6
 //   epochs (mostly first-touch page faults); regrouping ~25 more.
