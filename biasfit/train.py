@@ -526,7 +526,7 @@ _CPU_WEIGHTS = {dtype: (lambda w: (w, w.data_ptr()))(_tutorial_weights(dtype, to
 
 _direct.setup_plain(torch.Tensor, torch.float32, torch.float64,
                     _CPU_WEIGHTS[torch.float32][1], _CPU_WEIGHTS[torch.float64][1],
-                    distributed.initialized_check())
+                    distributed.initialized_check(), MAX_EPOCHS)
 
 
 def _direct_args(inputs, labels, weights):

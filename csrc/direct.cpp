@@ -98,8 +98,9 @@ PlainContext plain_context;
 // Hands over what parse_plain compares with (plain_call.h); once, at import.
 void setup_plain(py::object tensor_type, py::object float32, py::object float64,
                  uintptr_t weights32, uintptr_t weights64,
-                 py::object is_initialized) {
+                 py::object is_initialized, int64_t max_epochs) {
   PlainContext& c = plain_context;
+  c.max_epochs = max_epochs;
   c.tensor_type = tensor_type.release().ptr();  // kept for the process
   c.float32 = float32.release().ptr();
   c.float64 = float64.release().ptr();
@@ -176,7 +177,8 @@ PYBIND11_MODULE(_direct, m) {
   m.def("setup_plain", &biasfit::setup_plain,
         "what fit_plain compares with: (torch.Tensor, torch.float32, "
         "torch.float64, tutorial weights' addresses (float32, float64), "
-        "torch.distributed.is_initialized or None)");
+        "torch.distributed.is_initialized or None, the most epochs a fit may "
+        "run)");
   if (PyModule_AddFunctions(m.ptr(), biasfit::plain_methods) != 0) {
     throw pybind11::error_already_set();
   }

@@ -21,9 +21,11 @@ namespace biasfit {
 
 // What the filter compares with, handed over once by train.py
 // (_direct.setup_plain): torch.Tensor, the two dtypes, the cached tutorial
-// weights' addresses, torch.distributed.is_initialized (or None).
+// weights' addresses, torch.distributed.is_initialized (or None), and
+// train.py's MAX_EPOCHS.
 struct PlainContext {
   PyObject* tensor_type = nullptr;
+  int64_t max_epochs = 0;
   PyObject* float32 = nullptr;
   PyObject* float64 = nullptr;
   uintptr_t weights32 = 0, weights64 = 0;
@@ -45,7 +47,6 @@ struct PlainArgs {
 // The arguments, in fit_fused's order: inputs, labels, weights, bias, lr,
 // momentum, dampening, nesterov, weight_decay, maximize, epochs, tol.
 constexpr Py_ssize_t kPlainArgs = 12;
-constexpr int64_t kMaxEpochs = 2147483647;  // train.py's MAX_EPOCHS
 
 namespace plain {
 
@@ -127,7 +128,7 @@ inline bool parse_plain(const PlainContext& c, PyObject* const* a,
   out.epochs = PyLong_AsLongLongAndOverflow(a[10], &overflow);
   // The ranges of train.py's checks: every comparison fails on NaN.
   const double inf = HUGE_VAL;
-  if (overflow != 0 || out.epochs < 0 || out.epochs > kMaxEpochs ||
+  if (overflow != 0 || out.epochs < 0 || out.epochs > c.max_epochs ||
       !(out.lr >= 0 && out.lr < inf) || !(out.momentum >= 0 && out.momentum < inf) ||
       !(out.weight_decay >= 0 && out.weight_decay < inf) ||
       !(out.dampening > -inf && out.dampening < inf) || !(out.tol >= 0)) {
