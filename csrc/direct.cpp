@@ -157,10 +157,11 @@ PyMethodDef plain_methods[] = {
 // The CPU trainer's plan for a fit (trainer_cpu.h's choose_plan): what the
 // tests check the cost model by.
 const char* trainer_plan(int64_t n, int64_t bytes, int64_t epochs,
-                         double off_share) {
-  switch (cpu::choose_plan(n, bytes, epochs, off_share)) {
+                         double off_share, bool closable) {
+  switch (cpu::choose_plan(n, bytes, epochs, off_share, closable)) {
     case cpu::Plan::kStream: return "stream";
     case cpu::Plan::kHiddenOnce: return "once";
+    case cpu::Plan::kClosed: return "closed";
     default: return "regroup";
   }
 }
@@ -183,6 +184,9 @@ PYBIND11_MODULE(_direct, m) {
     throw pybind11::error_already_set();
   }
   m.def("trainer_plan", &biasfit::trainer_plan,
-        "the CPU trainer's plan (stream, once, regroup) for (n, bytes per "
-        "point, epochs, share of units off at the start)");
+        "the CPU trainer's plan (stream, once, regroup, closed) for (n, bytes "
+        "per point, epochs, share of units off at the start, float64 points "
+        "all on at the start)",
+        pybind11::arg("n"), pybind11::arg("bytes"), pybind11::arg("epochs"),
+        pybind11::arg("off_share"), pybind11::arg("closable") = false);
 }

@@ -17,6 +17,7 @@
 #include "active_set_cpu.h"
 #include "fit.h"
 #include "kernels_cpu.h"
+#include "on_chunks_cpu.h"
 
 namespace biasfit {
 namespace cpu {
@@ -29,12 +30,16 @@ namespace cpu {
 //                cost ~1.7 ns a point on the 2-core EPYC VM, 5-6 epochs);
 //   kRegroup:    computed once and the points regrouped by it
 //                (active_set_cpu.h), so that epochs skip the chunks whose
-//                output units are all off.
+//                output units are all off;
+//   kClosed:     float64 only: hidden once, and a chunk whose output
+//                units are all on summed in closed form from its moments
+//                (on_chunks_cpu.h), a few operations instead of a pass.
 // Every plan sums the same points in the same chunks, lanes and trees, so
 // kStream and kHiddenOnce give the same bits; kRegroup sums the regrouped
-// order. choose_plan picks the cheapest by the cost model below;
-// BIASFIT_TRAINER_PLAN=stream|once|regroup forces one (to measure each).
-enum class Plan { kStream, kHiddenOnce, kRegroup };
+// order, and kClosed agrees with them within 1e-13. choose_plan picks the
+// cheapest by the cost model below; BIASFIT_TRAINER_PLAN=stream|once|
+// regroup|closed forces one (to measure each).
+enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 
 // Costs per point in units of one kHiddenOnce epoch, measured by forcing
 // each plan with BIASFIT_TRAINER_PLAN, interleaved, on bench_peers.py's
@@ -45,6 +50,9 @@ enum class Plan { kStream, kHiddenOnce, kRegroup };
 //   epochs (mostly first-touch page faults); regrouping ~25 more.
 //   1e5-1e6 points (in cache): a streamed epoch costs ~1.6 hidden-once ones
 //   (the hidden layer's arithmetic shows); the buffer ~2 epochs.
+//   kClosed's set-up is the hidden buffer's and a pass for the moments
+//   (about an epoch), and an epoch of closed chunks a few operations each,
+//   counted as nothing.
 struct PlanCosts {
   double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer
@@ -57,11 +65,13 @@ constexpr int64_t kCachedBytes = int64_t(16) << 20;
 // Regrouping needs chunks to skip.
 constexpr int64_t kRegroupMinChunks = 4;
 
-// The share of points whose output unit is off at `bias`, from up to 1024
-// evenly spaced points: what regrouping can skip, at least at the start.
+// The share of points whose output unit is off at `bias`, from up to
+// `most` evenly spaced points: what regrouping can skip, at least at the
+// start; none off: what kClosed can close.
 template <typename T>
-double off_share(const T* x, int64_t n, const Weights<T>& w, T bias) {
-  const int64_t samples = std::min<int64_t>(n, 1024);
+double off_share(const T* x, int64_t n, const Weights<T>& w, T bias,
+                 int64_t most = 1024) {
+  const int64_t samples = std::min<int64_t>(n, most);
   int64_t off = 0;
   for (int64_t j = 0; j < samples; ++j) {
     off += !(add_rn(hidden(x[j * n / samples], w), bias) > T(0));
@@ -69,12 +79,19 @@ double off_share(const T* x, int64_t n, const Weights<T>& w, T bias) {
   return double(off) / double(samples);
 }
 
-inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off) {
+// `closable`: every sampled point's output unit is on at the start; only
+// float64 points (16 bytes a point) close.
+inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
+                        bool closable = false) {
+  constexpr int64_t kDoubleBytes = 2 * int64_t(sizeof(double));
   if (const char* pick = std::getenv("BIASFIT_TRAINER_PLAN")) {
     if (std::strcmp(pick, "stream") == 0) return Plan::kStream;
     if (std::strcmp(pick, "once") == 0) return Plan::kHiddenOnce;
     if (std::strcmp(pick, "regroup") == 0 && num_chunks(n) > 1) {
       return Plan::kRegroup;
+    }
+    if (std::strcmp(pick, "closed") == 0 && bytes == kDoubleBytes) {
+      return Plan::kClosed;
     }
   }
   const PlanCosts& c = n * bytes <= kCachedBytes ? kCachedCosts : kMemoryCosts;
@@ -88,6 +105,9 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off) {
   const double regroup = chunks >= kRegroupMinChunks
                              ? c.hidden_setup + c.regroup_setup + e * (1 - skipped)
                              : once + 1;
+  const double closed =
+      closable && bytes == kDoubleBytes ? c.hidden_setup + 1 : stream + 1;
+  if (closed < stream && closed < once && closed < regroup) return Plan::kClosed;
   if (stream <= once && stream <= regroup) return Plan::kStream;
   return once <= regroup ? Plan::kHiddenOnce : Plan::kRegroup;
 }
@@ -156,25 +176,23 @@ void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
 // thread combines the chunk sums and steps (it alone may run Python's
 // signal handlers for an Interrupt), and two barriers an epoch replace a
 // fork and join. The chunks that must be summed are split evenly among the
-// threads; the rest come from `set` (if any). The chunks and the tree that
+// threads; the rest come from known(c, bias), an optional LossGrad (a
+// regrouped set's off chunks, or kClosed's on ones). The chunks and the tree that
 // combines them are deterministic_sum's, so the sums are the same bits for
 // any number of threads.
-template <typename T, typename Point>
-void run_epochs(Point point, int64_t n,
-                const ActiveSet<T>* set, FitState<T>& state,
+template <typename T, typename Point, typename Known>
+void run_epochs(Point point, int64_t n, const Known& known, FitState<T>& state,
                 const FitOptions& opt, int threads, History<T>& history,
                 InterruptPoll& poll) {
   const int64_t chunks = num_chunks(n);
   if (chunks == 1) {
     while (state.status == kRunning) {
       point.bias = state.bias;
-      end_epoch(state, sum_chunk(point, 0, n), opt, history, poll);
+      const std::optional<LossGrad> sums = known(0, point.bias);
+      end_epoch(state, sums ? *sums : sum_chunk(point, 0, n), opt, history, poll);
     }
     return;
   }
-  auto known = [&](int64_t c, T bias) -> const LossGrad* {
-    return set != nullptr ? set->known_sums(c, bias) : nullptr;
-  };
   std::vector<LossGrad> partials(chunks);
 #pragma omp parallel num_threads(threads_for(chunks, threads)) firstprivate(point)
   {
@@ -183,10 +201,10 @@ void run_epochs(Point point, int64_t n,
     while (state.status == kRunning) {
       point.bias = state.bias;
       int64_t todo = 0;
-      for (int64_t c = 0; c < chunks; ++c) todo += known(c, point.bias) == nullptr;
+      for (int64_t c = 0; c < chunks; ++c) todo += !known(c, point.bias);
       const int64_t mine_from = todo * t / nt, mine_to = todo * (t + 1) / nt;
       for (int64_t c = 0, j = 0; c < chunks; ++c) {
-        if (const LossGrad* sums = known(c, point.bias)) {
+        if (const std::optional<LossGrad> sums = known(c, point.bias)) {
           if (c % nt == t) partials[c] = *sums;
         } else {
           if (j >= mine_from && j < mine_to) {
@@ -213,15 +231,21 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
                   History<T>& history, Interrupt interrupt = {}) {
   FitState<T> state = FitState<T>::start(bias, opt.epochs);
   InterruptPoll poll(interrupt, n);
-  // Only data that can regroup needs the share (a sample costs a few us).
-  const double off =
-      num_chunks(n) >= kRegroupMinChunks ? off_share(x, n, w, bias) : 0.0;
-  const Plan plan = choose_plan(n, 2 * sizeof(T), opt.epochs, off);
+  // Only data that can regroup needs the share (a sample costs a few us);
+  // float64 data that might close, 64 points' worth.
+  const bool can_regroup = num_chunks(n) >= kRegroupMinChunks;
+  const double off = can_regroup ? off_share(x, n, w, bias) : 0.0;
+  constexpr bool kDouble = std::is_same_v<T, double>;
+  const bool closable =
+      kDouble && (can_regroup ? off : off_share(x, n, w, bias, 64)) == 0.0;
+  const Plan plan = choose_plan(n, 2 * sizeof(T), opt.epochs, off, closable);
+  auto nothing_known = [](int64_t, T) { return std::optional<LossGrad>(); };
   if (plan == Plan::kStream) {
-    run_epochs(PointLoss<T>{x, y, w, T(0)}, n, static_cast<ActiveSet<T>*>(nullptr),
-               state, opt, threads, history, poll);
+    run_epochs(PointLoss<T>{x, y, w, T(0)}, n, nothing_known, state, opt,
+               threads, history, poll);
     return state;
   }
+
   // Not value-initialized: every element is written by map_points.
   std::unique_ptr<T[]> hidden_x(new T[n]);
   map_points(x, hidden_x.get(), n, threads,
@@ -235,8 +259,24 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
     point.y = set->y.data();
     hidden_x.reset();  // regrouped: the original order is done
   }
-  run_epochs(point, n, set ? &*set : nullptr, state, opt, threads, history,
-             poll);
+  if constexpr (kDouble) {
+    if (plan == Plan::kClosed) {
+      const OnChunks on = OnChunks::build(point.h, point.y, n, threads);
+      run_epochs(point, n, [&](int64_t c, T b) { return on.sums(c, b); },
+                 state, opt, threads, history, poll);
+      return state;
+    }
+  }
+  if (!set) {
+    run_epochs(point, n, nothing_known, state, opt, threads, history, poll);
+    return state;
+  }
+  run_epochs(point, n,
+             [&](int64_t c, T b) {
+               const LossGrad* off_sums = set->known_sums(c, b);
+               return off_sums ? std::optional<LossGrad>(*off_sums) : std::nullopt;
+             },
+             state, opt, threads, history, poll);
   return state;
 }
 

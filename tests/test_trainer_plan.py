@@ -1,9 +1,10 @@
 """The CPU trainer's plan: how a fit of final_bias reads its points
 (csrc/trainer_cpu.h's choose_plan). Streamed epochs recompute hidden(x);
 hidden-once epochs read a buffer filled once; regrouped ones skip chunks
-whose output units are all off. The choice changes the speed only: stream
-and hidden-once give the same bits, regrouping sums the same values in
-another order."""
+whose output units are all off; closed ones (float64) sum the chunks whose
+units are all on from their moments. The choice changes the speed only:
+stream and hidden-once give the same bits, regrouping sums the same values
+in another order, closing agrees within 1e-13."""
 import pytest
 import torch
 
@@ -34,6 +35,22 @@ F32, F64 = 8, 16  # bytes of an input and a label
 ])
 def test_the_cost_model_picks_the_cheaper_plan(n, bytes_, epochs, off, plan):
     assert _direct.trainer_plan(n, bytes_, epochs, off) == plan
+
+
+@pytest.mark.parametrize("n, bytes_, epochs, plan", [
+    # Float64 data with every sampled unit on: a closed chunk costs nothing
+    # an epoch, once the buffer and the moments are there.
+    (1000, F64, 10, "closed"),
+    (10**5, F64, 10, "closed"),
+    (10**7, F64, 100, "closed"),
+    # ... unless the fit is too short to pay for them.
+    (1000, F64, 1, "stream"),
+    (10**8, F64, 5, "stream"),
+    # float32 points never close.
+    (1000, F32, 100, "once"),
+])
+def test_float64_data_all_on_closes_when_that_pays(n, bytes_, epochs, plan):
+    assert _direct.trainer_plan(n, bytes_, epochs, 0.0, True) == plan
 
 
 def fit_with(plan, monkeypatch, x, y, w, b, epochs):
@@ -69,3 +86,61 @@ def test_an_unknown_plan_name_is_the_cost_models_choice(monkeypatch):
     monkeypatch.delenv("BIASFIT_TRAINER_PLAN")
     default = torch.ops.biasfit.fit_sgd(x, y, w, b, 1e-6, 0.5, 0.0, False, 0.0, False, 5, 0.0)
     assert all(torch.equal(a, b) for a, b in zip(chosen, default))
+
+
+def dense_problem(n, dtype, seed=3):
+    """x in [0, 1] and labels from bias 5 plus noise: hidden + bias > 4 at
+    every point, so every output unit is on (bench_peers.py's "dense")."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, generator=g, dtype=torch.float64)
+    w = torch.tensor(biasfit.TUTORIAL_WEIGHTS, dtype=torch.float64)
+    h = (x * w[0] + w[1]).relu() * w[2] + (x * w[3] + w[4]).relu() * w[5]
+    y = (h + 5).relu() + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype), w.to(dtype)
+
+
+def closed_and_streamed(monkeypatch, x, y, w, bias, lr, epochs):
+    b = torch.tensor(bias, dtype=x.dtype)
+    fits = {}
+    for plan in ("stream", "closed"):
+        monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
+        fits[plan] = torch.ops.biasfit.fit_sgd(x, y, w, b, lr, 0.5, 0.0, False, 0.0,
+                                               False, epochs, 0.0)
+    return fits["closed"], fits["stream"]
+
+
+@pytest.mark.parametrize("n", [1000, 5 * CHUNK + 21])
+def test_closed_chunks_agree_with_the_point_sums(n, monkeypatch):
+    x, y, w = dense_problem(n, torch.float64)
+    (c_final, c_losses, c_biases, c_info), (s_final, s_losses, s_biases, s_info) = \
+        closed_and_streamed(monkeypatch, x, y, w, 4.0, 0.1 / n, 40)
+    assert c_info.tolist() == s_info.tolist() == [40, 2]
+    torch.testing.assert_close(c_losses, s_losses, rtol=1e-13, atol=0)
+    torch.testing.assert_close(c_biases, s_biases, rtol=1e-13, atol=0)
+    torch.testing.assert_close(c_final, s_final, rtol=1e-13, atol=0)
+    # Not a copy of the streamed fit: the closed sums round differently.
+    assert not torch.equal(c_losses, s_losses)
+
+
+def test_a_chunk_closes_only_while_all_its_units_are_on(monkeypatch):
+    # Labels 0 pull the bias down through every hidden value: chunks go from
+    # all on, through part on (summed point by point), to all off.
+    n = 3 * CHUNK + 5
+    x, _, w = dense_problem(n, torch.float64)
+    y = torch.zeros(n, dtype=torch.float64)
+    (c_final, c_losses, _, c_info), (s_final, s_losses, _, s_info) = \
+        closed_and_streamed(monkeypatch, x, y, w, 6.0, 0.2 / n, 60)
+    assert c_info.tolist() == s_info.tolist()
+    assert s_losses[-1] < s_losses[0] / 1000  # it went into the kinks
+    torch.testing.assert_close(c_losses, s_losses, rtol=1e-13, atol=1e-300)
+    torch.testing.assert_close(c_final, s_final, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_chunk_with_a_non_finite_point_is_summed_point_by_point(bad, monkeypatch):
+    x, y, w = dense_problem(2 * CHUNK, torch.float64)
+    y[CHUNK + 7] = bad
+    (_, c_losses, _, c_info), (_, s_losses, _, s_info) = \
+        closed_and_streamed(monkeypatch, x, y, w, 4.0, 1e-6, 10)
+    assert c_info.tolist() == s_info.tolist() == [0, 3]  # the loss is not finite
+    assert c_losses[0].isnan() == s_losses[0].isnan()

@@ -1,0 +1,104 @@
+// The CPU trainer's closed form for float64 chunks whose output units are
+// all on.
+//
+// Only final_bias trains, so at bias b a point whose output unit is on has
+// r = (h + b) - y with h = hidden(x) fixed for the fit. Over a chunk where
+// every unit is on, with d = h - y, its mean m and M2 = sum (d - m)^2:
+//
+//   loss = sum r^2 = M2 + count (m + b)^2     grad = 2 sum r = 2 count (m + b)
+//
+// Both terms of the loss are >= 0, so nothing cancels (the expanded
+// sum d^2 + 2 b sum d + count b^2 would, near a fit): an epoch costs a few
+// operations a chunk instead of a pass over its points. The per-point sum
+// rounds h + b and then - y at every point; the closed form rounds m, M2 and
+// the two terms instead. Both are within a few units in the last place of
+// the exact sum, so the fits agree within 1e-13 (tests/test_trainer_plan.py),
+// not bit for bit. float32 points are not summed this way: they round h + b
+// and r in float32, as eager PyTorch does, and the closed form would not.
+//
+// A chunk is all on at b exactly when fl(min h + b) > 0 (fl is monotonic,
+// and a sum of doubles rounds to 0 only when it is 0). A chunk with an inf
+// or NaN h or y is never closed (its sums must come out inf or NaN).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "kernels_cpu.h"
+#include "network.h"
+#include "reduce_cpu.h"
+
+namespace biasfit {
+namespace cpu {
+
+class OnChunks {
+ public:
+  // From the fit's hidden values h and labels y: per chunk, one pass for
+  // the smallest h and one for the sums of e = d - k and e^2, with k the
+  // mean of d at 16 evenly spaced points of the chunk (a shift close to the
+  // mean keeps M2 = sum e^2 - (sum e)^2 / count from cancelling). Each
+  // chunk's sums run in sum_chunk's fixed lanes and tree: the same bits for
+  // any thread count and instruction set.
+  static OnChunks build(const double* h, const double* y, int64_t n,
+                        int threads) {
+    OnChunks set;
+    set.chunks_.resize(num_chunks(n));
+    parallel_items(num_chunks(n), threads, [&](int64_t c) {
+      const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
+      const int64_t count = end - begin;
+      double low = std::numeric_limits<double>::infinity();
+#pragma omp simd reduction(min : low)
+      for (int64_t i = begin; i < end; ++i) low = h[i] < low ? h[i] : low;
+      double k = 0.0;
+      const int64_t samples = std::min<int64_t>(count, 16);
+      for (int64_t j = 0; j < samples; ++j) {
+        const int64_t i = begin + j * count / samples;
+        k += h[i] - y[i];
+      }
+      k /= double(samples);
+      const LossGrad e = sum_chunk(Shifted{h, y, k}, begin, end);
+      Moments& m = set.chunks_[c];
+      m.count = double(count);
+      m.min_h = low;
+      m.mean = k + e.loss / m.count;
+      m.m2 = std::max(0.0, e.grad - e.loss * (e.loss / m.count));
+      // inf or NaN anywhere in h or y makes a sum inf or NaN; such a chunk
+      // is summed point by point, so that its sums come out inf or NaN.
+      m.closable = std::isfinite(e.loss) && std::isfinite(e.grad) &&
+                   std::isfinite(k) && std::isfinite(low);
+    });
+    return set;
+  }
+
+  // Chunk c's sums at `bias` if every unit there is on, else nothing.
+  std::optional<LossGrad> sums(int64_t c, double bias) const {
+    const Moments& m = chunks_[c];
+    if (!m.closable || !(m.min_h + bias > 0.0)) return std::nullopt;
+    const double s = m.mean + bias;
+    return LossGrad{m.m2 + m.count * (s * s), 2.0 * (m.count * s)};
+  }
+
+  // sum_chunk's point for the sums of e = (h - y) - k (loss) and e^2 (grad).
+  struct Shifted {
+    const double* h;
+    const double* y;
+    double k;
+    BIASFIT_HD LossGrad operator()(int64_t i) const {
+      const double e = (h[i] - y[i]) - k;
+      return {e, e * e};
+    }
+  };
+
+ private:
+  struct Moments {
+    double count, min_h, mean, m2;
+    bool closable;
+  };
+  std::vector<Moments> chunks_;
+};
+
+}  // namespace cpu
+}  // namespace biasfit
