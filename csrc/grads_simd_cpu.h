@@ -185,8 +185,10 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
   // stack each point. So AVX2 makes one pass over the chunk (in L2 after
   // the first) per vector of lanes, kGroup vectors of lanes a pass: a lane
   // still adds its own points in their order, so the same bits, and the
-  // passes were 10-15% faster than the spills.
-  constexpr int kGroup = kBytes == 64 ? kSteps : 1;
+  // passes were ~10% faster than the spills for float data. Not for double
+  // data (twice the bytes a pass): the trainer's epochs at N = 1e6 took
+  // 1.6x as long, so double data keeps one pass.
+  constexpr int kGroup = kBytes == 64 || !kFloat ? kSteps : 1;
   static_assert(kSteps % kGroup == 0, "whole groups of lanes");
   const int64_t stop = begin + (end - begin) / kLanes * kLanes;
   for (int s0 = 0; s0 < kSteps; s0 += kGroup) {
