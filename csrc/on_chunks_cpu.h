@@ -49,9 +49,12 @@ class OnChunks {
     parallel_items(num_chunks(n), threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
       const int64_t count = end - begin;
-      double low = std::numeric_limits<double>::infinity();
-#pragma omp simd reduction(min : low)
-      for (int64_t i = begin; i < end; ++i) low = h[i] < low ? h[i] : low;
+      double low = std::numeric_limits<double>::infinity(), top = -low;
+#pragma omp simd reduction(min : low) reduction(max : top)
+      for (int64_t i = begin; i < end; ++i) {
+        low = h[i] < low ? h[i] : low;
+        top = h[i] > top ? h[i] : top;
+      }
       double k = 0.0;
       const int64_t samples = std::min<int64_t>(count, 16);
       for (int64_t j = 0; j < samples; ++j) {
@@ -63,6 +66,7 @@ class OnChunks {
       Moments& m = set.chunks_[c];
       m.count = double(count);
       m.min_h = low;
+      m.max_h = top;
       m.mean = k + e.loss / m.count;
       m.m2 = std::max(0.0, e.grad - e.loss * (e.loss / m.count));
       // inf or NaN anywhere in h or y makes a sum inf or NaN; such a chunk
@@ -70,8 +74,17 @@ class OnChunks {
       m.closable = std::isfinite(e.loss) && std::isfinite(e.grad) &&
                    std::isfinite(k) && std::isfinite(low);
     });
+    set.max_h_ = -std::numeric_limits<double>::infinity();
+    for (const Moments& m : set.chunks_) {
+      set.max_h_ = m.closable && m.max_h > set.max_h_ ? m.max_h : set.max_h_;
+      if (!m.closable) set.max_h_ = std::numeric_limits<double>::infinity();
+    }
     return set;
   }
+
+  // The largest h of the fit (+inf if some h or y is inf or NaN): every
+  // output unit is off exactly when fl(max_h() + bias) <= 0.
+  double max_h() const { return max_h_; }
 
   // Chunk c's sums at `bias` if every unit there is on, else nothing.
   std::optional<LossGrad> sums(int64_t c, double bias) const {
@@ -94,10 +107,11 @@ class OnChunks {
 
  private:
   struct Moments {
-    double count, min_h, mean, m2;
+    double count, min_h, max_h, mean, m2;
     bool closable;
   };
   std::vector<Moments> chunks_;
+  double max_h_;
 };
 
 }  // namespace cpu

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -120,6 +121,11 @@ struct History {
   // The first epoch whose gradient sum was exactly 0, or -1: every output
   // unit off gives 0, so a fit can only have stalled (train.py) from there.
   int64_t first_zero_grad = -1;
+  // Where a plan knows the fit's largest hidden value: a zero gradient
+  // with some unit on (fl(max_h + bias) > 0) cannot be a stall and is not
+  // counted. Closed chunks give exact zeros at a fit's optimum, and the
+  // stall test is a pass over the inputs in Python.
+  double max_h = -std::numeric_limits<double>::infinity();
 
   void make_room(int64_t epoch, int64_t epochs) {
     if (epoch < int64_t(losses.size())) return;
@@ -165,7 +171,8 @@ template <typename T>
 void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
                History<T>& history, InterruptPoll& poll) {
   history.make_room(state.epoch, opt.epochs);
-  if (sums.grad == 0 && history.first_zero_grad < 0) {
+  if (sums.grad == 0 && history.first_zero_grad < 0 &&
+      !(history.max_h + double(state.bias) > 0)) {
     history.first_zero_grad = state.epoch;
   }
   state.end_epoch(sums, opt, history.losses.data(), history.biases.data());
@@ -262,6 +269,7 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   if constexpr (kDouble) {
     if (plan == Plan::kClosed) {
       const OnChunks on = OnChunks::build(point.h, point.y, n, threads);
+      history.max_h = on.max_h();
       run_epochs(point, n, [&](int64_t c, T b) { return on.sums(c, b); },
                  state, opt, threads, history, poll);
       return state;

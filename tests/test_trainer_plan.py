@@ -144,3 +144,37 @@ def test_a_chunk_with_a_non_finite_point_is_summed_point_by_point(bad, monkeypat
         closed_and_streamed(monkeypatch, x, y, w, 4.0, 1e-6, 10)
     assert c_info.tolist() == s_info.tolist() == [0, 3]  # the loss is not finite
     assert c_losses[0].isnan() == s_losses[0].isnan()
+
+
+def test_a_stall_through_closed_chunks_is_the_streamed_fits(monkeypatch):
+    # Labels 0 and a large step: the bias falls below every hidden value and
+    # the fit stalls (every unit off); closed or not, at the same epoch.
+    n = 2 * CHUNK + 9
+    x, _, _ = dense_problem(n, torch.float64)
+    y = torch.zeros(n, dtype=torch.float64)
+    stalls = {}
+    for plan in ("stream", "closed"):
+        monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
+        with pytest.raises(biasfit.StalledError) as caught:
+            biasfit.fit_fused(x, y, lr=1.0 / n, epochs=100, tol=0.0, bias=6.0)
+        stalls[plan] = caught.value.result
+    closed, streamed = stalls["closed"], stalls["stream"]
+    assert closed.epochs_run == streamed.epochs_run
+    assert closed.final_bias == pytest.approx(streamed.final_bias, rel=1e-13, abs=0)
+    assert closed.losses == pytest.approx(streamed.losses, rel=1e-13, abs=0)
+
+
+def test_an_exact_zero_gradient_with_units_on_is_no_stall(monkeypatch):
+    # At its optimum a closed fit's gradient is exactly 0 (2 count (mean +
+    # bias) with bias == -mean): not a stall, so the trainer does not send
+    # train.py into its stall test (a pass over the inputs).
+    x, y, w = dense_problem(1000, torch.float64)
+    monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "closed")
+    epoch, status, final, losses, biases, first_zero_grad = _direct.fit_sgd(
+        x.data_ptr(), y.data_ptr(), x.numel(), w.data_ptr(), True, 4.0,
+        0.5 / 1000, 0.0, 0.0, False, 0.0, False, 200, 0.0, 1)
+    steps = memoryview(biases).cast("d").tolist() + [final]
+    assert steps[-1] == steps[-2]  # it reached a zero gradient
+    assert first_zero_grad == -1
+    result = biasfit.fit_fused(x, y, lr=0.5 / 1000, epochs=200, tol=0.0, bias=4.0)
+    assert result.final_bias == final and result.epochs_run == 200
