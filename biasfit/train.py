@@ -446,8 +446,6 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
                                       tol, callback)
         epoch, status, final, losses, packed, zero_grad = _fit_sgd_native(
             inputs, labels, weights, start, hyper, epochs, tol)
-    if weights is None:
-        weights = _tutorial_weights(inputs.dtype, inputs.device)
     biases = None  # every epoch's bias, unpacked from float64 bytes when needed
     stall = None
     # Every unit off gives a gradient of exactly 0: only from such an epoch
@@ -456,6 +454,8 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     if status == _EXHAUSTED and zero_grad >= 0 and _may_stall(weight_decay, momentum):
         biases = memoryview(packed).cast("d").tolist()
         if final <= biases[-1]:
+            if weights is None:  # only here: the lookup is a tenth of a 3-point fit
+                weights = _tutorial_weights(inputs.dtype, inputs.device)
             stall = _first_stall(inputs, weights, biases + [final])
         if stall is not None:
             losses, final = losses[:stall + 1], biases[stall + 1] if stall + 1 < len(

@@ -108,8 +108,8 @@ void setup_plain(py::object tensor_type, py::object float32, py::object float64,
   c.weights64 = weights64;
   c.is_initialized = is_initialized.release().ptr();
   for (auto [slot, name] : {std::pair{&c.dtype, "dtype"}, {&c.is_cpu, "is_cpu"},
-                            {&c.dim, "dim"}, {&c.is_contiguous, "is_contiguous"},
-                            {&c.numel, "numel"}, {&c.data_ptr, "data_ptr"}}) {
+                            {&c.shape, "shape"}, {&c.stride, "stride"},
+                            {&c.data_ptr, "data_ptr"}}) {
     *slot = PyUnicode_InternFromString(name);
   }
 }
