@@ -90,8 +90,19 @@ struct PointLossFromHidden {  // the same from a precomputed hidden(x[i])
   const T* h;
   const T* y;
   T bias;
+  // Optional: the smallest h of each kChunk chunk of h (NaN if it has a
+  // NaN). Where fl(min + bias) > 0 every output unit of the chunk is on,
+  // relu(z) is z and relu'(z) is 1, and the AVX-512 loops skip both: the
+  // same values, three fewer operations in eleven (all_on_at).
+  const T* chunk_min_h = nullptr;
   BIASFIT_HD LossGrad operator()(int64_t i) const {
     return loss_grad_from_hidden(h[i], y[i], bias);
+  }
+  // Whether every unit of [begin, end) is on, as far as chunk_min_h tells.
+  bool all_on_at(int64_t begin, int64_t end) const {
+    const int64_t c = begin / kChunk;
+    return chunk_min_h != nullptr && (end - 1) / kChunk == c &&
+           add_rn(chunk_min_h[c], bias) > T(0);
   }
 };
 
@@ -245,20 +256,25 @@ BIASFIT_AVX512 inline LossGrad finish(const Acc512& a) {
 
 // Adds 8 points' r (doubles; z their output units' inputs) into one half
 // of the accumulators, in the lanes of `lanes`.
+template <bool kAllOn>
 BIASFIT_AVX512 inline void add_half(__m512d z, __m512d r, __mmask8 lanes,
                                     __m512d& loss, __m512d& half_grad) {
   loss = _mm512_mask_mov_pd(loss, lanes, add_rn(loss, mul_rn(r, r)));
-  const __mmask8 active = _mm512_mask_cmp_pd_mask(lanes, z, __m512d{}, _CMP_GT_OQ);
+  const __mmask8 active =
+      kAllOn ? lanes : _mm512_mask_cmp_pd_mask(lanes, z, __m512d{}, _CMP_GT_OQ);
   half_grad = _mm512_mask_add_pd(half_grad, active, half_grad, r);
 }
 
 // One step of 16 float points (a whole one, or the tail under `lanes`).
-template <typename Z>
+// kAllOn: every z of the range is > 0 (PointLossFromHidden::all_on_at).
+template <bool kAllOn, typename Z>
 BIASFIT_AVX512 inline void step_f32(const Z& zs, const float* y, int64_t i,
                                     __mmask16 lanes, Acc512& a) {
   const __m512 z = zs.from(_mm512_maskz_loadu_ps(lanes, zs.source() + i));
-  const __m512 r = sub_rn(relu(z), _mm512_maskz_loadu_ps(lanes, y + i));
-  const __mmask16 active = _mm512_mask_cmp_ps_mask(lanes, z, __m512{}, _CMP_GT_OQ);
+  const __m512 yv = _mm512_maskz_loadu_ps(lanes, y + i);
+  const __m512 r = sub_rn(kAllOn ? z : relu(z), yv);
+  const __mmask16 active =
+      kAllOn ? lanes : _mm512_mask_cmp_ps_mask(lanes, z, __m512{}, _CMP_GT_OQ);
   const __m512d r_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r));
   const __m512d r_hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(r, 1));
   // A float squared is exact in double, so the fused multiply-add rounds
@@ -271,7 +287,7 @@ BIASFIT_AVX512 inline void step_f32(const Z& zs, const float* y, int64_t i,
                                       a.half_grad_hi, r_hi);
 }
 
-template <typename Point>
+template <bool kAllOn, typename Point>
 BIASFIT_AVX512 LossGrad chunk_f32_avx512(const Point& p, int64_t begin,
                                          int64_t end) {
   static_assert(kLanes == 16, "one __m512 of floats per step");
@@ -279,27 +295,29 @@ BIASFIT_AVX512 LossGrad chunk_f32_avx512(const Point& p, int64_t begin,
   Acc512 a{_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
            _mm512_setzero_pd()};
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) step_f32(zs, p.y, i, 0xffff, a);
-  if (i < end) step_f32(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
+  for (; i + kLanes <= end; i += kLanes) step_f32<kAllOn>(zs, p.y, i, 0xffff, a);
+  if (i < end) step_f32<kAllOn>(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
   return finish(a);
 }
 
 // float64 on AVX-512: the same 16 lanes as two vectors of 8 doubles. No
 // widening; loss += r * r stays a multiply and an add (a double squared is
 // not exact, so a fused multiply-add would round differently).
-template <typename Z>
+template <bool kAllOn, typename Z>
 BIASFIT_AVX512 inline void step_f64(const Z& zs, const double* y, int64_t i,
                                     __mmask16 lanes, Acc512& a) {
   const __mmask8 lo = __mmask8(lanes), hi = __mmask8(lanes >> 8);
   const __m512d z_lo = zs.from(_mm512_maskz_loadu_pd(lo, zs.source() + i));
   const __m512d z_hi = zs.from(_mm512_maskz_loadu_pd(hi, zs.source() + i + 8));
-  add_half(z_lo, sub_rn(relu(z_lo), _mm512_maskz_loadu_pd(lo, y + i)), lo,
-           a.loss_lo, a.half_grad_lo);
-  add_half(z_hi, sub_rn(relu(z_hi), _mm512_maskz_loadu_pd(hi, y + i + 8)), hi,
-           a.loss_hi, a.half_grad_hi);
+  add_half<kAllOn>(z_lo, sub_rn(kAllOn ? z_lo : relu(z_lo),
+                                _mm512_maskz_loadu_pd(lo, y + i)),
+                   lo, a.loss_lo, a.half_grad_lo);
+  add_half<kAllOn>(z_hi, sub_rn(kAllOn ? z_hi : relu(z_hi),
+                                _mm512_maskz_loadu_pd(hi, y + i + 8)),
+                   hi, a.loss_hi, a.half_grad_hi);
 }
 
-template <typename Point>
+template <bool kAllOn, typename Point>
 BIASFIT_AVX512 LossGrad chunk_f64_avx512(const Point& p, int64_t begin,
                                          int64_t end) {
   static_assert(kLanes == 16, "two __m512d of doubles per step");
@@ -307,8 +325,8 @@ BIASFIT_AVX512 LossGrad chunk_f64_avx512(const Point& p, int64_t begin,
   Acc512 a{_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
            _mm512_setzero_pd()};
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) step_f64(zs, p.y, i, 0xffff, a);
-  if (i < end) step_f64(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
+  for (; i + kLanes <= end; i += kLanes) step_f64<kAllOn>(zs, p.y, i, 0xffff, a);
+  if (i < end) step_f64<kAllOn>(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
   return finish(a);
 }
 
@@ -355,6 +373,26 @@ constexpr bool kHandWritten<PointLossFromHidden<T>, T> = true;
 template <typename T>
 constexpr bool kHandWritten<PointLoss<T>, T> = true;
 
+template <bool kAllOn, typename Point>
+BIASFIT_AVX512 LossGrad chunk_hand_avx512(const Point& p, int64_t begin,
+                                          int64_t end) {
+  if constexpr (std::is_same_v<decltype(p.bias), float>) {
+    return chunk_f32_avx512<kAllOn>(p, begin, end);
+  } else {
+    return chunk_f64_avx512<kAllOn>(p, begin, end);
+  }
+}
+
+// Whether every output unit of [begin, end) is known to be on.
+template <typename Point>
+bool all_on(const Point&, int64_t, int64_t) {
+  return false;
+}
+template <typename T>
+bool all_on(const PointLossFromHidden<T>& p, int64_t begin, int64_t end) {
+  return p.all_on_at(begin, end);
+}
+
 // One chunk's sum on the best instruction set. A chunk of fewer points than
 // lanes (the tutorial's three) is only the lanes' tail and tree:
 // small_chunk_sum, without the vector set-up.
@@ -363,8 +401,10 @@ LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end) {
   if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
   switch (kIsa) {
     case Isa::kAvx512:
-      if constexpr (kHandWritten<Point, float>) return chunk_f32_avx512(p, begin, end);
-      if constexpr (kHandWritten<Point, double>) return chunk_f64_avx512(p, begin, end);
+      if constexpr (kHandWritten<Point, float> || kHandWritten<Point, double>) {
+        return all_on(p, begin, end) ? chunk_hand_avx512<true>(p, begin, end)
+                                     : chunk_hand_avx512<false>(p, begin, end);
+      }
       return chunk_avx512(p, begin, end);
     case Isa::kAvx2:
       if constexpr (kHandWritten<Point, float>) return chunk_f32_avx2(p, begin, end);

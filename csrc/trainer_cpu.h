@@ -266,6 +266,21 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
     point.y = set->y.data();
     hidden_x.reset();  // regrouped: the original order is done
   }
+  // Each chunk's smallest h: where every unit of a chunk is on, its loop
+  // skips the relu and the mask (kernels_cpu.h). NaN where some h is NaN.
+  std::vector<T> chunk_min_h(num_chunks(n));
+  parallel_items(num_chunks(n), threads, [&](int64_t c) {
+    const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
+    T low = std::numeric_limits<T>::infinity();
+    bool nan = false;
+#pragma omp simd reduction(min : low) reduction(| : nan)
+    for (int64_t i = begin; i < end; ++i) {
+      low = point.h[i] < low ? point.h[i] : low;
+      nan |= point.h[i] != point.h[i];
+    }
+    chunk_min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;
+  });
+  point.chunk_min_h = chunk_min_h.data();
   if constexpr (kDouble) {
     if (plan == Plan::kClosed) {
       const OnChunks on = OnChunks::build(point.h, point.y, n, threads);

@@ -40,11 +40,22 @@ def fit_sgd(x, y, w, b, epochs):
                                      epochs, 0.0)
 
 
+# From bias 80 every output unit is on (hidden >= -69.4 on special_problem's
+# x), and the trainer's chunks take their all-on loop (kernels_cpu.h).
+ALL_ON_BIAS = 80.0
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [5, 8, CHUNK + 3, 5 * CHUNK + 13])
-def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype):
+@pytest.mark.parametrize("start", [None, ALL_ON_BIAS])
+def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype, start, monkeypatch):
     # The same loop from Python: fused_loss's sums, sgd_step's rule.
     x, y, w, b = special_problem(n, dtype)
+    if start is not None:
+        b = torch.tensor(start, dtype=dtype)
+        # Not the closed plan, which float64 data all on would take: its sums
+        # are within 1e-13 of these, not equal (tests/test_trainer_plan.py).
+        monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "once")
     final, losses, biases, info = fit_sgd(x, y, w, b, epochs=6)
     assert info.tolist() == [6, 2]  # every epoch ran
     bias, buf = b, None
@@ -113,6 +124,14 @@ def _all_seven(x, y, w, b):
             *losses.tolist()]
 
 
+def set_plan(plan):
+    """BIASFIT_TRAINER_PLAN for the fits that follow (None: the cost model's)."""
+    if plan is None:
+        os.environ.pop("BIASFIT_TRAINER_PLAN", None)
+    else:
+        os.environ["BIASFIT_TRAINER_PLAN"] = plan
+
+
 def _sums_json(sizes):
     """Every kernel's output on special_problem(n), exactly (float.hex)."""
     out = {}
@@ -126,10 +145,18 @@ def _sums_json(sizes):
             # Long enough to regroup; and the strided (view) kernel.
             regrouped = fit_sgd(x, y, w, torch.tensor(-8.0, dtype=dtype),
                                 epochs=REGROUP_EPOCHS)[1]
+            # Every unit on: the all-on loop, and (float64) the closed sums.
+            all_on = []
+            for plan in ("once", "closed"):
+                set_plan(plan)
+                all_on.append(fit_sgd(x, y, w, torch.tensor(ALL_ON_BIAS, dtype=dtype),
+                                      epochs=4)[1])
+            set_plan(None)
             strided = torch.ops.biasfit.fused_loss(x[::3], y[::3], w, b)
             out[f"{dtype}-{n}"] = [v.hex() for v in
                                    [loss.item(), grad.item(), *sums.tolist(), final.item(),
                                     *losses.tolist(), *regrouped.tolist(),
+                                    *torch.cat(all_on).tolist(),
                                     *(s.item() for s in strided), *_all_seven(x, y, w, b)]]
     return json.dumps(out)
 
