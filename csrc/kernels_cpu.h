@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "network.h"
@@ -419,6 +420,70 @@ LossGrad sum_points(const Point& p, int64_t n, int threads) {
   return deterministic_sum(n, threads, [&](int64_t begin, int64_t end) {
     return sum_chunk(p, begin, end);
   });
+}
+
+// ---- the trainer's hidden buffer --------------------------------------------
+//
+// h[i] = hidden(x[i]) over one chunk's points, returning their smallest h,
+// or NaN where some h is inf or NaN (h - h is then NaN, and so is any sum
+// of such terms): the buffer and PointLossFromHidden::chunk_min_h in one
+// pass. network.h's hidden on W points at once rounds every point as the
+// scalar hidden does (no FMA), so the buffer's bits do not depend on the
+// instruction set.
+template <typename V, typename T>
+BIASFIT_HD T hidden_chunk_lanes(const T* x, T* h, int64_t begin, int64_t end,
+                                const Weights<T>& w) {
+  constexpr int kWidth = sizeof(V) / sizeof(T);
+  const Weights<V> wv = broadcast<V>(w);
+  V low = V{} + std::numeric_limits<T>::infinity(), probe = V{};
+  int64_t i = begin;
+  for (; i + kWidth <= end; i += kWidth) {
+    const V v = hidden(load_values<V>(x + i), wv);
+    __builtin_memcpy(h + i, &v, sizeof v);
+    low = v < low ? v : low;
+    probe += v - v;
+  }
+  T lows[kWidth], probes[kWidth];
+  __builtin_memcpy(lows, &low, sizeof low);
+  __builtin_memcpy(probes, &probe, sizeof probe);
+  T least = std::numeric_limits<T>::infinity(), nan_probe = T(0);
+  for (int k = 0; k < kWidth; ++k) {
+    least = lows[k] < least ? lows[k] : least;
+    nan_probe += probes[k];
+  }
+  for (; i < end; ++i) {
+    h[i] = hidden(x[i], w);
+    least = h[i] < least ? h[i] : least;
+    nan_probe += h[i] - h[i];
+  }
+  return nan_probe == T(0) ? least : std::numeric_limits<T>::quiet_NaN();
+}
+
+template <typename T>
+BIASFIT_AVX512 T hidden_chunk_avx512(const T* x, T* h, int64_t begin,
+                                     int64_t end, const Weights<T>& w) {
+  using V = std::conditional_t<std::is_same_v<T, float>, __m512, __m512d>;
+  return hidden_chunk_lanes<V>(x, h, begin, end, w);
+}
+
+template <typename T>
+BIASFIT_AVX2 T hidden_chunk_avx2(const T* x, T* h, int64_t begin, int64_t end,
+                                 const Weights<T>& w) {
+  using V = std::conditional_t<std::is_same_v<T, float>, __m256, __m256d>;
+  return hidden_chunk_lanes<V>(x, h, begin, end, w);
+}
+
+template <typename T>
+T hidden_chunk(const T* x, T* h, int64_t begin, int64_t end,
+               const Weights<T>& w) {
+  switch (kIsa) {
+    case Isa::kAvx512: return hidden_chunk_avx512(x, h, begin, end, w);
+    case Isa::kAvx2: return hidden_chunk_avx2(x, h, begin, end, w);
+    default: {  // SSE2, which every x86-64 has
+      using V = std::conditional_t<std::is_same_v<T, float>, __m128, __m128d>;
+      return hidden_chunk_lanes<V>(x, h, begin, end, w);
+    }
+  }
 }
 
 // out[i] = f(x[i]) in parallel: predict, and hidden for the trainer.

@@ -253,10 +253,15 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
     return state;
   }
 
-  // Not value-initialized: every element is written by map_points.
+  // Not value-initialized: every element is written by hidden_chunk, which
+  // also gives each chunk's smallest h: where every unit of a chunk is on,
+  // its loop skips the relu and the mask (kernels_cpu.h).
   std::unique_ptr<T[]> hidden_x(new T[n]);
-  map_points(x, hidden_x.get(), n, threads,
-             [&](T xi) { return hidden(xi, w); });
+  std::vector<T> chunk_min_h(num_chunks(n));
+  parallel_items(num_chunks(n), threads, [&](int64_t c) {
+    const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
+    chunk_min_h[c] = hidden_chunk(x, hidden_x.get(), begin, end, w);
+  });
   PointLossFromHidden<T> point{hidden_x.get(), y, T(0)};
   std::optional<ActiveSet<T>> set;
   if (plan == Plan::kRegroup) {
@@ -265,21 +270,17 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
     point.h = set->h.data();
     point.y = set->y.data();
     hidden_x.reset();  // regrouped: the original order is done
+    // The chunks hold other points now.
+    parallel_items(num_chunks(n), threads, [&](int64_t c) {
+      const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
+      T low = std::numeric_limits<T>::infinity(), probe = T(0);
+      for (int64_t i = begin; i < end; ++i) {
+        low = point.h[i] < low ? point.h[i] : low;
+        probe += point.h[i] - point.h[i];
+      }
+      chunk_min_h[c] = probe == T(0) ? low : std::numeric_limits<T>::quiet_NaN();
+    });
   }
-  // Each chunk's smallest h: where every unit of a chunk is on, its loop
-  // skips the relu and the mask (kernels_cpu.h). NaN where some h is NaN.
-  std::vector<T> chunk_min_h(num_chunks(n));
-  parallel_items(num_chunks(n), threads, [&](int64_t c) {
-    const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
-    T low = std::numeric_limits<T>::infinity();
-    bool nan = false;
-#pragma omp simd reduction(min : low) reduction(| : nan)
-    for (int64_t i = begin; i < end; ++i) {
-      low = point.h[i] < low ? point.h[i] : low;
-      nan |= point.h[i] != point.h[i];
-    }
-    chunk_min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;
-  });
   point.chunk_min_h = chunk_min_h.data();
   if constexpr (kDouble) {
     if (plan == Plan::kClosed) {

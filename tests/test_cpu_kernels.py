@@ -111,6 +111,21 @@ def test_regrouped_trainer_with_non_finite_inputs(bad, monkeypatch):
         assert losses[0].isnan() and loss0 != loss0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])  # (hidden(-inf) is 0)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_non_finite_input_keeps_its_chunk_off_the_all_on_loop(bad, dtype, monkeypatch):
+    # hidden(inf) or hidden(nan) is inf or NaN: that chunk's smallest h is
+    # NaN, so the full loop sums it, and the loss is fused_loss's (not finite).
+    monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "once")
+    x, y, w, _ = special_problem(2 * CHUNK + 3, dtype)
+    x[CHUNK + 11] = bad
+    b = torch.tensor(ALL_ON_BIAS, dtype=dtype)
+    _, losses, _, info = fit_sgd(x, y, w, b, epochs=3)
+    loss, _ = torch.ops.biasfit.fused_loss(x, y, w, b)
+    assert info.tolist() == [0, 3]
+    assert losses[0].item() == loss.item() or (losses[0].isnan() and loss.isnan())
+
+
 def _all_seven(x, y, w, b):
     """The all-seven kernels' outputs (fused_loss_grads's sums, its rounded
     gradients and a fit_params fit of every parameter), as floats."""
