@@ -46,7 +46,7 @@ inline uint32_t group_of(float h) {
 template <typename T>
 struct ActiveSet {
   std::vector<T> h, y;          // the points, regrouped
-  std::vector<T> max_h;         // per chunk; NaN where some h is NaN
+  std::vector<T> max_h, min_h;  // per chunk; NaN where some h is NaN
   std::vector<LossGrad> off;    // per chunk, its sums with every unit off
 
   // The sums of chunk c at `bias` if every unit there is off, else null.
@@ -93,6 +93,7 @@ struct ActiveSet {
     });
     const int64_t chunks = num_chunks(n);
     set.max_h.resize(chunks);
+    set.min_h.resize(chunks);
     set.off.resize(chunks);
     // At bias -inf every finite h is off (r = -y), as at any bias that
     // known_sums lets through; chunks with an inf or NaN h are never skipped.
@@ -101,13 +102,15 @@ struct ActiveSet {
     point.bias = -std::numeric_limits<T>::infinity();
     parallel_items(chunks, threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
-      T top = -std::numeric_limits<T>::infinity();
+      T top = -std::numeric_limits<T>::infinity(), low = -top;
       bool nan = false;
       for (int64_t i = begin; i < end; ++i) {
         nan |= h_out[i] != h_out[i];
         top = h_out[i] > top ? h_out[i] : top;
+        low = h_out[i] < low ? h_out[i] : low;
       }
       set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
+      set.min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;
       set.off[c] = chunk(point, begin, end);
     });
     return set;

@@ -270,16 +270,10 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
     point.h = set->h.data();
     point.y = set->y.data();
     hidden_x.reset();  // regrouped: the original order is done
-    // The chunks hold other points now.
-    parallel_items(num_chunks(n), threads, [&](int64_t c) {
-      const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
-      T low = std::numeric_limits<T>::infinity(), probe = T(0);
-      for (int64_t i = begin; i < end; ++i) {
-        low = point.h[i] < low ? point.h[i] : low;
-        probe += point.h[i] - point.h[i];
-      }
-      chunk_min_h[c] = probe == T(0) ? low : std::numeric_limits<T>::quiet_NaN();
-    });
+    // The chunks hold other points now: their smallest h is the set's
+    // (NaN flagged; an h of +inf, unlike in hidden_chunk, is not, and
+    // needs not be: relu(inf + bias) is inf with the relu or without).
+    chunk_min_h = set->min_h;
   }
   point.chunk_min_h = chunk_min_h.data();
   if constexpr (kDouble) {
