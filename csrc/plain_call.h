@@ -156,7 +156,7 @@ inline bool parse_plain(const PlainContext& c, PyObject* const* a,
       !(out.dampening > -inf && out.dampening < inf) || !(out.tol >= 0)) {
     return false;
   }
-  // The dtype is the inputs': try float32 first, the common case.
+  // The dtype is the inputs', float32 or float64; read once.
   PyObject* dtype = PyObject_GetAttr(a[0], c.dtype);
   if (dtype == nullptr) {
     PyErr_Clear();

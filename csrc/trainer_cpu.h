@@ -53,7 +53,9 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 //   (the hidden layer's arithmetic shows); the buffer ~2 epochs.
 //   kClosed's set-up is the hidden buffer's and a pass for the moments
 //   (about an epoch), and an epoch of closed chunks a few operations each,
-//   counted as nothing.
+//   counted as nothing. (A chunk that stops closing, as the bias turns
+//   some of its units off or the fit nears an exact one, costs a
+//   hidden-once epoch again: the model does not foresee that.)
 struct PlanCosts {
   double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer

@@ -178,3 +178,21 @@ def test_an_exact_zero_gradient_with_units_on_is_no_stall(monkeypatch):
     assert first_zero_grad == -1
     result = biasfit.fit_fused(x, y, lr=0.5 / 1000, epochs=200, tol=0.0, bias=4.0)
     assert result.final_bias == final and result.epochs_run == 200
+
+
+def test_near_an_exact_fit_chunks_are_summed_point_by_point(monkeypatch):
+    # Labels the network gives at bias 5, no noise: near the fit the residuals
+    # are rounding errors, which the closed form would not reproduce, so the
+    # chunks stop closing and the last epochs are the streamed fit's bits.
+    n = 2 * CHUNK + 7
+    x, _, w = dense_problem(n, torch.float64)
+    h = (x * w[0] + w[1]).relu() * w[2] + (x * w[3] + w[4]).relu() * w[5]
+    y = (h + 5.0).relu()
+    (c_final, c_losses, _, c_info), (s_final, s_losses, _, s_info) = \
+        closed_and_streamed(monkeypatch, x, y, w, 4.37, 0.05 / n, 400)
+    assert c_info.tolist() == s_info.tolist()
+    assert s_losses[-1] < 1e-20 * s_losses[0]  # it got to the fit
+    torch.testing.assert_close(c_losses[:5], s_losses[:5], rtol=5e-13, atol=0)
+    assert not torch.equal(c_losses[:5], s_losses[:5])  # closed while far off
+    assert torch.equal(c_losses[-20:], s_losses[-20:])
+    assert c_final.item() == s_final.item()
