@@ -196,3 +196,16 @@ def test_near_an_exact_fit_chunks_are_summed_point_by_point(monkeypatch):
     assert not torch.equal(c_losses[:5], s_losses[:5])  # closed while far off
     assert torch.equal(c_losses[-20:], s_losses[-20:])
     assert c_final.item() == s_final.item()
+
+
+def test_a_stall_is_seen_with_a_chunk_that_cannot_close(monkeypatch):
+    # hidden(3e306) is -inf: that chunk's moments are not finite and it never
+    # closes, yet its unit is off and its loss finite; the fit still stalls
+    # (every unit off) and must say so, as with the hidden-once plan.
+    x = torch.linspace(0.01, 0.5, 1000, dtype=torch.float64)
+    x[1] = 3e306
+    y = torch.ones(1000, dtype=torch.float64)
+    for plan in ("once", "closed"):
+        monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
+        with pytest.raises(biasfit.StalledError):
+            biasfit.fit_fused(x, y, lr=1.0)
