@@ -269,7 +269,7 @@ BIASFIT_AVX512 inline void add_half(__m512d z, __m512d r, __mmask8 lanes,
 // One step of 16 float points (a whole one, or the tail under `lanes`).
 // kAllOn: every z of the range is > 0 (PointLossFromHidden::all_on_at).
 template <bool kAllOn, typename Z>
-BIASFIT_AVX512 inline void step_f32(const Z& zs, const float* y, int64_t i,
+BIASFIT_AVX512 inline void step_avx512(const Z& zs, const float* y, int64_t i,
                                     __mmask16 lanes, Acc512& a) {
   const __m512 z = zs.from(_mm512_maskz_loadu_ps(lanes, zs.source() + i));
   const __m512 yv = _mm512_maskz_loadu_ps(lanes, y + i);
@@ -288,24 +288,11 @@ BIASFIT_AVX512 inline void step_f32(const Z& zs, const float* y, int64_t i,
                                       a.half_grad_hi, r_hi);
 }
 
-template <bool kAllOn, typename Point>
-BIASFIT_AVX512 LossGrad chunk_f32_avx512(const Point& p, int64_t begin,
-                                         int64_t end) {
-  static_assert(kLanes == 16, "one __m512 of floats per step");
-  const auto zs = vector_z<__m512>(p);
-  Acc512 a{_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
-           _mm512_setzero_pd()};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) step_f32<kAllOn>(zs, p.y, i, 0xffff, a);
-  if (i < end) step_f32<kAllOn>(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
-  return finish(a);
-}
-
-// float64 on AVX-512: the same 16 lanes as two vectors of 8 doubles. No
-// widening; loss += r * r stays a multiply and an add (a double squared is
-// not exact, so a fused multiply-add would round differently).
+// The same step of 16 double points: the 16 lanes as two vectors of 8
+// doubles. No widening; loss += r * r stays a multiply and an add (a double
+// squared is not exact, so a fused multiply-add would round differently).
 template <bool kAllOn, typename Z>
-BIASFIT_AVX512 inline void step_f64(const Z& zs, const double* y, int64_t i,
+BIASFIT_AVX512 inline void step_avx512(const Z& zs, const double* y, int64_t i,
                                     __mmask16 lanes, Acc512& a) {
   const __mmask8 lo = __mmask8(lanes), hi = __mmask8(lanes >> 8);
   const __m512d z_lo = zs.from(_mm512_maskz_loadu_pd(lo, zs.source() + i));
@@ -318,16 +305,20 @@ BIASFIT_AVX512 inline void step_f64(const Z& zs, const double* y, int64_t i,
                    hi, a.loss_hi, a.half_grad_hi);
 }
 
+// A chunk of the trainer's points (float or double) on AVX-512: its whole
+// steps, the tail as one masked step, the lanes' tree.
 template <bool kAllOn, typename Point>
-BIASFIT_AVX512 LossGrad chunk_f64_avx512(const Point& p, int64_t begin,
-                                         int64_t end) {
-  static_assert(kLanes == 16, "two __m512d of doubles per step");
-  const auto zs = vector_z<__m512d>(p);
+BIASFIT_AVX512 LossGrad chunk_hand_avx512(const Point& p, int64_t begin,
+                                          int64_t end) {
+  static_assert(kLanes == 16, "16 points a step");
+  using V = std::conditional_t<std::is_same_v<decltype(Point::bias), float>,
+                               __m512, __m512d>;
+  const auto zs = vector_z<V>(p);
   Acc512 a{_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
            _mm512_setzero_pd()};
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) step_f64<kAllOn>(zs, p.y, i, 0xffff, a);
-  if (i < end) step_f64<kAllOn>(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
+  for (; i + kLanes <= end; i += kLanes) step_avx512<kAllOn>(zs, p.y, i, 0xffff, a);
+  if (i < end) step_avx512<kAllOn>(zs, p.y, i, __mmask16((1u << (end - i)) - 1), a);
   return finish(a);
 }
 
@@ -373,16 +364,6 @@ template <typename T>
 constexpr bool kHandWritten<PointLossFromHidden<T>, T> = true;
 template <typename T>
 constexpr bool kHandWritten<PointLoss<T>, T> = true;
-
-template <bool kAllOn, typename Point>
-BIASFIT_AVX512 LossGrad chunk_hand_avx512(const Point& p, int64_t begin,
-                                          int64_t end) {
-  if constexpr (std::is_same_v<decltype(p.bias), float>) {
-    return chunk_f32_avx512<kAllOn>(p, begin, end);
-  } else {
-    return chunk_f64_avx512<kAllOn>(p, begin, end);
-  }
-}
 
 // Whether every output unit of [begin, end) is known to be on.
 template <typename Point>
