@@ -1,7 +1,8 @@
 // The all-seven pass (loss and the seven parameter gradient sums) over
 // contiguous points, vectorized by hand for AVX2 and AVX-512: gcc keeps
 // grads_cpu.h's chunk loop scalar (2-2.7 ns a point a core on the 2-core
-// Zen 4 EPYC; this loop 0.85 on AVX-512, 1.3-1.6 on AVX2).
+// Zen 4 EPYC; this loop 0.85 on AVX-512, 1.3-1.6 on AVX2; on the Zen 5
+// EPYC, float data, 0.46 with the forward on 8 floats, 0.41 on 16).
 //
 // No second copy of the math: network.h's forward, relu and
 // loss_param_grads_wide run on GCC vector types, W points at once. The
@@ -28,15 +29,19 @@ namespace biasfit {
 namespace cpu {
 
 // kBytes: a vector register's width, 32 (AVX2) or 64 (AVX-512). D: that
-// many bytes of doubles; F: as many floats as D has doubles, so one load
-// widens to one D. x86's own types, so that network.h's relu takes
-// kernels_cpu.h's one-instruction max for __m256.
+// many bytes of doubles. x86's own types, so that network.h's relu takes
+// kernels_cpu.h's one-instruction max.
 template <int kBytes>
 struct Simd;
+// F: the floats a float forward runs on, one or two D's worth (kParts):
+// AVX-512 runs it on 16 floats, a whole zmm, and widens each half to its D
+// (half the forward's instructions of 8 floats a time, which left half of
+// each zmm unused); AVX2 on as many floats as D has doubles, for the
+// reason its kGroup below gives.
 template <>
 struct Simd<64> {
   using D = __m512d;
-  using F = __m256;
+  using F = __m512;
   static constexpr int kWidth = 8;
 };
 template <>
@@ -63,26 +68,34 @@ BIASFIT_HD V load(const S* p) {
 // Lane-wise conversion to D: float lanes to double (exact), doubles as they
 // are. Written as one brace list, which gcc 12 turns into one vcvtps2pd;
 // __builtin_convertvector and a loop both give it in halves.
+// part<P>(v): lanes P * W .. P * W + W - 1 of a wider v (W: D's doubles),
+// an extract and a vcvtps2pd.
 template <typename D>
 struct WidenLanes {
+  static constexpr int kW = sizeof(D) / sizeof(double);
   template <typename V>
   BIASFIT_HD D operator()(V v) const {
-    return lanes(v, std::make_integer_sequence<int, sizeof(D) / sizeof(double)>{});
+    return part<0>(v);
   }
-  template <typename V, int... k>
+  template <int P, typename V>
+  BIASFIT_HD static D part(V v) {
+    return lanes<P * kW>(v, std::make_integer_sequence<int, kW>{});
+  }
+  template <int kFrom, typename V, int... k>
   BIASFIT_HD static D lanes(V v, std::integer_sequence<int, k...>) {
-    return D{double(v[k])...};
+    return D{double(v[kFrom + k])...};
   }
 };
 
 // The per-ISA pieces the loop below needs beyond network.h's operators, as
 // GCC builtins for the reason kernels_cpu.h gives for its relu (they expand
 // in the instruction set of the kernel they are inlined into).
-//   positive(v):      per lane v > 0 (false for NaN), for v of the data's
-//                     type, before any widening: a mask for mul_where.
-//   active(a, h):     relu'(a) as such a mask, given h = relu(a) widened
-//                     (h > 0 is a > 0 for every a, network.h's test): from
-//                     whichever is cheaper.
+//   positive_part<P>(v): per lane v > 0 (false for NaN), for v of the
+//                     data's type before any widening, in the lanes of
+//                     part P of the forward's vector: a mask for mul_where.
+//   active_part<P>(a, h): relu'(a) as such a mask, given h = relu(a)
+//                     widened (h > 0 is a > 0 for every a, network.h's
+//                     test): from whichever is cheaper.
 //   mul_where(m,a,b): a * b where m, else +0.0: network.h's
 //                     `c ? mul_rn(a, b) : D{}`.
 //   fma(a, b, c):     a * b + c rounded once.
@@ -96,16 +109,27 @@ template <>
 struct Lanewise<64> {
   using D = __m512d;
   using Mask = __mmask8;
-  BIASFIT_HD static Mask positive(__m256 v) {
-    return __builtin_ia32_cmpps256_mask(__v8sf(v), __v8sf{}, _CMP_GT_OQ,
-                                        Mask(-1));
+  BIASFIT_HD static __mmask16 positive(__m512 v) {
+    return __builtin_ia32_cmpps512_mask(__v16sf(v), __v16sf{}, _CMP_GT_OQ,
+                                        __mmask16(-1),
+                                        _MM_FROUND_CUR_DIRECTION);
   }
   BIASFIT_HD static Mask positive(__m512d v) {
     return __builtin_ia32_cmppd512_mask(__v8df(v), __v8df{}, _CMP_GT_OQ,
                                         Mask(-1), _MM_FROUND_CUR_DIRECTION);
   }
-  template <typename V>
-  BIASFIT_HD static Mask active(V a, D) { return positive(a); }
+  // Part P's lanes of a test on the forward's (wider) vectors.
+  template <int P>
+  BIASFIT_HD static Mask positive_part(__m512 v) {
+    return Mask(positive(v) >> (8 * P));
+  }
+  template <int P>
+  BIASFIT_HD static Mask positive_part(__m512d v) {
+    static_assert(P == 0, "a double forward is one part");
+    return positive(v);
+  }
+  template <int P, typename V>
+  BIASFIT_HD static Mask active_part(V a, D) { return positive_part<P>(a); }
   BIASFIT_HD static D mul_where(Mask m, D a, D b) {
     return D(__builtin_ia32_mulpd512_mask(__v8df(a), __v8df(b), __v8df{}, m,
                                           _MM_FROUND_CUR_DIRECTION));
@@ -124,10 +148,15 @@ struct Lanewise<32> {
     return __builtin_convertvector(v > __m128{}, __v4di);
   }
   BIASFIT_HD static Mask positive(__m256d v) { return v > __m256d{}; }
+  template <int P, typename V>
+  BIASFIT_HD static Mask positive_part(V v) {
+    static_assert(P == 0, "AVX2's forward is one part");
+    return positive(v);
+  }
   // The widened h, which the loop has anyway: one compare, no widening of
   // the mask.
-  template <typename V>
-  BIASFIT_HD static Mask active(V, D h) { return positive(h); }
+  template <int P, typename V>
+  BIASFIT_HD static Mask active_part(V, D h) { return positive(h); }
   BIASFIT_HD static D mul_where(Mask m, D a, D b) {
     return D(m & __v4di(mul_rn(a, b)));
   }
@@ -149,7 +178,7 @@ struct Lanewise<32> {
 // - the tests run on the forward's values in the data's type (z > 0 on
 //   the float z is the widened z > 0, and a0 > 0 is network.h's
 //   relu(a0) > 0 for every a0), so z, a0 and a1 are never widened (AVX2
-//   tests the widened h0, h1 instead: Lanewise::active);
+//   tests the widened h0, h1 instead: Lanewise::active_part);
 // - for float data, r r, g h0 and g h1 are products of two floats (g = 2 r
 //   is one doubled), exact in double (24 + 24 significant bits < 53), so
 //   rounding the product and then the sum is rounding the sum once: a fused
@@ -165,8 +194,10 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
   using L = Lanewise<kBytes>;
   using D = typename Simd<kBytes>::D;
   constexpr bool kFloat = std::is_same<T, float>::value;
+  // V: the forward's vectors, kParts D's worth of points each (Simd::F).
   using V = std::conditional_t<kFloat, typename Simd<kBytes>::F, D>;
   constexpr int kWidth = Simd<kBytes>::kWidth, kSteps = kLanes / kWidth;
+  constexpr int kParts = int(sizeof(V) / sizeof(T)) / kWidth;
   static_assert(kLanes % kWidth == 0, "whole vectors of lanes");
   const WidenLanes<D> to_d;
   const Weights<V> wv{every_lane<V>(w.w00), every_lane<V>(w.b00),
@@ -189,29 +220,43 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
   // data (twice the bytes a pass): the trainer's epochs at N = 1e6 took
   // 1.6x as long, so double data keeps one pass.
   constexpr int kGroup = kBytes == 64 || !kFloat ? kSteps : 1;
-  static_assert(kSteps % kGroup == 0, "whole groups of lanes");
+  static_assert(kSteps % kGroup == 0 && kGroup % kParts == 0,
+                "whole groups of lanes, whole forwards a group");
   const int64_t stop = begin + (end - begin) / kLanes * kLanes;
   for (int s0 = 0; s0 < kSteps; s0 += kGroup) {
     D loss_acc[kGroup] = {}, grad_acc[kNumParams][kGroup] = {};
     for (int64_t i = begin; i < stop; i += kLanes) {
 #pragma GCC unroll 4
-      for (int s = 0; s < kGroup; ++s) {
-        const int64_t at = i + (s0 + s) * kWidth;
+      for (int s1 = 0; s1 < kGroup; s1 += kParts) {
+        const int64_t at = i + (s0 + s1) * kWidth;
         const V xv = load<V>(x + at);
         const Forward<V> f = forward(xv, wv, bv);
         const V r = sub_rn(relu(f.z), load<V>(y + at));
-        const D xd = to_d(xv), rd = to_d(r), h0 = to_d(f.h0), h1 = to_d(f.h1);
-        const D g = L::mul_where(L::positive(f.z), two, rd);
-        const D d0 = L::mul_where(L::active(f.a0, h0), g, wd.w01);
-        const D d1 = L::mul_where(L::active(f.a1, h1), g, wd.w11);
-        loss_acc[s] = add_product(loss_acc[s], rd, rd);
-        grad_acc[W00][s] = add_rn(grad_acc[W00][s], mul_rn(d0, xd));
-        grad_acc[B00][s] = add_rn(grad_acc[B00][s], d0);
-        grad_acc[W01][s] = add_product(grad_acc[W01][s], g, h0);
-        grad_acc[W10][s] = add_rn(grad_acc[W10][s], mul_rn(d1, xd));
-        grad_acc[B10][s] = add_rn(grad_acc[B10][s], d1);
-        grad_acc[W11][s] = add_product(grad_acc[W11][s], g, h1);
-        grad_acc[kBiasIndex][s] = add_rn(grad_acc[kBiasIndex][s], g);
+        // Part P of the forward's points: lanes s1 + P. Inlined by force:
+        // as a call gcc kept the accumulators in memory, 16 stores a step.
+        auto add_part = [&](auto part) __attribute__((always_inline)) {
+          constexpr int P = decltype(part)::value;
+          const int s = s1 + P;
+          const D xd = to_d.template part<P>(xv), rd = to_d.template part<P>(r),
+                  h0 = to_d.template part<P>(f.h0),
+                  h1 = to_d.template part<P>(f.h1);
+          const D g = L::mul_where(L::template positive_part<P>(f.z), two, rd);
+          const D d0 =
+              L::mul_where(L::template active_part<P>(f.a0, h0), g, wd.w01);
+          const D d1 =
+              L::mul_where(L::template active_part<P>(f.a1, h1), g, wd.w11);
+          loss_acc[s] = add_product(loss_acc[s], rd, rd);
+          grad_acc[W00][s] = add_rn(grad_acc[W00][s], mul_rn(d0, xd));
+          grad_acc[B00][s] = add_rn(grad_acc[B00][s], d0);
+          grad_acc[W01][s] = add_product(grad_acc[W01][s], g, h0);
+          grad_acc[W10][s] = add_rn(grad_acc[W10][s], mul_rn(d1, xd));
+          grad_acc[B10][s] = add_rn(grad_acc[B10][s], d1);
+          grad_acc[W11][s] = add_product(grad_acc[W11][s], g, h1);
+          grad_acc[kBiasIndex][s] = add_rn(grad_acc[kBiasIndex][s], g);
+        };
+        add_part(std::integral_constant<int, 0>{});
+        if constexpr (kParts == 2) add_part(std::integral_constant<int, 1>{});
+        static_assert(kParts <= 2, "at most two parts a forward");
       }
     }
     for (int s = 0; s < kGroup; ++s) {
