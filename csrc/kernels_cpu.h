@@ -182,6 +182,28 @@ BIASFIT_HD V load_values(const T* at) {
   return v;
 }
 
+// a + b rounded once; for AVX-512 doubles as a fused multiply-add a * 1 + b:
+// the same value bit for bit (a * 1 is exact; signed zeros, infinities and
+// NaN come out as from the add), issued to the multiply-add ports instead
+// of the adders, which the rest of a float64 trainer step keeps busy (the
+// compare, max, subtract and sums). Measured on the Zen 5 EPYC, a float64
+// epoch of 1000 points from the hidden buffer: 98 -> 78 ns, or the same
+// when the machine is in its slower state (runs of one binary are bimodal
+// there). Floats keep the add: their step has the conversions on those
+// ports, and the same trick measured 89 -> 89 or 107 ns.
+template <typename V>
+BIASFIT_HD V add_on_fma_ports(V a, V b) {
+  return add_rn(a, b);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+template <>
+BIASFIT_HD __m512d add_on_fma_ports(__m512d a, __m512d b) {
+  return __m512d(__builtin_ia32_vfmaddpd512_mask(
+      __v8df(a), __v8df{} + 1.0, __v8df(b), __mmask8(-1),
+      _MM_FROUND_CUR_DIRECTION));
+}
+#endif
+
 // z = hidden + bias for a vector V of points (of type T), from what a step
 // loads at source(): hidden(x) computed once per fit, or x itself (hidden
 // streamed). Two types, so that each loop is compiled for one of them.
@@ -191,7 +213,9 @@ struct ZFromHidden {
   V bias;
 
   const T* source() const { return h; }
-  BIASFIT_HD V from(V h_loaded) const { return add_rn(h_loaded, bias); }
+  BIASFIT_HD V from(V h_loaded) const {
+    return add_on_fma_ports(h_loaded, bias);
+  }
   BIASFIT_HD V at(int64_t i) const { return from(load_values<V>(h + i)); }
 };
 
