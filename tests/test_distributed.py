@@ -307,7 +307,10 @@ def readme_script(tmp_path, then=""):
 GLOO_THREADS_LEFT = """
 import os, sys
 left = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("gloo threads left:", sorted(t for t in left if "gloo" in t), file=sys.stderr)
+# One write of the whole line: the ranks share a stderr pipe, and print's
+# pieces (words, separators, newline) from two ranks could interleave.
+sys.stderr.write(f"gloo threads left: {sorted(t for t in left if 'gloo' in t)}\\n")
+sys.stderr.flush()
 """
 README_OUT = ["34 epochs, final_bias = -16.0019", "35 epochs, w10 = 12.266"]
 # How many times test_the_readme_script_exits_cleanly_every_time runs the
