@@ -199,6 +199,7 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
   constexpr int kWidth = Simd<kBytes>::kWidth, kSteps = kLanes / kWidth;
   constexpr int kParts = int(sizeof(V) / sizeof(T)) / kWidth;
   static_assert(kLanes % kWidth == 0, "whole vectors of lanes");
+  static_assert(kParts == 1 || kParts == 2, "one or two parts a forward");
   const WidenLanes<D> to_d;
   const Weights<V> wv{every_lane<V>(w.w00), every_lane<V>(w.b00),
                       every_lane<V>(w.w01), every_lane<V>(w.w10),
@@ -256,7 +257,6 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
         };
         add_part(std::integral_constant<int, 0>{});
         if constexpr (kParts == 2) add_part(std::integral_constant<int, 1>{});
-        static_assert(kParts <= 2, "at most two parts a forward");
       }
     }
     for (int s = 0; s < kGroup; ++s) {

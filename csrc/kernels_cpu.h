@@ -199,7 +199,7 @@ BIASFIT_HD V add_on_fma_ports(V a, V b) {
 template <>
 BIASFIT_HD __m512d add_on_fma_ports(__m512d a, __m512d b) {
   return __m512d(__builtin_ia32_vfmaddpd512_mask(
-      __v8df(a), __v8df{} + 1.0, __v8df(b), __mmask8(-1),
+      __v8df(a), splat<__v8df>(1.0), __v8df(b), __mmask8(-1),
       _MM_FROUND_CUR_DIRECTION));
 }
 #endif
