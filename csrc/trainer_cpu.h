@@ -4,6 +4,7 @@
 #pragma once
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -44,27 +45,52 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 
 // Costs per point in units of one kHiddenOnce epoch, measured by forcing
 // each plan with BIASFIT_TRAINER_PLAN, interleaved, on bench_peers.py's
-// data sets (2-core AMD EPYC, Zen 4, AVX-512; float32, one thread, CPU
-// time, as other jobs loaded the machine to ~20):
-//   1e7 points (80 MB): a streamed epoch runs as fast as a hidden-once one
-//   (both at the read pass's speed: memory bound); the buffer costs ~6
-//   epochs (mostly first-touch page faults); regrouping ~25 more.
-//   1e5-1e6 points (in cache): a streamed epoch costs ~1.6 hidden-once ones
-//   (the hidden layer's arithmetic shows); the buffer ~2 epochs.
-//   kClosed's set-up is the hidden buffer's and a pass for the moments
-//   (about an epoch), and an epoch of closed chunks a few operations each,
-//   counted as nothing. (A chunk that stops closing, as the bias turns
-//   some of its units off or the fit nears an exact one, costs a
-//   hidden-once epoch again: the model does not foresee that.)
+// data sets, in three tiers of the data's size (inputs and labels):
+//   in L2 (1e5 points): a streamed epoch costs ~1.6 hidden-once ones (the
+//   hidden layer's arithmetic shows: 2.0 for float64 on a 2-core Xeon), the
+//   buffer ~2 (Zen 4, float32, and the Xeon);
+//   past L2, up to 32 MB (1e6 points): both kinds of epoch wait on L3 and
+//   differ by ~15%; the buffer costs ~3.5 (2-core Intel Xeon, float32 and
+//   float64: streamed 10-epoch fits 5-7% faster, hidden-once 100-epoch
+//   ones 5% faster);
+//   past that (1e7 points, 80 MB): a streamed epoch runs as fast as a
+//   hidden-once one (both at the read pass's speed); the buffer costs ~6
+//   epochs, mostly first-touch page faults (Zen 4; 1.5 us a 4 KiB page on
+//   the Xeon VM).
+// Regrouping costs ~25 epochs on top of the buffer. kClosed's set-up is the
+// hidden buffer's and a pass for the moments (about an epoch), and an epoch
+// of closed chunks a few operations each, counted as nothing. (A chunk that
+// stops closing, as the bias turns some of its units off or the fit nears
+// an exact one, costs a hidden-once epoch again: the model does not foresee
+// that.)
 struct PlanCosts {
   double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer
   double regroup_setup;  // the regrouping on top of that
 };
 constexpr PlanCosts kCachedCosts{1.6, 2.0, 25.0};
+constexpr PlanCosts kL3Costs{1.15, 3.5, 25.0};
 constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
-// Inputs and labels up to this size count as cached (L3 of the EPYC: 32 MB).
-constexpr int64_t kCachedBytes = int64_t(16) << 20;
+constexpr int64_t kL3Bytes = int64_t(32) << 20;
+
+// This core's L2 in bytes, as the C library reports it (1 MiB if it does
+// not): data that fits is "cached" above.
+inline int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc's; macOS has no such name
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+    const long reported = 0;
+#endif
+    return reported > 0 ? int64_t(reported) : int64_t(1) << 20;
+  }();
+  return bytes;
+}
+
+inline const PlanCosts& plan_costs(int64_t data_bytes) {
+  if (data_bytes <= l2_bytes()) return kCachedCosts;
+  return data_bytes <= kL3Bytes ? kL3Costs : kMemoryCosts;
+}
 // Regrouping needs chunks to skip.
 constexpr int64_t kRegroupMinChunks = 4;
 
@@ -97,7 +123,7 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
       return Plan::kClosed;
     }
   }
-  const PlanCosts& c = n * bytes <= kCachedBytes ? kCachedCosts : kMemoryCosts;
+  const PlanCosts& c = plan_costs(n * bytes);
   const double e = double(epochs);
   const double stream = e * c.stream_epoch;
   const double once = c.hidden_setup + e;

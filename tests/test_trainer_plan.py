@@ -26,6 +26,9 @@ F32, F64 = 8, 16  # bytes of an input and a label
     (10**7, F32, 100, 0.9, "regroup"),
     (10**6, F32, 1000, 0.9, "regroup"),
     (10**8, F32, 1000, 0.5, "regroup"),
+    # Past L2, in L3: a few streamed epochs beat the buffer's cost.
+    (10**6, F32, 10, 0.0, "stream"),
+    (10**6, F64, 10, 0.5, "stream"),
     # In cache, hidden-once epochs are cheaper than streamed ones.
     (10**6, F32, 100, 0.0, "once"),
     (10**5, F64, 1000, 0.1, "once"),
