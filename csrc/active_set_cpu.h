@@ -11,14 +11,23 @@
 //
 // The grouping is a stable counting sort on the top 12 bits of an
 // order-preserving key of float(h) (sign, exponent, 3 mantissa bits): one
-// pass to count, one to move, the same order for any thread count. Chunks,
-// lanes and the combining tree stay deterministic_sum's, now over the
-// regrouped points: the sums are fused_loss's over that order bit for bit
-// (tests/test_cpu_kernels.py), and differ from the original order's only in
-// the order of additions.
+// pass to count, one to move; stable, so the same order however the points
+// are cut into pieces for threads. Chunks, lanes and the combining tree stay
+// deterministic_sum's, now over the regrouped points: the sums are
+// fused_loss's over that order bit for bit (tests/test_cpu_kernels.py), and
+// differ from the original order's only in the order of additions.
+//
+// Within a chunk the points then run from low h to high, so at any bias the
+// off points come first. Every kSpan points the build keeps the chunk's
+// loss lanes as they stand with every unit before off (an off point adds
+// y^2, the same at every such bias) and the largest h so far: an epoch
+// starts each chunk at the last span boundary before its first unit that
+// may be on, from those lanes, and sums only the rest. The same additions
+// in the same lanes, so the same bits as summing the whole chunk.
 #pragma once
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -30,9 +39,15 @@ namespace biasfit {
 
 constexpr int kKeyBits = 12;
 constexpr int64_t kBuckets = int64_t(1) << kKeyBits;
-// The points are cut into this many pieces for counting and moving; fixed,
-// so the order does not depend on the thread count.
-constexpr int64_t kPieces = 16;
+// The points are cut into up to this many pieces (one a chunk) for counting
+// and moving in parallel: each piece has kBuckets counters to sum up.
+constexpr int64_t kMostPieces = 16;
+// Where an epoch may resume a chunk: every kSpan points (a whole number of
+// kLanes steps, so the lanes line up), 1 byte a point of saved lanes.
+constexpr int64_t kSpan = 128;
+static_assert(kSpan % kLanes == 0 && kChunk % kSpan == 0, "spans tile chunks");
+
+inline int64_t num_spans(int64_t n) { return (n + kSpan - 1) / kSpan; }
 
 inline uint32_t group_of(float h) {
   uint32_t u;
@@ -48,11 +63,35 @@ struct ActiveSet {
   std::vector<T> h, y;          // the points, regrouped
   std::vector<T> max_h, min_h;  // per chunk; NaN where some h is NaN
   std::vector<LossGrad> off;    // per chunk, its sums with every unit off
+  // Per span: the largest h of its chunk up to the span's end (+inf from a
+  // NaN h on: never skipped), and the chunk's kLanes loss lanes at the
+  // span's start with every unit before it off.
+  std::vector<T> span_top;
+  std::vector<double> span_lanes;
 
   // The sums of chunk c at `bias` if every unit there is off, else null.
   // fl is monotonic: fl(h + bias) <= fl(max_h + bias) <= 0 for all of c.
   const LossGrad* known_sums(int64_t c, T bias) const {
     return max_h[c] + bias <= T(0) ? &off[c] : nullptr;
+  }
+
+  // Where to resume the chunk [begin, end) at `bias`: the first point of
+  // the last span whose predecessors in the chunk are all off, and the
+  // loss lanes there (null at the chunk's start: all +0.0).
+  struct Resume {
+    int64_t from;
+    const double* loss_lanes;
+  };
+  Resume resume(int64_t begin, int64_t end, T bias) const {
+    const int64_t first = begin / kSpan, spans = num_spans(end - begin);
+    // span_top rises along the chunk: find the spans [0, skip) all off.
+    int64_t lo = 0, hi = spans - 1;  // skip in [lo, hi]; the last always summed
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (span_top[first + mid - 1] + bias <= T(0)) lo = mid; else hi = mid - 1;
+    }
+    if (lo == 0) return {begin, nullptr};
+    return {begin + lo * kSpan, &span_lanes[(first + lo) * kLanes]};
   }
 
   // chunk(point, begin, end) sums a range of points at point.bias; point
@@ -65,9 +104,10 @@ struct ActiveSet {
     set.y.resize(n);
     T* h_out = set.h.data();
     T* y_out = set.y.data();
-    auto piece = [n](int64_t p) { return n * p / kPieces; };
-    std::vector<int64_t> next(kPieces * kBuckets, 0);
-    parallel_items(kPieces, threads, [&](int64_t p) {
+    const int64_t pieces = std::clamp<int64_t>(num_chunks(n), 1, kMostPieces);
+    auto piece = [n, pieces](int64_t p) { return n * p / pieces; };
+    std::vector<int64_t> next(pieces * kBuckets, 0);
+    parallel_items(pieces, threads, [&](int64_t p) {
       int64_t* count = &next[p * kBuckets];
       for (int64_t i = piece(p); i < piece(p + 1); ++i) {
         ++count[group_of(float(h[i]))];
@@ -77,13 +117,13 @@ struct ActiveSet {
     // within a group, points in order within a piece.
     int64_t start = 0;
     for (int64_t g = 0; g < kBuckets; ++g) {
-      for (int64_t p = 0; p < kPieces; ++p) {
+      for (int64_t p = 0; p < pieces; ++p) {
         const int64_t count = next[p * kBuckets + g];
         next[p * kBuckets + g] = start;
         start += count;
       }
     }
-    parallel_items(kPieces, threads, [&](int64_t p) {
+    parallel_items(pieces, threads, [&](int64_t p) {
       int64_t* to = &next[p * kBuckets];
       for (int64_t i = piece(p); i < piece(p + 1); ++i) {
         const int64_t j = to[group_of(float(h[i]))]++;
@@ -95,13 +135,29 @@ struct ActiveSet {
     set.max_h.resize(chunks);
     set.min_h.resize(chunks);
     set.off.resize(chunks);
+    set.span_top.resize(num_spans(n));
+    set.span_lanes.resize(num_spans(n) * kLanes);
     // At bias -inf every finite h is off (r = -y), as at any bias that
-    // known_sums lets through; chunks with an inf or NaN h are never skipped.
+    // known_sums or resume lets through; an inf or NaN h is never skipped.
     point.h = h_out;
     point.y = y_out;
     point.bias = -std::numeric_limits<T>::infinity();
     parallel_items(chunks, threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
+      // The lanes as chunk_sum adds them: point i into lane (i - begin) % kLanes.
+      double lanes[kLanes] = {};
+      T so_far = -std::numeric_limits<T>::infinity();
+      for (int64_t i = begin; i < end; ++i) {
+        if ((i - begin) % kSpan == 0) {
+          std::memcpy(&set.span_lanes[i / kSpan * kLanes], lanes, sizeof lanes);
+        }
+        lanes[(i - begin) % kLanes] += point(i).loss;
+        so_far = h_out[i] != h_out[i] ? std::numeric_limits<T>::infinity()
+                                      : std::max(so_far, h_out[i]);
+        if ((i - begin) % kSpan == kSpan - 1 || i == end - 1) {
+          set.span_top[i / kSpan] = so_far;
+        }
+      }
       T top = -std::numeric_limits<T>::infinity(), low = -top;
       bool nan = false;
       for (int64_t i = begin; i < end; ++i) {

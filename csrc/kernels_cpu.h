@@ -147,18 +147,20 @@ inline const bool kHasAvx2 = kIsa != Isa::kBaseline;  // AVX2 or better
 // lane order, so they give the same bits.
 template <typename Point>
 BIASFIT_AVX512 LossGrad chunk_avx512(const Point& p, int64_t begin,
-                                     int64_t end) {
-  return chunk_sum(p, begin, end);
+                                     int64_t end, const double* start_loss) {
+  return chunk_sum(p, begin, end, start_loss);
 }
 
 template <typename Point>
-BIASFIT_AVX2 LossGrad chunk_avx2(const Point& p, int64_t begin, int64_t end) {
-  return chunk_sum(p, begin, end);
+BIASFIT_AVX2 LossGrad chunk_avx2(const Point& p, int64_t begin, int64_t end,
+                                 const double* start_loss) {
+  return chunk_sum(p, begin, end, start_loss);
 }
 
 template <typename Point>
-LossGrad chunk_baseline(const Point& p, int64_t begin, int64_t end) {
-  return chunk_sum(p, begin, end);
+LossGrad chunk_baseline(const Point& p, int64_t begin, int64_t end,
+                        const double* start_loss) {
+  return chunk_sum(p, begin, end, start_loss);
 }
 
 // ---- the trainer's float32 epoch, vectorized by hand ------------------------
@@ -351,13 +353,17 @@ BIASFIT_HD void prefetch_ahead(const T* a, const T* b) {
 // steps, the tail as one masked step, the lanes' tree.
 template <bool kAllOn, typename Point>
 BIASFIT_AVX512 LossGrad chunk_hand_avx512(const Point& p, int64_t begin,
-                                          int64_t end) {
+                                          int64_t end, const double* start_loss) {
   static_assert(kLanes == 16, "16 points a step");
   using V = std::conditional_t<std::is_same_v<decltype(Point::bias), float>,
                                __m512, __m512d>;
   const auto zs = vector_z<V>(p);
   Acc512 a{_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
            _mm512_setzero_pd()};
+  if (start_loss != nullptr) {
+    a.loss_lo = _mm512_loadu_pd(start_loss);
+    a.loss_hi = _mm512_loadu_pd(start_loss + 8);
+  }
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     prefetch_ahead(zs.source() + i, p.y + i);
@@ -371,11 +377,14 @@ BIASFIT_AVX512 LossGrad chunk_hand_avx512(const Point& p, int64_t begin,
 // accumulator j.
 template <typename Point>
 BIASFIT_AVX2 LossGrad chunk_f32_avx2(const Point& p, int64_t begin,
-                                     int64_t end) {
+                                     int64_t end, const double* start_loss) {
   static_assert(kLanes == 16, "two __m256 of floats per step");
   const auto zs = vector_z<__m256>(p);
   __m256d loss[4], half_grad[4];
-  for (int j = 0; j < 4; ++j) loss[j] = half_grad[j] = _mm256_setzero_pd();
+  for (int j = 0; j < 4; ++j) {
+    half_grad[j] = _mm256_setzero_pd();
+    loss[j] = start_loss ? _mm256_loadu_pd(start_loss + 4 * j) : _mm256_setzero_pd();
+  }
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     for (int half = 0; half < 2; ++half) {
@@ -420,24 +429,31 @@ bool all_on(const PointLossFromHidden<T>& p, int64_t begin, int64_t end) {
   return p.all_on_at(begin, end);
 }
 
-// One chunk's sum on the best instruction set. A chunk of fewer points than
-// lanes (the tutorial's three) is only the lanes' tail and tree:
-// small_chunk_sum, without the vector set-up.
+// One chunk's sum on the best instruction set, from start_loss's lanes if
+// given (chunk_sum). A chunk of fewer points than lanes (the tutorial's
+// three) is only the lanes' tail and tree: small_chunk_sum, without the
+// vector set-up.
 template <typename Point>
-LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end) {
-  if (end - begin < kLanes) return small_chunk_sum(p, begin, end);
+LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end,
+                   const double* start_loss = nullptr) {
+  if (end - begin < kLanes && start_loss == nullptr) {
+    return small_chunk_sum(p, begin, end);
+  }
   switch (kIsa) {
     case Isa::kAvx512:
       if constexpr (kHandWritten<Point, float> || kHandWritten<Point, double>) {
-        return all_on(p, begin, end) ? chunk_hand_avx512<true>(p, begin, end)
-                                     : chunk_hand_avx512<false>(p, begin, end);
+        return all_on(p, begin, end)
+                   ? chunk_hand_avx512<true>(p, begin, end, start_loss)
+                   : chunk_hand_avx512<false>(p, begin, end, start_loss);
       }
-      return chunk_avx512(p, begin, end);
+      return chunk_avx512(p, begin, end, start_loss);
     case Isa::kAvx2:
-      if constexpr (kHandWritten<Point, float>) return chunk_f32_avx2(p, begin, end);
-      return chunk_avx2(p, begin, end);
+      if constexpr (kHandWritten<Point, float>) {
+        return chunk_f32_avx2(p, begin, end, start_loss);
+      }
+      return chunk_avx2(p, begin, end, start_loss);
     default:
-      return chunk_baseline(p, begin, end);
+      return chunk_baseline(p, begin, end, start_loss);
   }
 }
 

@@ -57,9 +57,17 @@ struct Lanes {
 
 // Sum of point(i) for i in [begin, end), point(i) -> LossGrad. Inlined into
 // each per-instruction-set kernel in cpu.cpp.
+//
+// start_loss, if not null: the 16 loss lanes to start from instead of +0.0
+// (the grad lanes start at +0.0 as ever): a regrouped chunk resumes there
+// after a prefix of points whose output units are all off (active_set_cpu.h).
 template <typename Point>
-BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end) {
+BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end,
+                              const double* start_loss = nullptr) {
   Lanes lanes;
+  if (start_loss != nullptr) {
+    for (int k = 0; k < kLanes; ++k) lanes.loss[k] = start_loss[k];
+  }
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     // Forced: gcc's cost model otherwise keeps short point functions (the

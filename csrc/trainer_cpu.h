@@ -31,8 +31,8 @@ namespace cpu {
 //                allocation first: on a fresh buffer the page faults alone
 //                cost ~1.7 ns a point on the 2-core EPYC VM, 5-6 epochs);
 //   kRegroup:    computed once and the points regrouped by it
-//                (active_set_cpu.h), so that epochs skip the chunks whose
-//                output units are all off;
+//                (active_set_cpu.h), so that epochs skip the points whose
+//                output units are off, a span of 128 at a time;
 //   kClosed:     float64 only: hidden once, and a chunk whose output
 //                units are all on summed in closed form from its moments
 //                (on_chunks_cpu.h), a few operations instead of a pass.
@@ -57,7 +57,10 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 //   hidden-once one (both at the read pass's speed); the buffer costs ~6
 //   epochs, mostly first-touch page faults (Zen 4; 1.5 us a 4 KiB page on
 //   the Xeon VM).
-// Regrouping costs ~25 epochs on top of the buffer. kClosed's set-up is the
+// Regrouping costs ~100 epochs on top of the buffer on the Xeon VM (its
+// page faults, 1.5 us a page, and a scatter into 4096 groups: ~3.5 ms for
+// 1e5 float64 points, 27 ms for 1e6 float32 ones; ~25 on the Zen 4), so it
+// pays only over hundreds of epochs. kClosed's set-up is the
 // hidden buffer's and a pass for the moments (about an epoch), and an epoch
 // of closed chunks a few operations each, counted as nothing. (A chunk that
 // stops closing, as the bias turns some of its units off or the fit nears
@@ -68,9 +71,9 @@ struct PlanCosts {
   double hidden_setup;   // allocating and filling the hidden buffer
   double regroup_setup;  // the regrouping on top of that
 };
-constexpr PlanCosts kCachedCosts{1.6, 2.0, 25.0};
-constexpr PlanCosts kL3Costs{1.15, 3.5, 25.0};
-constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
+constexpr PlanCosts kCachedCosts{1.6, 2.0, 100.0};
+constexpr PlanCosts kL3Costs{1.15, 3.5, 100.0};
+constexpr PlanCosts kMemoryCosts{1.0, 6.0, 100.0};
 constexpr int64_t kL3Bytes = int64_t(32) << 20;
 
 // This core's L2 in bytes, as the C library reports it (1 MiB if it does
@@ -91,8 +94,11 @@ inline const PlanCosts& plan_costs(int64_t data_bytes) {
   if (data_bytes <= l2_bytes()) return kCachedCosts;
   return data_bytes <= kL3Bytes ? kL3Costs : kMemoryCosts;
 }
-// Regrouping needs chunks to skip.
-constexpr int64_t kRegroupMinChunks = 4;
+// Regrouping needs spans to skip (active_set_cpu.h), and its counting sort
+// sums kBuckets counters a piece: about kRegroupFixedPoints points' worth
+// of work, whatever the size.
+constexpr int64_t kRegroupMinPoints = 2 * kSpan;
+constexpr double kRegroupFixedPoints = 16384;
 
 // The share of points whose output unit is off at `bias`, from up to
 // `most` evenly spaced points: what regrouping can skip, at least at the
@@ -116,7 +122,7 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
   if (const char* pick = std::getenv("BIASFIT_TRAINER_PLAN")) {
     if (std::strcmp(pick, "stream") == 0) return Plan::kStream;
     if (std::strcmp(pick, "once") == 0) return Plan::kHiddenOnce;
-    if (std::strcmp(pick, "regroup") == 0 && num_chunks(n) > 1) {
+    if (std::strcmp(pick, "regroup") == 0 && n >= kRegroupMinPoints) {
       return Plan::kRegroup;
     }
     if (std::strcmp(pick, "closed") == 0 && bytes == kDoubleBytes) {
@@ -127,13 +133,14 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
   const double e = double(epochs);
   const double stream = e * c.stream_epoch;
   const double once = c.hidden_setup + e;
-  // Regrouped, the off points fill whole chunks but the last: an epoch
-  // skips only those.
-  const int64_t chunks = num_chunks(n);
-  const double skipped = std::floor(off * double(chunks)) / double(chunks);
-  const double regroup = chunks >= kRegroupMinChunks
-                             ? c.hidden_setup + c.regroup_setup + e * (1 - skipped)
-                             : once + 1;
+  // Regrouped, an epoch skips the off points but the spans that hold on ones.
+  const int64_t spans = num_spans(n);
+  const double skipped = std::floor(off * double(spans)) / double(spans);
+  const double regroup =
+      n >= kRegroupMinPoints
+          ? c.hidden_setup + c.regroup_setup + kRegroupFixedPoints / double(n) +
+                e * (1 - skipped)
+          : once + 1;
   const double closed =
       closable && bytes == kDoubleBytes ? c.hidden_setup + 1 : stream + 1;
   if (closed < stream && closed < once && closed < regroup) return Plan::kClosed;
@@ -215,16 +222,18 @@ void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
 // regrouped set's off chunks, or kClosed's on ones). The chunks and the tree that
 // combines them are deterministic_sum's, so the sums are the same bits for
 // any number of threads.
-template <typename T, typename Point, typename Known>
-void run_epochs(Point point, int64_t n, const Known& known, FitState<T>& state,
-                const FitOptions& opt, int threads, History<T>& history,
-                InterruptPoll& poll) {
+// sum(point, begin, end) sums a chunk that known left: sum_chunk, or a
+// regrouped set's resumed sum.
+template <typename T, typename Point, typename Known, typename Sum>
+void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
+                FitState<T>& state, const FitOptions& opt, int threads,
+                History<T>& history, InterruptPoll& poll) {
   const int64_t chunks = num_chunks(n);
   if (chunks == 1) {
     while (state.status == kRunning) {
       point.bias = state.bias;
       const std::optional<LossGrad> sums = known(0, point.bias);
-      end_epoch(state, sums ? *sums : sum_chunk(point, 0, n), opt, history, poll);
+      end_epoch(state, sums ? *sums : sum(point, 0, n), opt, history, poll);
     }
     return;
   }
@@ -244,7 +253,7 @@ void run_epochs(Point point, int64_t n, const Known& known, FitState<T>& state,
         } else {
           if (j >= mine_from && j < mine_to) {
             const int64_t begin = c * kChunk;
-            partials[c] = sum_chunk(point, begin, std::min(begin + kChunk, n));
+            partials[c] = sum(point, begin, std::min(begin + kChunk, n));
           }
           ++j;
         }
@@ -268,15 +277,18 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   InterruptPoll poll(interrupt, n);
   // Only data that can regroup needs the share (a sample costs a few us);
   // float64 data that might close, 64 points' worth.
-  const bool can_regroup = num_chunks(n) >= kRegroupMinChunks;
+  const bool can_regroup = n >= kRegroupMinPoints;
   const double off = can_regroup ? off_share(x, n, w, bias) : 0.0;
   constexpr bool kDouble = std::is_same_v<T, double>;
   const bool closable =
       kDouble && (can_regroup ? off : off_share(x, n, w, bias, 64)) == 0.0;
   const Plan plan = choose_plan(n, 2 * sizeof(T), opt.epochs, off, closable);
   auto nothing_known = [](int64_t, T) { return std::optional<LossGrad>(); };
+  auto whole = [](const auto& point, int64_t begin, int64_t end) {
+    return sum_chunk(point, begin, end);
+  };
   if (plan == Plan::kStream) {
-    run_epochs(PointLoss<T>{x, y, w, T(0)}, n, nothing_known, state, opt,
+    run_epochs(PointLoss<T>{x, y, w, T(0)}, n, nothing_known, whole, state, opt,
                threads, history, poll);
     return state;
   }
@@ -293,8 +305,7 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   PointLossFromHidden<T> point{hidden_x.get(), y, T(0)};
   std::optional<ActiveSet<T>> set;
   if (plan == Plan::kRegroup) {
-    set = ActiveSet<T>::build(point.h, point.y, n, point,
-                              sum_chunk<PointLossFromHidden<T>>, threads);
+    set = ActiveSet<T>::build(point.h, point.y, n, point, whole, threads);
     point.h = set->h.data();
     point.y = set->y.data();
     hidden_x.reset();  // regrouped: the original order is done
@@ -309,18 +320,22 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
       const OnChunks on = OnChunks::build(point.h, point.y, n, threads);
       history.max_h = on.max_h();
       run_epochs(point, n, [&](int64_t c, T b) { return on.sums(c, b); },
-                 state, opt, threads, history, poll);
+                 whole, state, opt, threads, history, poll);
       return state;
     }
   }
   if (!set) {
-    run_epochs(point, n, nothing_known, state, opt, threads, history, poll);
+    run_epochs(point, n, nothing_known, whole, state, opt, threads, history, poll);
     return state;
   }
   run_epochs(point, n,
              [&](int64_t c, T b) {
                const LossGrad* off_sums = set->known_sums(c, b);
                return off_sums ? std::optional<LossGrad>(*off_sums) : std::nullopt;
+             },
+             [&](const PointLossFromHidden<T>& p, int64_t begin, int64_t end) {
+               const auto at = set->resume(begin, end, p.bias);
+               return sum_chunk(p, at.from, end, at.loss_lanes);
              },
              state, opt, threads, history, poll);
   return state;

@@ -30,10 +30,10 @@ def rel_err(a, b):
 
 
 # The CPU trainer may regroup the points by hidden value (csrc/active_set_cpu.h)
-# over at least this many chunks (trainer_cpu.h's kRegroupMinChunks; reduce_cpu.h's
-# kChunk), when its cost model says so (choose_plan); BIASFIT_TRAINER_PLAN forces
-# a plan. REGROUP_EPOCHS: a fit long enough to regroup.
-REGROUP_EPOCHS, REGROUP_CHUNKS, CHUNK = 32, 4, 1 << 14
+# when its cost model says so (trainer_cpu.h's choose_plan); BIASFIT_TRAINER_PLAN
+# forces a plan. REGROUP_EPOCHS: a fit long enough to regroup where forced;
+# CHUNK: reduce_cpu.h's kChunk.
+REGROUP_EPOCHS, CHUNK = 32, 1 << 14
 
 
 def regrouped_order(x, w):
@@ -51,8 +51,7 @@ def cpu_trainer_order(x, w, epochs):
     `epochs` epochs from bias 0: regrouped_order or x's own (None)."""
     from biasfit import _direct
 
-    chunks = -(-x.numel() // CHUNK)
-    if x.device.type != "cpu" or chunks < REGROUP_CHUNKS:
+    if x.device.type != "cpu":
         return None
     # trainer_cpu.h's off_share: up to 1024 evenly spaced points.
     n = x.numel()

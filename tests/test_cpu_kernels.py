@@ -68,14 +68,15 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype, start, monkeypa
     assert final.item() == bias.item()
 
 
+@pytest.mark.parametrize("n", [1000, 6 * CHUNK + 5])  # one chunk, and several
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype, monkeypatch):
+def test_regrouped_trainer_is_fused_loss_over_the_regrouped_points(dtype, n, monkeypatch):
     monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "regroup")
     # Regrouped by hidden value (forced here; the trainer's cost model
-    # chooses it for long fits with many units off), skipping chunks whose
-    # output units are all off: its epochs are fused_loss over the regrouped
+    # chooses it for long fits with many units off), skipping whole chunks
+    # and the spans of a chunk whose output units are all off, resuming from
+    # the lanes saved there: its epochs are fused_loss over the regrouped
     # points, bit for bit.
-    n = 6 * CHUNK + 5
     x, y, w, b = special_problem(n, dtype)
     b = torch.tensor(-8.0, dtype=dtype)  # a few chunks on, most off
     final, losses, biases, info = fit_sgd(x, y, w, b, epochs=REGROUP_EPOCHS)

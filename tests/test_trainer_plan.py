@@ -22,18 +22,22 @@ F32, F64 = 8, 16  # bytes of an input and a label
     (10**7, F32, 1, 0.9, "stream"),
     # Dense data in memory: streamed epochs run at the read pass's speed already.
     (10**7, F32, 1000, 0.0, "stream"),
-    # Long fits with most units off: regrouping pays for itself.
-    (10**7, F32, 100, 0.9, "regroup"),
+    # Long fits with most units off: regrouping pays for itself ...
+    (10**7, F32, 300, 0.9, "regroup"),
     (10**6, F32, 1000, 0.9, "regroup"),
     (10**8, F32, 1000, 0.5, "regroup"),
+    (1000, F64, 1000, 0.5, "regroup"),  # one chunk: its off spans are skipped
+    # ... not over a hundred epochs (it costs ~100).
+    (10**5, F64, 100, 0.5, "once"),
+    (1000, F64, 100, 0.5, "once"),
     # Past L2, in L3: a few streamed epochs beat the buffer's cost.
     (10**6, F32, 10, 0.0, "stream"),
     (10**6, F64, 10, 0.5, "stream"),
     # In cache, hidden-once epochs are cheaper than streamed ones.
     (10**6, F32, 100, 0.0, "once"),
-    (10**5, F64, 1000, 0.1, "once"),
-    # Too few chunks to skip any: never regrouped.
-    (3 * CHUNK, F32, 10**6, 1.0, "once"),
+    (10**5, F64, 1000, 0.0, "once"),
+    # Too few points to skip a span: never regrouped.
+    (255, F32, 10**6, 1.0, "once"),
     (3, F32, 100, 1.0, "once"),
 ])
 def test_the_cost_model_picks_the_cheaper_plan(n, bytes_, epochs, off, plan):
