@@ -57,10 +57,13 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 //   hidden-once one (both at the read pass's speed); the buffer costs ~6
 //   epochs, mostly first-touch page faults (Zen 4; 1.5 us a 4 KiB page on
 //   the Xeon VM).
-// Regrouping costs ~100 epochs on top of the buffer on the Xeon VM (its
-// page faults, 1.5 us a page, and a scatter into 4096 groups: ~3.5 ms for
-// 1e5 float64 points, 27 ms for 1e6 float32 ones; ~25 on the Zen 4), so it
-// pays only over hundreds of epochs. kClosed's set-up is the
+// Regrouping, on top of the buffer, costs ~25 epochs past L2 (Zen 4; on
+// the Xeon a regrouped 1e6-point fit of 100 epochs runs 1.5x (float32) and
+// 2.6x (float64) faster than a hidden-once one), but in L2, where epochs
+// are cheap, ~36 of float32 and ~72 of float64 (1e5 points on the Xeon VM,
+// whose page faults cost 1.5 us a page), so there it pays only for the
+// longer fits. regroup_setup is for 16-byte (float64) points and scales
+// with their bytes. kClosed's set-up is the
 // hidden buffer's and a pass for the moments (about an epoch), and an epoch
 // of closed chunks a few operations each, counted as nothing. (A chunk that
 // stops closing, as the bias turns some of its units off or the fit nears
@@ -69,11 +72,11 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 struct PlanCosts {
   double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer
-  double regroup_setup;  // the regrouping on top of that
+  double regroup_setup;  // the regrouping on top of that, for 16-byte points
 };
-constexpr PlanCosts kCachedCosts{1.6, 2.0, 100.0};
-constexpr PlanCosts kL3Costs{1.15, 3.5, 100.0};
-constexpr PlanCosts kMemoryCosts{1.0, 6.0, 100.0};
+constexpr PlanCosts kCachedCosts{1.6, 2.0, 72.0};
+constexpr PlanCosts kL3Costs{1.15, 3.5, 25.0};
+constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
 constexpr int64_t kL3Bytes = int64_t(32) << 20;
 
 // This core's L2 in bytes, as the C library reports it (1 MiB if it does
@@ -138,7 +141,8 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
   const double skipped = std::floor(off * double(spans)) / double(spans);
   const double regroup =
       n >= kRegroupMinPoints
-          ? c.hidden_setup + c.regroup_setup + kRegroupFixedPoints / double(n) +
+          ? c.hidden_setup + c.regroup_setup * double(bytes) / 16 +
+                kRegroupFixedPoints / double(n) +
                 e * (1 - skipped)
           : once + 1;
   const double closed =
