@@ -26,10 +26,11 @@
 // in the same lanes, so the same bits as summing the whole chunk.
 #pragma once
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "network.h"
@@ -60,7 +61,7 @@ inline uint32_t group_of(float h) {
 
 template <typename T>
 struct ActiveSet {
-  std::vector<T> h, y;          // the points, regrouped
+  std::unique_ptr<T[]> h, y;    // the points, regrouped
   std::vector<T> max_h, min_h;  // per chunk; NaN where some h is NaN
   std::vector<LossGrad> off;    // per chunk, its sums with every unit off
   // Per span: the largest h of its chunk up to the span's end (+inf from a
@@ -100,10 +101,11 @@ struct ActiveSet {
   static ActiveSet build(const T* h, const T* y, int64_t n, Point point,
                          const ChunkFn& chunk, int threads) {
     ActiveSet set;
-    set.h.resize(n);
-    set.y.resize(n);
-    T* h_out = set.h.data();
-    T* y_out = set.y.data();
+    // Not value-initialized: the move below writes every element.
+    set.h.reset(new T[n]);
+    set.y.reset(new T[n]);
+    T* h_out = set.h.get();
+    T* y_out = set.y.get();
     const int64_t pieces = std::clamp<int64_t>(num_chunks(n), 1, kMostPieces);
     auto piece = [n, pieces](int64_t p) { return n * p / pieces; };
     std::vector<int64_t> next(pieces * kBuckets, 0);
@@ -144,26 +146,34 @@ struct ActiveSet {
     point.bias = -std::numeric_limits<T>::infinity();
     parallel_items(chunks, threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
-      // The lanes as chunk_sum adds them: point i into lane (i - begin) % kLanes.
+      // The lanes as chunk_sum adds them, point i into lane (i - begin) %
+      // kLanes, with every unit off: r = -y, so r^2 is y^2 widened and
+      // squared, bit for bit (for a finite h; past an inf or NaN one, the
+      // lanes are never used).
+      constexpr T kInf = std::numeric_limits<T>::infinity();
       double lanes[kLanes] = {};
-      T so_far = -std::numeric_limits<T>::infinity();
-      for (int64_t i = begin; i < end; ++i) {
-        if ((i - begin) % kSpan == 0) {
-          std::memcpy(&set.span_lanes[i / kSpan * kLanes], lanes, sizeof lanes);
-        }
-        lanes[(i - begin) % kLanes] += point(i).loss;
-        so_far = h_out[i] != h_out[i] ? std::numeric_limits<T>::infinity()
-                                      : std::max(so_far, h_out[i]);
-        if ((i - begin) % kSpan == kSpan - 1 || i == end - 1) {
-          set.span_top[i / kSpan] = so_far;
-        }
-      }
-      T top = -std::numeric_limits<T>::infinity(), low = -top;
+      T top = -kInf, low = kInf;
       bool nan = false;
-      for (int64_t i = begin; i < end; ++i) {
-        nan |= h_out[i] != h_out[i];
-        top = h_out[i] > top ? h_out[i] : top;
-        low = h_out[i] < low ? h_out[i] : low;
+      for (int64_t from = begin; from < end; from += kSpan) {
+        const int64_t to = std::min(from + kSpan, end);
+        std::memcpy(&set.span_lanes[from / kSpan * kLanes], lanes, sizeof lanes);
+        int64_t i = from;
+        for (; i + kLanes <= to; i += kLanes) {
+          for (int k = 0; k < kLanes; ++k) {
+            const double yk = double(y_out[i + k]);
+            lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
+          }
+        }
+        for (int k = 0; i < to; ++i, ++k) {
+          const double yk = double(y_out[i]);
+          lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
+        }
+        for (int64_t j = from; j < to; ++j) {
+          nan |= h_out[j] != h_out[j];
+          top = h_out[j] > top ? h_out[j] : top;
+          low = h_out[j] < low ? h_out[j] : low;
+        }
+        set.span_top[from / kSpan] = nan ? kInf : top;
       }
       set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
       set.min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;

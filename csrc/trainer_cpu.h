@@ -279,9 +279,11 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
                   History<T>& history, Interrupt interrupt = {}) {
   FitState<T> state = FitState<T>::start(bias, opt.epochs);
   InterruptPoll poll(interrupt, n);
-  // Only data that can regroup needs the share (a sample costs a few us);
-  // float64 data that might close, 64 points' worth.
-  const bool can_regroup = n >= kRegroupMinPoints;
+  // Only a fit that would regroup were every unit off needs the share (a
+  // sample of 1024 points costs a few us, as much as a 1000-point fit of 10
+  // epochs); float64 data that might close, 64 points' worth.
+  const bool can_regroup =
+      choose_plan(n, 2 * sizeof(T), opt.epochs, 1.0) == Plan::kRegroup;
   const double off = can_regroup ? off_share(x, n, w, bias) : 0.0;
   constexpr bool kDouble = std::is_same_v<T, double>;
   const bool closable =
@@ -310,8 +312,8 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   std::optional<ActiveSet<T>> set;
   if (plan == Plan::kRegroup) {
     set = ActiveSet<T>::build(point.h, point.y, n, point, whole, threads);
-    point.h = set->h.data();
-    point.y = set->y.data();
+    point.h = set->h.get();
+    point.y = set->y.get();
     hidden_x.reset();  // regrouped: the original order is done
     // The chunks hold other points now: their smallest h is the set's
     // (NaN flagged; an h of +inf, unlike in hidden_chunk, is not, and

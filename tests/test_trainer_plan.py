@@ -1,8 +1,9 @@
 """The CPU trainer's plan: how a fit of final_bias reads its points
 (csrc/trainer_cpu.h's choose_plan). Streamed epochs recompute hidden(x);
-hidden-once epochs read a buffer filled once; regrouped ones skip chunks
-whose output units are all off; closed ones (float64) sum the chunks whose
-units are all on from their moments. The choice changes the speed only:
+hidden-once epochs read a buffer filled once; regrouped ones skip the
+points whose output units are off (whole chunks, and 128-point spans of
+the rest); closed ones (float64) sum the chunks whose units are all on from
+their moments. The choice changes the speed only:
 stream and hidden-once give the same bits, regrouping sums the same values
 in another order, closing agrees within 1e-13."""
 import pytest
