@@ -55,7 +55,7 @@ def cpu_trainer_order(x, w, epochs):
         return None
     # trainer_cpu.h's off_share: up to 1024 evenly spaced points.
     n = x.numel()
-    samples = min(n, 1024)
+    samples = min(n, 1024, max(64, n // 16))
     at = torch.tensor([j * n // samples for j in range(samples)])
     w00, b00, w01, w10, b10, w11 = w
     xs = x[at]
