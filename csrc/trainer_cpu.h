@@ -63,12 +63,12 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 // are cheap, ~36 of float32 and ~72 of float64 (1e5 points on the Xeon VM,
 // whose page faults cost 1.5 us a page), so there it pays only for the
 // longer fits. regroup_setup is for 16-byte (float64) points and scales
-// with their bytes. kClosed's set-up is the
-// hidden buffer's and a pass for the moments (about an epoch), and an epoch
-// of closed chunks a few operations each, counted as nothing. (A chunk that
-// stops closing, as the bias turns some of its units off or the fit nears
-// an exact one, costs a hidden-once epoch again: the model does not foresee
-// that.)
+// with their bytes.
+// kClosed's set-up is the hidden buffer's and a pass for the moments (about
+// an epoch), and an epoch of closed chunks a few operations each, counted
+// as nothing. (A chunk that stops closing, as the bias turns some of its
+// units off or the fit nears an exact one, costs a hidden-once epoch again:
+// the model does not foresee that.)
 struct PlanCosts {
   double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer
@@ -97,6 +97,7 @@ inline const PlanCosts& plan_costs(int64_t data_bytes) {
   if (data_bytes <= l2_bytes()) return kCachedCosts;
   return data_bytes <= kL3Bytes ? kL3Costs : kMemoryCosts;
 }
+
 // Regrouping needs spans to skip (active_set_cpu.h), and its counting sort
 // sums kBuckets counters a piece: about kRegroupFixedPoints points' worth
 // of work, whatever the size.
