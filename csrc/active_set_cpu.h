@@ -17,13 +17,15 @@
 // fused_loss's over that order bit for bit (tests/test_cpu_kernels.py), and
 // differ from the original order's only in the order of additions.
 //
-// Within a chunk the points then run from low h to high, so at any bias the
-// off points come first. Every kSpan points the build keeps the chunk's
-// loss lanes as they stand with every unit before off (an off point adds
-// y^2, the same at every such bias) and the largest h so far: an epoch
-// starts each chunk at the last span boundary before its first unit that
-// may be on, from those lanes, and sums only the rest. The same additions
-// in the same lanes, so the same bits as summing the whole chunk.
+// Within a chunk the groups then run from low h to high (points within a
+// group keep their order), so at any bias the off points come mostly
+// first. Every kSpan points the build keeps the chunk's loss lanes as they
+// stand with every unit before off (an off point adds y^2, the same at
+// every such bias) and the largest h so far: an epoch starts each chunk at
+// the last span boundary before which every h + bias <= 0, from those
+// lanes, and sums only the rest. The same additions in the same lanes, so
+// the same bits as summing the whole chunk; the largest h, not the order,
+// is what makes the skip safe.
 #pragma once
 
 #include <algorithm>
@@ -139,8 +141,9 @@ struct ActiveSet {
     set.off.resize(chunks);
     set.span_top.resize(num_spans(n));
     set.span_lanes.resize(num_spans(n) * kLanes);
-    // At bias -inf every finite h is off (r = -y), as at any bias that
-    // known_sums or resume lets through; an inf or NaN h is never skipped.
+    // At bias -inf every h but +inf and NaN is off (r = -y), as at any
+    // bias that known_sums or resume lets through; a +inf or NaN h is
+    // never skipped.
     point.h = h_out;
     point.y = y_out;
     point.bias = -std::numeric_limits<T>::infinity();
@@ -148,8 +151,8 @@ struct ActiveSet {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
       // The lanes as chunk_sum adds them, point i into lane (i - begin) %
       // kLanes, with every unit off: r = -y, so r^2 is y^2 widened and
-      // squared, bit for bit (for a finite h; past an inf or NaN one, the
-      // lanes are never used).
+      // squared, bit for bit (for an h below +inf; past a +inf or NaN one,
+      // the lanes are never used).
       constexpr T kInf = std::numeric_limits<T>::infinity();
       double lanes[kLanes] = {};
       T top = -kInf, low = kInf;

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -46,7 +45,7 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 // Costs per point in units of one kHiddenOnce epoch, measured by forcing
 // each plan with BIASFIT_TRAINER_PLAN, interleaved, on bench_peers.py's
 // data sets, in three tiers of the data's size (inputs and labels):
-//   in L2 (1e5 points): a streamed epoch costs ~1.6 hidden-once ones (the
+//   in L2 (up to kL2Bytes; 1e5 points): a streamed epoch costs ~1.6 hidden-once ones (the
 //   hidden layer's arithmetic shows: 2.0 for float64 on a 2-core Xeon), the
 //   buffer ~2 (Zen 4, float32, and the Xeon);
 //   past L2, up to 32 MB (1e6 points): both kinds of epoch wait on L3 and
@@ -77,24 +76,15 @@ struct PlanCosts {
 constexpr PlanCosts kCachedCosts{1.6, 2.0, 72.0};
 constexpr PlanCosts kL3Costs{1.15, 3.5, 25.0};
 constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
+// The tiers' bounds on the data's bytes: 2 MiB, the Xeon's L2 (Zen 4 and
+// 5 have 1 MiB), and 32 MiB. Fixed, not read from the machine: a plan
+// that regroups sums in another order, so a fit's last bits would depend
+// on the machine's cache sizes.
+constexpr int64_t kL2Bytes = int64_t(2) << 20;
 constexpr int64_t kL3Bytes = int64_t(32) << 20;
 
-// This core's L2 in bytes, as the C library reports it (1 MiB if it does
-// not): data that fits is "cached" above.
-inline int64_t l2_bytes() {
-  static const int64_t bytes = [] {
-#ifdef _SC_LEVEL2_CACHE_SIZE  // glibc's; macOS has no such name
-    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#else
-    const long reported = 0;
-#endif
-    return reported > 0 ? int64_t(reported) : int64_t(1) << 20;
-  }();
-  return bytes;
-}
-
 inline const PlanCosts& plan_costs(int64_t data_bytes) {
-  if (data_bytes <= l2_bytes()) return kCachedCosts;
+  if (data_bytes <= kL2Bytes) return kCachedCosts;
   return data_bytes <= kL3Bytes ? kL3Costs : kMemoryCosts;
 }
 
@@ -113,6 +103,7 @@ constexpr double kRegroupFixedPoints = 16384;
 template <typename T>
 double off_share(const T* x, int64_t n, const Weights<T>& w, T bias,
                  int64_t most = 1024) {
+  if (n <= 0) return 0.0;  // (the ops reject empty data before this)
   const int64_t samples =
       std::min({n, most, std::max<int64_t>(64, n / 16)});
   // j * n / samples without a division a sample: q whole steps and a

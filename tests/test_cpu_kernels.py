@@ -158,9 +158,12 @@ def _sums_json(sizes):
             loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
             sums = torch.ops.biasfit.fused_loss_sums(x, y, w, b)
             final, losses, _, _ = fit_sgd(x, y, w, b, epochs=4)
-            # Long enough to regroup; and the strided (view) kernel.
+            # Regrouped (forced: the cost model would not at these sizes),
+            # resuming chunks from saved lanes; and the strided (view) kernel.
+            set_plan("regroup")
             regrouped = fit_sgd(x, y, w, torch.tensor(-8.0, dtype=dtype),
                                 epochs=REGROUP_EPOCHS)[1]
+            set_plan(None)
             # Every unit on: the all-on loop, and (float64) the closed sums.
             all_on = []
             for plan in ("once", "closed"):
@@ -177,8 +180,9 @@ def _sums_json(sizes):
     return json.dumps(out)
 
 
-# A tail alone, whole vectors and a tail, several chunks and a tail.
-KERNEL_SIZES = [13, 16 * 7 + 5, 3 * CHUNK + 21]
+# A tail alone, whole vectors and a tail, one chunk of several 128-point
+# spans, a chunk and a last span of 2 points, several chunks and a tail.
+KERNEL_SIZES = [13, 16 * 7 + 5, 1000, CHUNK + 130, 3 * CHUNK + 21]
 
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2"])

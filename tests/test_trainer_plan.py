@@ -31,12 +31,12 @@ F32, F64 = 8, 16  # bytes of an input and a label
     (10**6, F64, 100, 0.5, "regroup"),
     (10**5, F32, 100, 0.5, "regroup"),
     # ... not over a hundred epochs in L2, where float64 epochs are cheap.
-    (5 * 10**4, F64, 100, 0.5, "once"),  # 0.8 MB: in any L2 of 1 MB or more
+    (10**4, F64, 100, 0.5, "once"),
     (1000, F64, 100, 0.5, "once"),
     # Past L2, in L3: a few streamed epochs beat the buffer's cost.
     (10**6, F32, 10, 0.0, "stream"),
     (10**6, F64, 10, 0.5, "stream"),
-    # In cache, hidden-once epochs are cheaper than streamed ones.
+    # Over more epochs, or in L2, hidden-once epochs are cheaper than streamed ones.
     (10**6, F32, 100, 0.0, "once"),
     (10**5, F64, 1000, 0.0, "once"),
     # Too few points to skip a span: never regrouped.
