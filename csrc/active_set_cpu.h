@@ -97,11 +97,7 @@ struct ActiveSet {
     return {begin + lo * kSpan, &span_lanes[(first + lo) * kLanes]};
   }
 
-  // chunk(point, begin, end) sums a range of points at point.bias; point
-  // is a PointLossFromHidden, pointed here at the regrouped points.
-  template <typename Point, typename ChunkFn>
-  static ActiveSet build(const T* h, const T* y, int64_t n, Point point,
-                         const ChunkFn& chunk, int threads) {
+  static ActiveSet build(const T* h, const T* y, int64_t n, int threads) {
     ActiveSet set;
     // Not value-initialized: the move below writes every element.
     set.h.reset(new T[n]);
@@ -141,25 +137,24 @@ struct ActiveSet {
     set.off.resize(chunks);
     set.span_top.resize(num_spans(n));
     set.span_lanes.resize(num_spans(n) * kLanes);
-    // At bias -inf every h but +inf and NaN is off (r = -y), as at any
-    // bias that known_sums or resume lets through; a +inf or NaN h is
-    // never skipped.
-    point.h = h_out;
-    point.y = y_out;
-    point.bias = -std::numeric_limits<T>::infinity();
+    // Every h but +inf and NaN is off at any bias that known_sums or resume
+    // lets through; a +inf or NaN h is never skipped.
     parallel_items(chunks, threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
       // The lanes as chunk_sum adds them, point i into lane (i - begin) %
       // kLanes, with every unit off: r = -y, so r^2 is y^2 widened and
-      // squared, bit for bit (for an h below +inf; past a +inf or NaN one,
-      // the lanes are never used).
+      // squared, bit for bit, and the gradient lanes stay +0.0 (for an h
+      // below +inf; past a +inf or NaN one, the lanes are never used). At
+      // the chunk's end, their tree is its sums with every unit off.
       constexpr T kInf = std::numeric_limits<T>::infinity();
-      double lanes[kLanes] = {};
+      Lanes all_off;
+      double* lanes = all_off.loss;
       T top = -kInf, low = kInf;
       bool nan = false;
       for (int64_t from = begin; from < end; from += kSpan) {
         const int64_t to = std::min(from + kSpan, end);
-        std::memcpy(&set.span_lanes[from / kSpan * kLanes], lanes, sizeof lanes);
+        std::memcpy(&set.span_lanes[from / kSpan * kLanes], lanes,
+                    sizeof all_off.loss);
         int64_t i = from;
         for (; i + kLanes <= to; i += kLanes) {
           for (int k = 0; k < kLanes; ++k) {
@@ -180,7 +175,7 @@ struct ActiveSet {
       }
       set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
       set.min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;
-      set.off[c] = chunk(point, begin, end);
+      set.off[c] = all_off.tree();
     });
     return set;
   }

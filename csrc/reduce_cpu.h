@@ -45,6 +45,11 @@ struct Lanes {
       loss[k] += p.loss;
       grad[k] += p.grad;
     }
+    return tree();
+  }
+
+  // The lanes combined in the fixed tree (which overwrites them).
+  BIASFIT_HD LossGrad tree() {
     for (int width = kLanes / 2; width > 0; width /= 2) {
       for (int k = 0; k < width; ++k) {
         loss[k] += loss[k + width];

@@ -316,7 +316,7 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   PointLossFromHidden<T> point{hidden_x.get(), y, T(0)};
   std::optional<ActiveSet<T>> set;
   if (plan == Plan::kRegroup) {
-    set = ActiveSet<T>::build(point.h, point.y, n, point, whole, threads);
+    set = ActiveSet<T>::build(point.h, point.y, n, threads);
     point.h = set->h.get();
     point.y = set->y.get();
     hidden_x.reset();  // regrouped: the original order is done
