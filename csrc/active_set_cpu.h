@@ -32,7 +32,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <memory>
 #include <vector>
 
 #include "network.h"
@@ -42,9 +41,6 @@ namespace biasfit {
 
 constexpr int kKeyBits = 12;
 constexpr int64_t kBuckets = int64_t(1) << kKeyBits;
-// The points are cut into up to this many pieces (one a chunk) for counting
-// and moving in parallel: each piece has kBuckets counters to sum up.
-constexpr int64_t kMostPieces = 16;
 // Where an epoch may resume a chunk: every kSpan points (a whole number of
 // kLanes steps, so the lanes line up), 1 byte a point of saved lanes.
 constexpr int64_t kSpan = 128;
@@ -63,7 +59,8 @@ inline uint32_t group_of(float h) {
 
 template <typename T>
 struct ActiveSet {
-  std::unique_ptr<T[]> h, y;    // the points, regrouped
+  T* h = nullptr;               // the points, regrouped (in the caller's
+  T* y = nullptr;               // space, which outlives the set)
   std::vector<T> max_h, min_h;  // per chunk; NaN where some h is NaN
   std::vector<LossGrad> off;    // per chunk, its sums with every unit off
   // Per span: the largest h of its chunk up to the span's end (+inf from a
@@ -97,21 +94,26 @@ struct ActiveSet {
     return {begin + lo * kSpan, &span_lanes[(first + lo) * kLanes]};
   }
 
-  static ActiveSet build(const T* h, const T* y, int64_t n, int threads) {
+  // Regroups (h, y) into h_out and y_out, n points each, written whole.
+  static ActiveSet build(const T* h, const T* y, int64_t n, int threads,
+                         T* h_out, T* y_out) {
     ActiveSet set;
-    // Not value-initialized: the move below writes every element.
-    set.h.reset(new T[n]);
-    set.y.reset(new T[n]);
-    T* h_out = set.h.get();
-    T* y_out = set.y.get();
-    const int64_t pieces = std::clamp<int64_t>(num_chunks(n), 1, kMostPieces);
-    auto piece = [n, pieces](int64_t p) { return n * p / pieces; };
+    set.h = h_out;
+    set.y = y_out;
+    // One piece a thread: the sort is stable, so its order is the same
+    // however the points are cut, and more pieces only add counters.
+    const int64_t pieces = threads_for(num_chunks(n), threads);
     std::vector<int64_t> next(pieces * kBuckets, 0);
+    // The piece's bounds, taken before its loop: in the loop, the stores
+    // through the counters could alias the captures, and the division
+    // would be redone every point (it was 40% of the build).
+    auto piece = [n, pieces](int64_t p) {
+      return std::pair<int64_t, int64_t>(n * p / pieces, n * (p + 1) / pieces);
+    };
     parallel_items(pieces, threads, [&](int64_t p) {
       int64_t* count = &next[p * kBuckets];
-      for (int64_t i = piece(p); i < piece(p + 1); ++i) {
-        ++count[group_of(float(h[i]))];
-      }
+      const auto [begin, end] = piece(p);
+      for (int64_t i = begin; i < end; ++i) ++count[group_of(float(h[i]))];
     });
     // Where each (group, piece) starts: groups in order, pieces in order
     // within a group, points in order within a piece.
@@ -125,7 +127,8 @@ struct ActiveSet {
     }
     parallel_items(pieces, threads, [&](int64_t p) {
       int64_t* to = &next[p * kBuckets];
-      for (int64_t i = piece(p); i < piece(p + 1); ++i) {
+      const auto [begin, end] = piece(p);
+      for (int64_t i = begin; i < end; ++i) {
         const int64_t j = to[group_of(float(h[i]))]++;
         h_out[j] = h[i];
         y_out[j] = y[i];
@@ -149,7 +152,11 @@ struct ActiveSet {
       constexpr T kInf = std::numeric_limits<T>::infinity();
       Lanes all_off;
       double* lanes = all_off.loss;
-      T top = -kInf, low = kInf;
+      // h's extremes per lane, as a running max across lanes would be a
+      // chain the compiler may not reorder (and so would not vectorize).
+      T tops[kLanes], lows[kLanes];
+      std::fill_n(tops, kLanes, -kInf);
+      std::fill_n(lows, kLanes, kInf);
       bool nan = false;
       for (int64_t from = begin; from < end; from += kSpan) {
         const int64_t to = std::min(from + kSpan, end);
@@ -160,19 +167,24 @@ struct ActiveSet {
           for (int k = 0; k < kLanes; ++k) {
             const double yk = double(y_out[i + k]);
             lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
+            const T hk = h_out[i + k];
+            tops[k] = hk > tops[k] ? hk : tops[k];
+            lows[k] = hk < lows[k] ? hk : lows[k];
           }
         }
         for (int k = 0; i < to; ++i, ++k) {
           const double yk = double(y_out[i]);
           lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
+          tops[k] = h_out[i] > tops[k] ? h_out[i] : tops[k];
+          lows[k] = h_out[i] < lows[k] ? h_out[i] : lows[k];
         }
-        for (int64_t j = from; j < to; ++j) {
-          nan |= h_out[j] != h_out[j];
-          top = h_out[j] > top ? h_out[j] : top;
-          low = h_out[j] < low ? h_out[j] : low;
-        }
+        for (int64_t j = from; j < to; ++j) nan |= h_out[j] != h_out[j];
+        // NaN never wins a comparison, so the extremes are of the other h.
+        const T top = *std::max_element(tops, tops + kLanes);
         set.span_top[from / kSpan] = nan ? kInf : top;
       }
+      const T top = *std::max_element(tops, tops + kLanes);
+      const T low = *std::min_element(lows, lows + kLanes);
       set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
       set.min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;
       set.off[c] = all_off.tree();
