@@ -56,13 +56,14 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 //   hidden-once one (both at the read pass's speed); the buffer costs ~6
 //   epochs, mostly first-touch page faults (Zen 4; 1.5 us a 4 KiB page on
 //   the Xeon VM).
-// Regrouping, on top of the buffer, costs ~25 epochs past L2 (Zen 4; on
-// the Xeon a regrouped 1e6-point fit of 100 epochs runs 1.5x (float32) and
-// 2.6x (float64) faster than a hidden-once one), but in L2, where epochs
-// are cheap, ~36 of float32 and ~72 of float64 (1e5 points on the Xeon VM,
-// whose page faults cost 1.5 us a page), so there it pays only for the
-// longer fits. regroup_setup is for 16-byte (float64) points and scales
-// with their bytes.
+// Regrouping, on top of the buffer, costs ~25-35 epochs (2-core Xeon VM,
+// tutorial data, 1 thread; float64 / float32): in L2 (1e5 points) 34 / 26,
+// in L3 (1e6) 22 / 35, in memory (1e7 float32) 15, and 25 on a Zen 4 past
+// L2. It is a counting sort, a scatter of a few ns a point whatever the
+// tier, where an epoch's cost follows the tier. So a regrouped fit of 100
+// epochs with half its units off runs 1.3-3x faster than a hidden-once one
+// (1e4 to 1e6 points), one of 50 epochs at 1e5 points 1.35x: the model,
+// which counts only the units off at the start, is the cautious one.
 // kClosed's set-up is the hidden buffer's and a pass for the moments (about
 // an epoch), and an epoch of closed chunks a few operations each, counted
 // as nothing. (A chunk that stops closing, as the bias turns some of its
@@ -71,10 +72,10 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 struct PlanCosts {
   double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer
-  double regroup_setup;  // the regrouping on top of that, for 16-byte points
+  double regroup_setup;  // the regrouping on top of that
 };
-constexpr PlanCosts kCachedCosts{1.6, 2.0, 72.0};
-constexpr PlanCosts kL3Costs{1.15, 3.5, 25.0};
+constexpr PlanCosts kCachedCosts{1.6, 2.0, 32.0};
+constexpr PlanCosts kL3Costs{1.15, 3.5, 30.0};
 constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
 // The tiers' bounds on the data's bytes: 2 MiB, the Xeon's L2 (Zen 4 and
 // 5 have 1 MiB), and 32 MiB. Fixed, not read from the machine: a plan
@@ -146,8 +147,7 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
   const double skipped = std::floor(off * double(spans)) / double(spans);
   const double regroup =
       n >= kRegroupMinPoints
-          ? c.hidden_setup + c.regroup_setup * double(bytes) / 16 +
-                kRegroupFixedPoints / double(n) +
+          ? c.hidden_setup + c.regroup_setup + kRegroupFixedPoints / double(n) +
                 e * (1 - skipped)
           : once + 1;
   const double closed =
