@@ -59,11 +59,12 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 // Regrouping, on top of the buffer, costs ~25-35 epochs (2-core Xeon VM,
 // tutorial data, 1 thread; float64 / float32): in L2 (1e5 points) 34 / 26,
 // in L3 (1e6) 22 / 35, in memory (1e7 float32) 15, and 25 on a Zen 4 past
-// L2. It is a counting sort, a scatter of a few ns a point whatever the
-// tier, where an epoch's cost follows the tier. So a regrouped fit of 100
-// epochs with half its units off runs 1.3-3x faster than a hidden-once one
-// (1e4 to 1e6 points), one of 50 epochs at 1e5 points 1.35x: the model,
-// which counts only the units off at the start, is the cautious one.
+// L2 (kept for memory: the Zen's was not measured again). It is a counting
+// sort, a scatter of a few ns a point whatever the tier, where an epoch's
+// cost follows the tier. So a regrouped fit of 100 epochs with half its
+// units off runs 1.2-3x faster than a hidden-once one (1e3 to 1e6 points),
+// one of 50 epochs at 1e5 points 1.35x: the model, which counts only the
+// units off at the start, is the cautious one.
 // kClosed's set-up is the hidden buffer's and a pass for the moments (about
 // an epoch), and an epoch of closed chunks a few operations each, counted
 // as nothing. (A chunk that stops closing, as the bias turns some of its
@@ -90,8 +91,9 @@ inline const PlanCosts& plan_costs(int64_t data_bytes) {
 }
 
 // Regrouping needs spans to skip (active_set_cpu.h), and its counting sort
-// sums kBuckets counters a piece: about kRegroupFixedPoints points' worth
-// of work, whatever the size.
+// zeroes and sums kBuckets counters a piece (one a thread): about
+// kRegroupFixedPoints points' worth of work on one thread (5 us), whatever
+// the size.
 constexpr int64_t kRegroupMinPoints = 2 * kSpan;
 constexpr double kRegroupFixedPoints = 16384;
 
@@ -309,9 +311,9 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   // next fit of that size without fresh pages; three blocks freed together
   // get trimmed, and a first touch of a page costs ~1.5 us (~0.9 ms of
   // page faults a fit at 1e5 float64 points, a third of a regrouped fit).
-  // Not value-initialized: every element is written by hidden_chunk, which
-  // also gives each chunk's smallest h: where every unit of a chunk is on,
-  // its loop skips the relu and the mask (kernels_cpu.h), and then by build.
+  // Not value-initialized: hidden_chunk writes the first n elements (and
+  // gives each chunk's smallest h: where every unit of a chunk is on, its
+  // loop skips the relu and the mask, kernels_cpu.h), build the other 2n.
   const bool regroup = plan == Plan::kRegroup;
   std::unique_ptr<T[]> scratch(new T[regroup ? 3 * n : n]);
   T* hidden_x = scratch.get();
