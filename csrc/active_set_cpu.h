@@ -158,33 +158,29 @@ struct ActiveSet {
       T tops[kLanes], lows[kLanes];
       std::fill_n(tops, kLanes, -kInf);
       std::fill_n(lows, kLanes, kInf);
+      // Point i into lane k, inlined into both loops below.
+      auto add = [&](int64_t i, int k) {
+        const double yk = double(y_out[i]);
+        lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
+        tops[k] = h_out[i] > tops[k] ? h_out[i] : tops[k];
+        lows[k] = h_out[i] < lows[k] ? h_out[i] : lows[k];
+      };
       bool nan = false;
+      T top = -kInf;  // up to the current span's end
       for (int64_t from = begin; from < end; from += kSpan) {
         const int64_t to = std::min(from + kSpan, end);
         std::memcpy(&set.span_lanes[from / kSpan * kLanes], lanes,
                     sizeof all_off.loss);
         int64_t i = from;
         for (; i + kLanes <= to; i += kLanes) {
-          for (int k = 0; k < kLanes; ++k) {
-            const double yk = double(y_out[i + k]);
-            lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
-            const T hk = h_out[i + k];
-            tops[k] = hk > tops[k] ? hk : tops[k];
-            lows[k] = hk < lows[k] ? hk : lows[k];
-          }
+          for (int k = 0; k < kLanes; ++k) add(i + k, k);
         }
-        for (int k = 0; i < to; ++i, ++k) {
-          const double yk = double(y_out[i]);
-          lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
-          tops[k] = h_out[i] > tops[k] ? h_out[i] : tops[k];
-          lows[k] = h_out[i] < lows[k] ? h_out[i] : lows[k];
-        }
+        for (int k = 0; i < to; ++i, ++k) add(i, k);
         for (int64_t j = from; j < to; ++j) nan |= h_out[j] != h_out[j];
         // NaN never wins a comparison, so the extremes are of the other h.
-        const T top = *std::max_element(tops, tops + kLanes);
+        top = *std::max_element(tops, tops + kLanes);
         set.span_top[from / kSpan] = nan ? kInf : top;
       }
-      const T top = *std::max_element(tops, tops + kLanes);
       const T low = *std::min_element(lows, lows + kLanes);
       set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
       set.min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;

@@ -206,6 +206,9 @@ def test_every_instruction_set_gives_the_same_bits(isa):
 
 def test_same_bits_for_any_thread_count(monkeypatch):
     x, y, w, b = random_problem(1_000_000, torch.float32, "cpu", seed=3)
+    # The fits take float64 data: a float32 fit's losses and bias round the
+    # sums' last bits away, and with them any change of order.
+    x64, y64 = x.double(), y.double()
     before = torch.get_num_threads()
     try:
         results = []
@@ -215,12 +218,10 @@ def test_same_bits_for_any_thread_count(monkeypatch):
             result = [loss.item(), grad.item()]
             # Each plan splits the chunks it sums among the threads; a
             # regrouped fit also sorts the points in one piece a thread.
-            # float64 data: a float32 fit's losses and bias round the sums'
-            # last bits away, and with them any change of order.
             for plan in ("stream", "once", "regroup"):
                 monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
-                fit = biasfit.fit_fused(x.double(), y.double(), bias=-2.0,
-                                        epochs=REGROUP_EPOCHS, tol=0.0, lr=1e-7)
+                fit = biasfit.fit_fused(x64, y64, bias=-2.0, epochs=REGROUP_EPOCHS,
+                                        tol=0.0, lr=1e-7)
                 result += [fit.losses, fit.final_bias]
             results.append(result)
     finally:
