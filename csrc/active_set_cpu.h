@@ -35,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels_cpu.h"
 #include "network.h"
 #include "reduce_cpu.h"
 
@@ -56,6 +57,104 @@ inline uint32_t group_of(float h) {
   // unsigned order the float order (without a branch: signs are random).
   u ^= uint32_t(int32_t(u) >> 31) | 0x80000000u;
   return u >> (32 - kKeyBits);
+}
+
+// One regrouped chunk [begin, end) summed up for ActiveSet: its largest
+// and smallest h (of those not NaN), whether one is NaN, and its sums with
+// every unit off; per span, the largest h of the chunk up to the span's end
+// (+inf from a NaN h on: never skipped) and the chunk's loss lanes at the
+// span's start with every unit before it off.
+template <typename T>
+struct ChunkSummary {
+  T top, low;
+  bool nan;
+  LossGrad off;
+};
+
+// The lanes as chunk_sum adds them, point i into lane (i - begin) % kLanes,
+// with every unit off: r = -y, so r^2 is y^2 widened and squared, bit for
+// bit, and the gradient lanes stay +0.0 (for an h below +inf; past a +inf
+// or NaN one, the lanes are never used). At the chunk's end, their tree is
+// its sums with every unit off. h's extremes and NaNs are kept per lane
+// too: a running max across lanes would be a chain the compiler may not
+// reorder. Local arrays and __restrict let the compiler keep every lane in
+// vector registers (a store through a double* could otherwise be one to a
+// lane), and the loop is compiled per instruction set below: 175 -> 52 us
+// a pass at 1e5 float64 points on the 2-core Xeon with AVX-512, 65 with
+// AVX2.
+template <typename T>
+BIASFIT_HD ChunkSummary<T> summarize_chunk_lanes(const T* __restrict h,
+                                                 const T* __restrict y,
+                                                 int64_t begin, int64_t end,
+                                                 T* __restrict span_top,
+                                                 double* __restrict span_lanes) {
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  double lanes[kLanes];
+  T tops[kLanes], lows[kLanes], nans[kLanes];
+  for (int k = 0; k < kLanes; ++k) {
+    lanes[k] = 0.0;
+    tops[k] = -kInf;
+    lows[k] = kInf;
+    nans[k] = T(0);
+  }
+  // Point i into lane k, inlined into both loops below. NaN never wins a
+  // comparison, so the extremes are of the other h.
+  auto add = [&](int64_t i, int k) {
+    const double yk = double(y[i]);
+    lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
+    tops[k] = h[i] > tops[k] ? h[i] : tops[k];
+    lows[k] = h[i] < lows[k] ? h[i] : lows[k];
+    nans[k] = h[i] != h[i] ? T(1) : nans[k];
+  };
+  bool nan = false;
+  T top = -kInf;  // up to the current span's end
+  for (int64_t from = begin; from < end; from += kSpan) {
+    const int64_t to = std::min(from + kSpan, end);
+    double* at = span_lanes + from / kSpan * kLanes;
+    for (int k = 0; k < kLanes; ++k) at[k] = lanes[k];
+    int64_t i = from;
+    for (; i + kLanes <= to; i += kLanes) {
+      for (int k = 0; k < kLanes; ++k) add(i + k, k);
+    }
+    for (int k = 0; i < to; ++i, ++k) add(i, k);
+    for (int k = 0; k < kLanes; ++k) {
+      top = tops[k] > top ? tops[k] : top;
+      nan |= nans[k] != T(0);
+    }
+    span_top[from / kSpan] = nan ? kInf : top;
+  }
+  T low = kInf;
+  for (int k = 0; k < kLanes; ++k) low = lows[k] < low ? lows[k] : low;
+  Lanes all_off;
+  for (int k = 0; k < kLanes; ++k) all_off.loss[k] = lanes[k];
+  return {top, low, nan, all_off.tree()};
+}
+
+template <typename T>
+BIASFIT_AVX512 ChunkSummary<T> summarize_chunk_avx512(
+    const T* h, const T* y, int64_t begin, int64_t end, T* span_top,
+    double* span_lanes) {
+  return summarize_chunk_lanes(h, y, begin, end, span_top, span_lanes);
+}
+
+template <typename T>
+BIASFIT_AVX2 ChunkSummary<T> summarize_chunk_avx2(
+    const T* h, const T* y, int64_t begin, int64_t end, T* span_top,
+    double* span_lanes) {
+  return summarize_chunk_lanes(h, y, begin, end, span_top, span_lanes);
+}
+
+template <typename T>
+ChunkSummary<T> summarize_chunk(const T* h, const T* y, int64_t begin,
+                                int64_t end, T* span_top, double* span_lanes) {
+  switch (cpu::kIsa) {
+    case cpu::Isa::kAvx512:
+      return summarize_chunk_avx512(h, y, begin, end, span_top, span_lanes);
+    case cpu::Isa::kAvx2:
+      return summarize_chunk_avx2(h, y, begin, end, span_top, span_lanes);
+    default:
+      return summarize_chunk_lanes(h, y, begin, end, span_top, span_lanes);
+  }
 }
 
 template <typename T>
@@ -145,46 +244,12 @@ struct ActiveSet {
     // lets through; a +inf or NaN h is never skipped.
     parallel_items(chunks, threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
-      // The lanes as chunk_sum adds them, point i into lane (i - begin) %
-      // kLanes, with every unit off: r = -y, so r^2 is y^2 widened and
-      // squared, bit for bit, and the gradient lanes stay +0.0 (for an h
-      // below +inf; past a +inf or NaN one, the lanes are never used). At
-      // the chunk's end, their tree is its sums with every unit off.
-      constexpr T kInf = std::numeric_limits<T>::infinity();
-      Lanes all_off;
-      double* lanes = all_off.loss;
-      // h's extremes per lane, as a running max across lanes would be a
-      // chain the compiler may not reorder (and so would not vectorize).
-      T tops[kLanes], lows[kLanes];
-      std::fill_n(tops, kLanes, -kInf);
-      std::fill_n(lows, kLanes, kInf);
-      // Point i into lane k, inlined into both loops below.
-      auto add = [&](int64_t i, int k) {
-        const double yk = double(y_out[i]);
-        lanes[k] = add_rn(lanes[k], mul_rn(yk, yk));
-        tops[k] = h_out[i] > tops[k] ? h_out[i] : tops[k];
-        lows[k] = h_out[i] < lows[k] ? h_out[i] : lows[k];
-      };
-      bool nan = false;
-      T top = -kInf;  // up to the current span's end
-      for (int64_t from = begin; from < end; from += kSpan) {
-        const int64_t to = std::min(from + kSpan, end);
-        std::memcpy(&set.span_lanes[from / kSpan * kLanes], lanes,
-                    sizeof all_off.loss);
-        int64_t i = from;
-        for (; i + kLanes <= to; i += kLanes) {
-          for (int k = 0; k < kLanes; ++k) add(i + k, k);
-        }
-        for (int k = 0; i < to; ++i, ++k) add(i, k);
-        for (int64_t j = from; j < to; ++j) nan |= h_out[j] != h_out[j];
-        // NaN never wins a comparison, so the extremes are of the other h.
-        top = *std::max_element(tops, tops + kLanes);
-        set.span_top[from / kSpan] = nan ? kInf : top;
-      }
-      const T low = *std::min_element(lows, lows + kLanes);
-      set.max_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : top;
-      set.min_h[c] = nan ? std::numeric_limits<T>::quiet_NaN() : low;
-      set.off[c] = all_off.tree();
+      const ChunkSummary<T> s = summarize_chunk(
+          h_out, y_out, begin, end, set.span_top.data(), set.span_lanes.data());
+      constexpr T kNaN = std::numeric_limits<T>::quiet_NaN();
+      set.max_h[c] = s.nan ? kNaN : s.top;
+      set.min_h[c] = s.nan ? kNaN : s.low;
+      set.off[c] = s.off;
     });
     return set;
   }
