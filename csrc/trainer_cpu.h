@@ -56,15 +56,16 @@ enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 //   hidden-once one (both at the read pass's speed); the buffer costs ~6
 //   epochs, mostly first-touch page faults (Zen 4; 1.5 us a 4 KiB page on
 //   the Xeon VM).
-// Regrouping, on top of the buffer, costs ~25-35 epochs (2-core Xeon VM,
-// tutorial data, 1 thread; float64 / float32): in L2 (1e5 points) 34 / 26,
-// in L3 (1e6) 22 / 35, in memory (1e7 float32) 15, and 25 on a Zen 4 past
-// L2 (kept for memory: the Zen's was not measured again). It is a counting
-// sort, a scatter of a few ns a point whatever the tier, where an epoch's
-// cost follows the tier. So a regrouped fit of 100 epochs with half its
-// units off runs 1.2-3x faster than a hidden-once one (1e3 to 1e6 points),
-// one of 50 epochs at 1e5 points 1.35x: the model, which counts only the
-// units off at the start, is the cautious one.
+// Regrouping, on top of the buffer, costs ~15-25 epochs (2-core Xeon VM,
+// tutorial data, 1 thread, a C++ harness; float64 / float32): in L2 (1e5
+// points) 22 / 19, in L3 (1e6) 19 / 24, in memory (1e7 float32) 14, and 25
+// on a Zen 4 past L2 (kept for memory: the Zen's was not measured again).
+// It is a counting sort, a scatter of a few ns a point whatever the tier,
+// where an epoch's cost follows the tier. So a regrouped fit of 100 epochs
+// with half its units off runs 1.2-3x faster than a hidden-once one (1e3
+// to 1e6 points), one of 50 epochs 1.3-1.9x (1e4 to 1e6 points; as fast at
+// 1e3 and 1e5), one of 30 epochs at 1e5 float64 points 1.6x slower: the
+// model, which counts only the units off at the start, is the cautious one.
 // kClosed's set-up is the hidden buffer's and a pass for the moments (about
 // an epoch), and an epoch of closed chunks a few operations each, counted
 // as nothing. (A chunk that stops closing, as the bias turns some of its
@@ -75,8 +76,8 @@ struct PlanCosts {
   double hidden_setup;   // allocating and filling the hidden buffer
   double regroup_setup;  // the regrouping on top of that
 };
-constexpr PlanCosts kCachedCosts{1.6, 2.0, 32.0};
-constexpr PlanCosts kL3Costs{1.15, 3.5, 30.0};
+constexpr PlanCosts kCachedCosts{1.6, 2.0, 22.0};
+constexpr PlanCosts kL3Costs{1.15, 3.5, 24.0};
 constexpr PlanCosts kMemoryCosts{1.0, 6.0, 25.0};
 // The tiers' bounds on the data's bytes: 2 MiB, the Xeon's L2 (Zen 4 and
 // 5 have 1 MiB), and 32 MiB. Fixed, not read from the machine: a plan
