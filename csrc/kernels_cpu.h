@@ -143,6 +143,28 @@ inline const bool kHasAvx2 = kIsa != Isa::kBaseline;  // AVX2 or better
 #define BIASFIT_AVX512 \
   __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 
+// f() compiled for the best instruction set here (kIsa). f is a lambda
+// marked BIASFIT_INLINE_LAMBDA, so that its body is compiled inside each
+// of these, as network.h's inline functions are inside the kernels; a
+// lambda not inlined would run as the baseline's code whatever the CPU.
+#define BIASFIT_INLINE_LAMBDA __attribute__((always_inline))
+template <typename F>
+BIASFIT_AVX512 auto on_avx512(const F& f) {
+  return f();
+}
+template <typename F>
+BIASFIT_AVX2 auto on_avx2(const F& f) {
+  return f();
+}
+template <typename F>
+auto on_best_isa(const F& f) {
+  switch (kIsa) {
+    case Isa::kAvx512: return on_avx512(f);
+    case Isa::kAvx2: return on_avx2(f);
+    default: return f();
+  }
+}
+
 // One chunk's sum compiled for each instruction set. All add in the same
 // lane order, so they give the same bits.
 template <typename Point>
