@@ -64,15 +64,9 @@ class OnChunks {
     parallel_items(num_chunks(n), threads, [&](int64_t c) {
       const int64_t begin = c * kChunk, end = std::min(begin + kChunk, n);
       const int64_t count = end - begin;
-      double low = std::numeric_limits<double>::infinity(), top = -low,
-             y_top = 0.0;
-#pragma omp simd reduction(min : low) reduction(max : top, y_top)
-      for (int64_t i = begin; i < end; ++i) {
-        low = h[i] < low ? h[i] : low;
-        top = h[i] > top ? h[i] : top;
-        const double y_size = std::fabs(y[i]);
-        y_top = y_size > y_top ? y_size : y_top;
-      }
+      const Extremes x = on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
+        return extremes(h, y, begin, end);
+      });
       double k = 0.0;
       const int64_t samples = std::min<int64_t>(count, 16);
       for (int64_t j = 0; j < samples; ++j) {
@@ -83,15 +77,15 @@ class OnChunks {
       const LossGrad e = sum_chunk(Shifted{h, y, k}, begin, end);
       Moments& m = set.chunks_[c];
       m.count = double(count);
-      m.min_h = low;
-      m.max_h = top;
-      m.max_abs_y = y_top;
+      m.min_h = x.low;
+      m.max_h = x.top;
+      m.max_abs_y = x.y_top;
       m.mean = k + e.loss / m.count;
       m.m2 = std::max(0.0, e.grad - e.loss * (e.loss / m.count));
       // inf or NaN anywhere in h or y makes a sum inf or NaN; such a chunk
       // is summed point by point, so that its sums come out inf or NaN.
       m.closable = std::isfinite(e.loss) && std::isfinite(e.grad) &&
-                   std::isfinite(k) && std::isfinite(low);
+                   std::isfinite(k) && std::isfinite(x.low);
     });
     set.max_h_ = -std::numeric_limits<double>::infinity();
     for (const Moments& m : set.chunks_) {
@@ -119,6 +113,44 @@ class OnChunks {
     const double rms_floor = kScale * widest;
     if (!(closed.loss >= m.count * rms_floor * rms_floor)) return std::nullopt;
     return closed;
+  }
+
+  // A chunk's smallest and largest h and largest |y| (NaNs aside: NaN never
+  // wins a comparison), kept per lane so that the loop vectorizes: build
+  // compiles it for the best instruction set. (An omp simd reduction here
+  // came out as scalar loads of computed addresses, ~3 ns a point: two
+  // thirds of a closed 10-epoch fit's time at 1e5 float64 points.)
+  struct Extremes {
+    double low, top, y_top;
+  };
+  BIASFIT_HD static Extremes extremes(const double* __restrict h,
+                                      const double* __restrict y,
+                                      int64_t begin, int64_t end) {
+    constexpr double kInf = std::numeric_limits<double>::infinity();
+    double lows[kLanes], tops[kLanes], y_tops[kLanes];
+    for (int k = 0; k < kLanes; ++k) {
+      lows[k] = kInf;
+      tops[k] = -kInf;
+      y_tops[k] = 0.0;
+    }
+    auto add = [&](int64_t i, int k) {
+      lows[k] = h[i] < lows[k] ? h[i] : lows[k];
+      tops[k] = h[i] > tops[k] ? h[i] : tops[k];
+      const double y_size = std::fabs(y[i]);
+      y_tops[k] = y_size > y_tops[k] ? y_size : y_tops[k];
+    };
+    int64_t i = begin;
+    for (; i + kLanes <= end; i += kLanes) {
+      for (int k = 0; k < kLanes; ++k) add(i + k, k);
+    }
+    for (int k = 0; i < end; ++i, ++k) add(i, k);
+    Extremes x{kInf, -kInf, 0.0};
+    for (int k = 0; k < kLanes; ++k) {
+      x.low = lows[k] < x.low ? lows[k] : x.low;
+      x.top = tops[k] > x.top ? tops[k] : x.top;
+      x.y_top = y_tops[k] > x.y_top ? y_tops[k] : x.y_top;
+    }
+    return x;
   }
 
   // sum_chunk's point for the sums of e = (h - y) - k (loss) and e^2 (grad).
