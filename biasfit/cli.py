@@ -22,7 +22,7 @@ import biasfit
 from . import distributed
 from .checkpoint import CheckpointError, load_model, save_model
 from .datafile import DataFileError, load_x, load_xy
-from .plot import PlotUnavailable, plot_fit, require_matplotlib
+from .plot import PlotUnavailable, plot_fit, plot_formats, require_matplotlib
 from .train import ENGINES, MAX_EPOCHS, StalledError
 
 # A progress bar appears once a fit has run this long (and stderr is a terminal).
@@ -74,6 +74,8 @@ def _check_output(path, option):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a folder: name a file in it")
 
 
 def _progress(total, stream=None, shown=True):
@@ -107,6 +109,13 @@ def _train(args) -> int:
     if args.plot:
         require_matplotlib()
         _check_output(args.plot, "--plot")
+        # matplotlib picks the format from the ending (and adds .png to a
+        # name without one): refuse one it cannot write before the fit.
+        ending = os.path.splitext(args.plot)[1].lstrip(".").lower()
+        formats = plot_formats()
+        if ending not in formats:
+            raise UsageError(f"--plot {args.plot}: name a file ending in one of "
+                             + ", ".join("." + f for f in sorted(formats)))
     if args.save:
         _check_output(args.save, "--save")
     # Under torchrun every process reads and fits its own block of rows;
@@ -120,7 +129,8 @@ def _train(args) -> int:
         if args.data:
             shard = {"rank": rank, "world_size": world} if sharded else {}
             inputs, labels, names = load_xy(args.data, args.x_col, args.y_col, dtype=dtype,
-                                            with_names=True, **shard)
+                                            with_names=True, options=("--x-col", "--y-col"),
+                                            **shard)
         else:
             names = ("dose", "effectiveness")  # the tutorial's
             inputs, labels = biasfit.tutorial_data()
@@ -191,7 +201,7 @@ def _predict(args) -> int:
     model, _ = load_model(args.model, device)
     dtype = model.final_bias.dtype
     if args.data:
-        inputs = load_x(args.data, args.x_col, dtype=dtype)
+        inputs = load_x(args.data, args.x_col, dtype=dtype, option="--x-col")
         where = lambda i: f"{args.data} row {i + 1} (x = {inputs[i].item():g})"  # noqa: E731
     else:
         inputs = torch.tensor(args.x, dtype=dtype)

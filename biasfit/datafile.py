@@ -65,18 +65,20 @@ def shard_bounds(n_rows: int, rank: int, world_size: int) -> tuple:
 
 
 def load_xy(path, x_col=None, y_col=None, *, dtype=torch.float32, rank=None,
-            world_size=None, with_names=False):
+            world_size=None, with_names=False, options=("x_col", "y_col")):
     """(inputs, labels): two 1-D float tensors of the same length from `path`;
     with_names, also the two columns' names (header names, array names or
-    "column 0"-style for a table without a header)."""
-    (x, y), names = _load(path, [(x_col, "x", 0), (y_col, "y", 1)], dtype, rank,
-                          world_size)
+    "column 0"-style for a table without a header). `options`: how messages
+    name x_col and y_col (the CLI's --x-col and --y-col)."""
+    (x, y), names = _load(path, [(x_col, "x", 0, options[0]), (y_col, "y", 1, options[1])],
+                          dtype, rank, world_size)
     return (x, y, names) if with_names else (x, y)
 
 
-def load_x(path, x_col=None, *, dtype=torch.float32, rank=None, world_size=None):
+def load_x(path, x_col=None, *, dtype=torch.float32, rank=None, world_size=None,
+           option="x_col"):
     """The inputs alone (for prediction): one 1-D float tensor from `path`."""
-    return _load(path, [(x_col, "x", 0)], dtype, rank, world_size)[0][0]
+    return _load(path, [(x_col, "x", 0, option)], dtype, rank, world_size)[0][0]
 
 
 def _load(path, wanted, dtype, rank, world_size):
@@ -142,15 +144,19 @@ def _load_text(name, path, wanted, np_dtype, shard):
     fields = _split(first)
     header = not any(_is_number(field) for field in fields)
     names = [field.strip() for field in fields] if header else list(range(len(fields)))
-    cols = [_column(name, names, col, role, default) for col, role, default in wanted]
+    cols = [_column(name, names, *want) for want in wanted]
     skip = before + header  # lines before the first data row
     delimiter = "," if "," in first else "\t" if "\t" in first else None
     table = None
     try:
         if shard is None and delimiter is not None:
-            columns = _read_arrow(path, np_dtype, delimiter, skip, len(names), cols)
+            # Each column once: x and y may name the same one, which
+            # pyarrow's reader refuses to include twice.
+            distinct = list(dict.fromkeys(cols))
+            columns = _read_arrow(path, np_dtype, delimiter, skip, len(names), distinct)
             if columns is not None:
-                return columns, [names[c] for c in cols]
+                read = dict(zip(distinct, columns))
+                return [read[c] for c in cols], [names[c] for c in cols]
         if shard is None:
             table = _loadtxt(path, np_dtype, delimiter, skip, None)
         else:
@@ -319,7 +325,7 @@ def _load_npy(name, path, wanted, np_dtype, shard):
                             f"expected (N, 2): one row per point")
     _check_numeric(name, table.dtype)
     names = list(range(table.shape[1]))
-    cols = [_column(name, names, col, role, default) for col, role, default in wanted]
+    cols = [_column(name, names, *want) for want in wanted]
     start, stop = _bounds(table.shape[0], shard)
     if table.shape[0] == 0:
         raise DataFileError(f"{name} is empty: no rows of data")
@@ -338,7 +344,8 @@ def _load_npz(name, path, wanted, np_dtype, shard):
             if not names:
                 raise DataFileError(f"{name} is an .npz holding no arrays; expected "
                                     f"arrays x and y")
-            cols = [_column(name, names, col, role, None) for col, role, _ in wanted]
+            cols = [_column(name, names, col, role, None, option)
+                    for col, role, _, option in wanted]
             arrays = [archive[names[c]] for c in cols]
     except DataFileError:
         raise
@@ -377,11 +384,11 @@ def _check_finite(name, column, source, label, np_dtype, start):
                             f"{np.dtype(np_dtype).name} number")
 
 
-def _column(name, names, col, role, default_index) -> int:
+def _column(name, names, col, role, default_index, option) -> int:
     """The index in `names` of the column that `col` (None, a name or an
-    index) picks for `role` ("x" or "y"); default_index None: by name only."""
+    index) picks for `role` ("x" or "y"); default_index None: by name only.
+    `option` is what messages call col."""
     shown = ", ".join(str(n) for n in names)
-    option = f"{role}_col"
     if col is None:
         if role in names:
             return names.index(role)

@@ -22,6 +22,12 @@ def require_matplotlib():
         raise PlotUnavailable(f"plotting needs matplotlib: {INSTALL_HINT}") from None
 
 
+def plot_formats() -> set:
+    """The file name endings matplotlib can save to (png, pdf, svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return set(FigureCanvasBase.get_supported_filetypes())
+
+
 def curve_points(model, inputs) -> torch.Tensor:
     """Where to sample the fitted curve over the inputs' range: an even grid,
     every data x, and the hidden units' kinks (x = -b/w). The network is

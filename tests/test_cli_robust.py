@@ -67,9 +67,31 @@ def test_npz_arrays_are_taken_by_name_not_position(tmp_path, capsys):
     path = tmp_path / "ab.npz"
     np.savez(path, a=np.array([0.0, 0.5, 1.0]), b=np.array([0.0, 1.0, 0.0]))
     code, _, err = main(capsys, "train", "--data", path)
-    one_line(code, err, 1, r"has arrays \(a, b\); choose the x array with x_col")
+    one_line(code, err, 1, r"has arrays \(a, b\); choose the x array with --x-col")
     code, out, _ = main(capsys, "train", "--data", path, "--x-col", "a", "--y-col", "b", "-q")
     assert code == 0 and out.startswith("converged after 34 epochs")
+
+
+def test_one_column_for_both_x_and_y(tmp_path, capsys):
+    # pyarrow's reader refuses a column asked for twice; the file is read
+    # once per distinct column instead.
+    path = tmp_path / "doses.csv"
+    path.write_text("dose,effect\n0,0\n0.5,1\n1,0\n")
+    for cols in (["0", "0"], ["dose", "dose"]):
+        code, out, err = main(capsys, "train", "--data", path, "--x-col", cols[0],
+                              "--y-col", cols[1], "-q", "--epochs", "3")
+        assert code == 0 and err == "", err
+        assert out.startswith("did not converge after 3 epochs")
+
+
+def test_plot_format_is_checked_before_the_fit(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (the plot extra)")
+    for name in ("fit.txt", "fit"):
+        code, out, err = main(capsys, "train", "--plot", tmp_path / name)
+        one_line(code, err, 2, r"--plot .*: name a file ending in one of .*\.png")
+        assert out == ""  # refused before the fit, which would print every epoch
+    code, _, err = main(capsys, "train", "--plot", tmp_path)
+    one_line(code, err, 2, "is a folder: name a file in it")
 
 
 def test_epochs_past_the_cap_are_refused_before_the_fit(capsys):
