@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <optional>
 #include <vector>
 
@@ -278,6 +279,12 @@ void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
   }
 }
 
+// Buffers the epochs read, aligned to cache lines (train's scratch).
+constexpr std::align_val_t kCacheLine{64};
+struct CacheLineDelete {
+  void operator()(void* p) const { ::operator delete[](p, kCacheLine); }
+};
+
 // A whole fit over x[0..n), y[0..n) (contiguous) from `bias`, reading the
 // points as choose_plan decides. The hidden buffer is kept in the data's
 // dtype, exactly as the per-epoch evaluation rounds it.
@@ -315,8 +322,16 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   // Not value-initialized: hidden_chunk writes the first n elements (and
   // gives each chunk's smallest h: where every unit of a chunk is on, its
   // loop skips the relu and the mask, kernels_cpu.h), build the other 2n.
+  // Each array starts on a cache line. malloc promises 16 bytes, and
+  // whether a block lands on a line depends on the heap's state (a fresh
+  // mmap'd block never does); off a line, every vector load of an epoch
+  // spans two. With the labels aligned, as torch allocates them, an epoch
+  // of 1e5 float64 points from L2 takes 0.26-0.28 ns a point instead of
+  // 0.28-0.30 (2-core Xeon, C++ harness, 5 interleaved pairs).
   const bool regroup = plan == Plan::kRegroup;
-  std::unique_ptr<T[]> scratch(new T[regroup ? 3 * n : n]);
+  const int64_t stride = (n + kLanes - 1) / kLanes * kLanes;  // 64-byte multiples
+  const std::unique_ptr<T[], CacheLineDelete> scratch(static_cast<T*>(
+      ::operator new[](sizeof(T) * (regroup ? 3 * stride : n), kCacheLine)));
   T* hidden_x = scratch.get();
   std::vector<T> chunk_min_h(num_chunks(n));
   parallel_items(num_chunks(n), threads, [&](int64_t c) {
@@ -326,8 +341,8 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   PointLossFromHidden<T> point{hidden_x, y, T(0)};
   std::optional<ActiveSet<T>> set;
   if (regroup) {
-    set = ActiveSet<T>::build(point.h, point.y, n, threads, hidden_x + n,
-                              hidden_x + 2 * n);
+    set = ActiveSet<T>::build(point.h, point.y, n, threads, hidden_x + stride,
+                              hidden_x + 2 * stride);
     point.h = set->h;
     point.y = set->y;
     // The chunks hold other points now: their smallest h is the set's
