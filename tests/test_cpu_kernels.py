@@ -69,15 +69,16 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype, start, monkeypa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("plan", ["once", "stream"])
+@pytest.mark.parametrize("plan", ["once", "stream", "regroup"])
 @pytest.mark.parametrize("bad", ["nan x", "inf", "-inf", "nan"])
 def test_trainer_epoch_with_values_not_finite_is_fused_loss(bad, plan, dtype, monkeypatch):
     # Where no z = h + bias can be NaN, the AVX-512 loops sum -r under the
     # mask z > 0 instead of relu(z) - y (kernels_cpu.h, Known::kNoNaN),
     # which would give a NaN z's point y^2 where relu gives NaN. A chunk
     # holding a NaN h, and a bias that is not finite, must take relu's
-    # path: the first epoch's loss is fused_loss's, NaN included. The
-    # other chunks of the NaN x's fit take the masked path.
+    # path: the first epoch's loss is fused_loss's (over the regrouped
+    # order, for that plan), NaN included. The other chunks of the NaN x's
+    # fit take the masked path.
     monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
     x, y, w, b = special_problem(3 * CHUNK + 21, dtype)
     if bad == "nan x":
@@ -85,7 +86,8 @@ def test_trainer_epoch_with_values_not_finite_is_fused_loss(bad, plan, dtype, mo
     else:
         b = torch.tensor(float(bad), dtype=dtype)
     _, losses, _, _ = fit_sgd(x, y, w, b, epochs=1)
-    loss, _ = torch.ops.biasfit.fused_loss(x, y, w, b)
+    order = regrouped_order(x, w) if plan == "regroup" else slice(None)
+    loss, _ = torch.ops.biasfit.fused_loss(x[order], y[order], w, b)
     assert losses[0].item().hex() == loss.item().hex()
 
 
