@@ -71,11 +71,32 @@ def _device(name) -> torch.device:
 
 
 def _check_output(path, option):
+    if not path:
+        raise UsageError(f"{option}: name a file (got an empty name)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{option} {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{option} {path} is a folder: name a file in it")
+
+
+def _check_columns_need_data(args, options):
+    for option in options:
+        if getattr(args, option) is not None and args.data is None:
+            name = "--" + option.replace("_", "-")
+            raise UsageError(f"{name} chooses a column of --data: give --data FILE too")
+
+
+def _check_replaceable(path):
+    """--save replaces a model it wrote before, or an empty file; anything
+    else there (the data, say) is the user's and stays."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        load_model(path)
+    except CheckpointError:
+        raise UsageError(f"--save {path} exists and is not a biasfit model file: "
+                         f"name a new file (or remove it first)") from None
 
 
 def _progress(total, stream=None, shown=True):
@@ -106,7 +127,16 @@ def _train(args) -> int:
     device, dtype = _device(args.device), DTYPES[args.dtype]
     if args.nesterov and args.momentum <= 0:
         raise UsageError("--nesterov needs --momentum > 0")
-    if args.plot:
+    _check_columns_need_data(args, ("x_col", "y_col"))
+    # The model and torch.optim.SGD hold these in the data's dtype: a value
+    # past its largest would be inf (or fail inside torch's step).
+    largest = torch.finfo(dtype).max
+    for option in ("lr", "momentum", "weight_decay", "init_bias"):
+        value = getattr(args, option)
+        if abs(value) > largest:
+            raise UsageError(f"--{option.replace('_', '-')} {value:g} is too large for "
+                             f"{args.dtype} (at most {largest:.4g} in magnitude)")
+    if args.plot is not None:
         require_matplotlib()
         _check_output(args.plot, "--plot")
         # matplotlib picks the format from the ending (and adds .png to a
@@ -116,8 +146,9 @@ def _train(args) -> int:
         if ending not in formats:
             raise UsageError(f"--plot {args.plot}: name a file ending in one of "
                              + ", ".join("." + f for f in sorted(formats)))
-    if args.save:
+    if args.save is not None:
         _check_output(args.save, "--save")
+        _check_replaceable(args.save)
     # Under torchrun every process reads and fits its own block of rows;
     # biasfit.fit adds up the blocks, and rank 0 alone reports.
     sharded = distributed.init_from_env(backend="nccl" if device.type == "cuda" else "gloo")
@@ -163,7 +194,8 @@ def _train(args) -> int:
               f"the starting value; no loss was computed")
     else:
         state = "converged" if result.converged else "did not converge"
-        print(f"{state} after {result.epochs_run} epochs: final_bias = "
+        epochs = f"{result.epochs_run} epoch" + ("" if result.epochs_run == 1 else "s")
+        print(f"{state} after {epochs}: final_bias = "
               f"{result.final_bias:.4f}, total_loss = {result.final_loss:.3g}")
     if args.save:
         save_model(args.save, model, record)
@@ -198,6 +230,7 @@ def _note(args, text):
 
 def _predict(args) -> int:
     device = _device(args.device)
+    _check_columns_need_data(args, ("x_col",))
     model, _ = load_model(args.model, device)
     dtype = model.final_bias.dtype
     if args.data:

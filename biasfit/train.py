@@ -129,6 +129,13 @@ def _fit(model, inputs, labels, optimizer, lr, epochs, tol, callback, engine):
                  else _sgd_hyperparameters(optimizer, model))
         return _fit_model_fused(model, inputs, labels, hyper, epochs, tol, callback)
     if optimizer is None:
+        # torch.optim.SGD steps by -lr in the parameters' dtype: an lr past
+        # its largest would fail inside the step.
+        largest = torch.finfo(model.final_bias.dtype).max
+        if lr > largest:
+            raise ValueError(f"lr {lr:g} is too large for the model's "
+                             f"{str(model.final_bias.dtype).removeprefix('torch.')} "
+                             f"parameters (at most {largest:.4g})")
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     _check_optimizer_holds(optimizer, model)
     if _trains_more_than_the_bias(model):

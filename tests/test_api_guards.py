@@ -45,6 +45,16 @@ def test_fit_refuses_epochs_past_the_cap(engine, epochs):
     assert MAX_EPOCHS == 2**31 - 1
 
 
+def test_fit_refuses_an_lr_past_the_parameters_dtype():
+    # torch.optim.SGD would fail inside its step ("value cannot be converted
+    # to type float without overflow"); float64 parameters take it.
+    with pytest.raises(ValueError, match=r"lr 1e\+39 is too large for the model's "
+                                         r"float32 parameters \(at most 3.403e\+38\)"):
+        biasfit.fit(biasfit.BasicNN(), X, Y, lr=1e39)
+    with pytest.raises(biasfit.StalledError):  # a real fit, not a refusal
+        biasfit.fit(biasfit.BasicNN(dtype=torch.float64), X.double(), Y.double(), lr=1e39)
+
+
 def test_fit_fused_keeps_a_real_number_bias_and_bools():
     import numpy as np  # numpy scalars are real numbers too
     a = biasfit.fit_fused(X, Y, lr=np.float64(0.1), bias=np.float32(0.0), maximize=False)

@@ -247,6 +247,14 @@ BAD = {
     "negative decay": (["train", "--weight-decay", "-1"], 2, "argument --weight-decay: must"),
     "inf init bias": (["train", "--init-bias", "inf"], 2, "argument --init-bias: expected a"),
     "nesterov alone": (["train", "--nesterov"], 2, "--nesterov needs --momentum > 0"),
+    # Finite, but past float32's largest: torch.optim.SGD failed inside its
+    # step with a traceback, and a bias of inf reached the fit.
+    "lr past float32": (["train", "--lr", "1e39"], 2,
+                        r"--lr 1e\+39 is too large for float32 \(at most 3.403e\+38"),
+    "decay past float32": (["train", "--weight-decay", "1e39"], 2,
+                           "--weight-decay 1e\\+39 is too large for float32"),
+    "init bias past float32": (["train", "--init-bias=-1e39"], 2,
+                               "--init-bias -1e\\+39 is too large for float32"),
     "engine": (["train", "--engine", "jit"], 2, "argument --engine: invalid choice: 'jit'"),
     "dtype": (["train", "--dtype", "float16"], 2, "argument --dtype: invalid choice"),
     "unknown option": (["train", "--learning-rate", "1"], 2,
@@ -256,6 +264,14 @@ BAD = {
                     "--save no/such/m.pt: folder .* does not exist"),
     "save into a folder": (["train", "--save", "."], 2,
                            r"--save \. is a folder: name a file in it"),
+    "save no name": (["train", "--save", ""], 2, "--save: name a file"),
+    "plot no name": (["train", "--plot", ""], 2, "--plot: name a file"),
+    "save over the data": (["train", "--save", "nan.csv"], 2,
+                           "--save nan.csv exists and is not a biasfit model file"),
+    "column without data": (["train", "--x-col", "dose"], 2,
+                            "--x-col chooses a column of --data: give --data FILE too"),
+    "predict column without data": (["predict", "--model", "m.pt", "--x", "1",
+                                     "--x-col", "y"], 2, "--x-col chooses a column of --data"),
     "model missing": (["predict", "--model", "none.pt", "--x", "1"], 1,
                       "cannot read none.pt: No such file"),
     "not a model": (["predict", "--model", "nan.csv", "--x", "1"], 1,
@@ -279,6 +295,7 @@ elif not biasfit.WITH_CUDA:
 IN_SUBPROCESS = ["missing file", "not text", "non-number", "wrong field count", "empty",
                  "nan", "float32 overflow", "lengths differ", "unknown column",
                  "diverges", "negative lr", "fractional epochs", "nesterov alone",
+                 "lr past float32",
                  "no command", "not a model", "predict nan", "missing GPU"]
 
 

@@ -14,7 +14,7 @@ import torch
 
 import biasfit
 from biasfit import cli
-from biasfit.checkpoint import save_model
+from biasfit.checkpoint import load_model, save_model
 
 from helpers import CHILD_CWD
 from test_cli import BIASFIT
@@ -150,6 +150,23 @@ def test_predict_refuses_inputs_that_give_non_finite_output(tmp_path, capsys):
     code, _, err = main(capsys, "predict", "--model", tmp_path / "m.pt", "--data",
                         tmp_path / "x.csv")
     one_line(code, err, 1, r"x.csv row 2 \(x = 3e\+38\): the model's output is not a finite")
+
+
+def test_save_keeps_a_file_it_did_not_write_and_replaces_a_model(tmp_path, capsys):
+    data = tmp_path / "doses.csv"
+    data.write_text("x,y\n0,0\n0.5,1\n1,0\n")
+    code, _, err = main(capsys, "train", "-q", "--data", data, "--save", data)
+    one_line(code, err, 2, "exists and is not a biasfit model file")
+    assert data.read_text() == "x,y\n0,0\n0.5,1\n1,0\n"
+    model = tmp_path / "m.pt"
+    for epochs in (3, 5):  # the second save replaces the first's model
+        assert main(capsys, "train", "-q", "--epochs", epochs, "--save", model)[0] == 0
+    assert load_model(model)[1]["settings"]["epochs"] == 5
+
+
+def test_one_epoch_is_singular(capsys):
+    code, out, _ = main(capsys, "train", "-q", "--tol", 200, "--epochs", 5)
+    assert code == 0 and out.startswith("converged after 1 epoch: "), out
 
 
 def test_zero_epochs_reports_the_starting_bias_and_no_loss(capsys):
