@@ -87,6 +87,14 @@ struct PointLossStrided {  // the same over 1-D views (slices, expand) uncopied
   }
 };
 
+// What a chunk's loop knows of its points' z = h + bias, from
+// PointLossFromHidden's chunk_min_h (known_at):
+//   kAllOn: every z > 0, so relu(z) is z and relu'(z) is 1;
+//   kNoNaN: no z is NaN, so the residual can be formed under the mask
+//     z > 0 instead of through the relu (add_half);
+//   kNothing: the loop takes relu(z) as network.h does, NaN and all.
+enum class Known { kNothing, kNoNaN, kAllOn };
+
 template <typename T>
 struct PointLossFromHidden {  // the same from a precomputed hidden(x[i])
   const T* h;
@@ -95,24 +103,21 @@ struct PointLossFromHidden {  // the same from a precomputed hidden(x[i])
   // Optional: the smallest h of each kChunk chunk of h (NaN if it has a
   // NaN). Where fl(min + bias) > 0 every output unit of the chunk is on,
   // relu(z) is z and relu'(z) is 1, and the AVX-512 loops skip both: the
-  // same values, three fewer operations in eleven (all_on_at).
+  // same values, three fewer operations in eleven (known_at).
   const T* chunk_min_h = nullptr;
   BIASFIT_HD LossGrad operator()(int64_t i) const {
     return loss_grad_from_hidden(h[i], y[i], bias);
   }
-  // Whether every unit of [begin, end) is on, as far as chunk_min_h tells.
-  bool all_on_at(int64_t begin, int64_t end) const {
+  // What chunk_min_h tells of the z of [begin, end), inside one chunk:
+  // every unit on where fl(min + bias) > 0; no z NaN where the chunk has
+  // no NaN h (its min is not NaN) and the bias is finite (an h of +-inf
+  // plus it stays an infinity).
+  Known known_at(int64_t begin, int64_t end) const {
     const int64_t c = begin / kChunk;
-    return chunk_min_h != nullptr && (end - 1) / kChunk == c &&
-           add_rn(chunk_min_h[c], bias) > T(0);
-  }
-  // Whether no z = h + bias of [begin, end) can be NaN: its chunk's h are
-  // none NaN (chunk_min_h is not NaN) and the bias is finite (an h of
-  // +-inf plus it stays an infinity).
-  bool no_nan_at(int64_t begin, int64_t end) const {
-    const int64_t c = begin / kChunk;
-    return chunk_min_h != nullptr && (end - 1) / kChunk == c &&
-           !std::isnan(chunk_min_h[c]) && std::isfinite(bias);
+    if (chunk_min_h == nullptr || (end - 1) / kChunk != c) return Known::kNothing;
+    if (add_rn(chunk_min_h[c], bias) > T(0)) return Known::kAllOn;
+    return !std::isnan(chunk_min_h[c]) && std::isfinite(bias) ? Known::kNoNaN
+                                                               : Known::kNothing;
   }
 };
 
@@ -312,13 +317,14 @@ BIASFIT_AVX512 inline LossGrad finish(const Acc512& a) {
                     _mm512_add_pd(a.half_grad_hi, a.half_grad_hi))};
 }
 
-// What a chunk's loop knows of its points' z = h + bias, from
-// PointLossFromHidden's chunk_min_h:
-//   kAllOn: every z > 0, so relu(z) is z and relu'(z) is 1 (all_on_at);
-//   kNoNaN: no z is NaN (no_nan_at), so the residual can be formed under
-//     the mask z > 0 instead of through the relu;
-//   kNothing: the loop takes relu(z) as network.h does, NaN and all.
-enum class Known { kNothing, kNoNaN, kAllOn };
+// half_grad + r in the active lanes, or half_grad - s where a step sums
+// s = -r (kNegated; see below): the same bits.
+template <bool kNegated>
+BIASFIT_AVX512 inline __m512d add_active(__m512d half_grad, __mmask8 active,
+                                         __m512d r) {
+  return kNegated ? _mm512_mask_sub_pd(half_grad, active, half_grad, r)
+                  : _mm512_mask_add_pd(half_grad, active, half_grad, r);
+}
 
 // Where no z is NaN, a step sums s = -r, one operation where relu(z) - y
 // takes two: s = y - z where z > 0 (the active lanes), else y = -(0 - y).
@@ -336,19 +342,15 @@ enum class Known { kNothing, kNoNaN, kAllOn };
 template <Known kKnown>
 BIASFIT_AVX512 inline void add_half(__m512d z, __m512d y, __mmask8 lanes,
                                     __m512d& loss, __m512d& half_grad) {
-  if constexpr (kKnown == Known::kNoNaN) {
-    const __mmask8 active = _mm512_mask_cmp_pd_mask(lanes, z, __m512d{}, _CMP_GT_OQ);
-    const __m512d s = _mm512_mask_sub_pd(y, active, y, z);
-    loss = _mm512_mask_mov_pd(loss, lanes, add_rn(loss, mul_rn(s, s)));
-    half_grad = _mm512_mask_sub_pd(half_grad, active, half_grad, s);
-    return;
-  }
   constexpr bool kAllOn = kKnown == Known::kAllOn;
-  const __m512d r = sub_rn(kAllOn ? z : relu(z), y);
-  loss = _mm512_mask_mov_pd(loss, lanes, add_rn(loss, mul_rn(r, r)));
+  constexpr bool kNegated = kKnown == Known::kNoNaN;
   const __mmask8 active =
       kAllOn ? lanes : _mm512_mask_cmp_pd_mask(lanes, z, __m512d{}, _CMP_GT_OQ);
-  half_grad = _mm512_mask_add_pd(half_grad, active, half_grad, r);
+  // r, or s = -r where no z is NaN
+  const __m512d r = kNegated ? _mm512_mask_sub_pd(y, active, y, z)
+                             : sub_rn(kAllOn ? z : relu(z), y);
+  loss = _mm512_mask_mov_pd(loss, lanes, add_rn(loss, mul_rn(r, r)));
+  half_grad = add_active<kNegated>(half_grad, active, r);
 }
 
 // One step of 16 float points (a whole one, or the tail under `lanes`).
@@ -370,17 +372,8 @@ BIASFIT_AVX512 inline void step_avx512(const Z& zs, const float* y, int64_t i,
   // once, exactly as chunk_sum's loss += r * r.
   a.loss_lo = _mm512_mask3_fmadd_pd(r_lo, r_lo, a.loss_lo, __mmask8(lanes));
   a.loss_hi = _mm512_mask3_fmadd_pd(r_hi, r_hi, a.loss_hi, __mmask8(lanes >> 8));
-  if constexpr (kNegated) {
-    a.half_grad_lo = _mm512_mask_sub_pd(a.half_grad_lo, __mmask8(active),
-                                        a.half_grad_lo, r_lo);
-    a.half_grad_hi = _mm512_mask_sub_pd(a.half_grad_hi, __mmask8(active >> 8),
-                                        a.half_grad_hi, r_hi);
-  } else {
-    a.half_grad_lo = _mm512_mask_add_pd(a.half_grad_lo, __mmask8(active),
-                                        a.half_grad_lo, r_lo);
-    a.half_grad_hi = _mm512_mask_add_pd(a.half_grad_hi, __mmask8(active >> 8),
-                                        a.half_grad_hi, r_hi);
-  }
+  a.half_grad_lo = add_active<kNegated>(a.half_grad_lo, __mmask8(active), r_lo);
+  a.half_grad_hi = add_active<kNegated>(a.half_grad_hi, __mmask8(active >> 8), r_hi);
 }
 
 // The same step of 16 double points: the 16 lanes as two vectors of 8
@@ -493,9 +486,7 @@ Known known_of(const Point&, int64_t, int64_t) {
 }
 template <typename T>
 Known known_of(const PointLossFromHidden<T>& p, int64_t begin, int64_t end) {
-  return p.all_on_at(begin, end)   ? Known::kAllOn
-         : p.no_nan_at(begin, end) ? Known::kNoNaN
-                                   : Known::kNothing;
+  return p.known_at(begin, end);
 }
 
 // One chunk's sum on the best instruction set, from start_loss's lanes if
