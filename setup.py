@@ -39,6 +39,14 @@ import cuda_toolkit  # noqa: E402
 # Default TORCH_CUDA_ARCH_LIST: SASS for sm_80 and sm_90, and sm_90's PTX,
 # which the driver JIT-compiles for newer GPUs.
 CUDA_ARCHS = "8.0;9.0+PTX"
+# Every #include of ours names its path from here.
+CSRC = str(ROOT / "csrc")
+
+
+def sources_in(folder: str, suffix: str) -> list:
+    """The sources of one layer of csrc/ (the headers beside them are
+    included by path from csrc/: #include "core/network.h")."""
+    return sorted(f"csrc/{folder}/{p.name}" for p in (ROOT / "csrc" / folder).glob("*" + suffix))
 
 
 def version_info():
@@ -67,7 +75,7 @@ def nvcc_flags(opt):
 
     No -std: torch's cpp_extension adds the standard its headers need.
     No FMA contraction: each point must round as eager PyTorch's separate
-    multiply and add do (see csrc/network.h).
+    multiply and add do (see csrc/core/network.h).
     """
     return opt + ["--fmad=false"]
 
@@ -103,23 +111,23 @@ def extensions():
     debug = os.environ.get("BIASFIT_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No FMA contraction: each point must round as eager PyTorch's separate
-    # multiply and add do (see csrc/network.h).
+    # multiply and add do (see csrc/core/network.h).
     cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     stable = [torch_target_macro(),
               '-DBIASFIT_TORCH_TARGET="{}.{}"'.format(*TORCH_FLOOR)]
-    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/cpu.cpp"]
-    kwargs = {"extra_compile_args": {"cxx": cxx + stable}}
+    sources = sources_in("torch_ops", ".cpp")
+    kwargs = {"extra_compile_args": {"cxx": cxx + stable}, "include_dirs": [CSRC]}
     make = cpp_extension.CppExtension
     if cuda_home is not None:
-        sources.append("csrc/cuda.cu")
+        sources += sources_in("torch_ops", ".cu")
         kwargs["define_macros"] = [("BIASFIT_WITH_CUDA", None)]
         kwargs["extra_compile_args"]["nvcc"] = nvcc_flags(opt) + stable
         make = cpp_extension.CUDAExtension
     ops = make("biasfit._C", sources, py_limited_api=True,
                extra_link_args=["-fopenmp"], **kwargs)
     direct = Extension(
-        "biasfit._direct", ["csrc/direct.cpp"], language="c++",
-        include_dirs=[pybind11.get_include()],
+        "biasfit._direct", sources_in("direct", ".cpp"), language="c++",
+        include_dirs=[CSRC, pybind11.get_include()],
         extra_compile_args=cxx + ["-fvisibility=hidden"],
         extra_link_args=["-fopenmp"])
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)

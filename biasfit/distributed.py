@@ -361,11 +361,11 @@ def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, width: int = 1
 
 
 class NativeSGD:
-    """torch.optim.SGD's update of one parameter, computed by csrc/sgd.h as
+    """torch.optim.SGD's update of one parameter, computed by csrc/core/sgd.h as
     the native trainer (fit_sgd) computes it, so an epoch loop driven from
     Python steps with fit_sgd's bits. torch.optim.SGD itself can differ in
     the last bit: its add_(grad, alpha=-lr) is a fused multiply-add on CPUs
-    that have one, and sgd.h rounds the product first as eager code does.
+    that have one, and core/sgd.h rounds the product first as eager code does.
     """
 
     def __init__(self, param, *, lr, momentum, dampening, nesterov,
@@ -403,12 +403,12 @@ def fused_parts(inputs, labels, weights, bias, hyper: dict):
     return shard_sums(local_sums, inputs, param), param, NativeSGD(param, **hyper)
 
 
-# csrc/network.h's parameter order, as fit_params and params_step take them.
+# csrc/core/network.h's parameter order, as fit_params and params_step take them.
 PARAM_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
 
 
 class NativeParams:
-    """fit_params's optimizer step (csrc/sgd.h, adam.h) of the seven
+    """fit_params's optimizer step (csrc/core/sgd.h, core/adam.h) of the seven
     parameters, through the params_step op, so an epoch loop driven from
     Python steps with the native trainer's bits (torch.optim's own step can
     differ in the last bit: see NativeSGD).

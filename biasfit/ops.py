@@ -1,6 +1,6 @@
 """Python side of the native ops: fake kernels, autograd, functional wrappers.
 
-The schemas live in csrc/ops.cpp and the input checks in csrc/checks.cpp; here the ops get what
+The schemas live in csrc/torch_ops/ops.cpp and the input checks in csrc/torch_ops/checks.cpp; here the ops get what
 torch.compile and autograd need, registered with torch.library so compiled
 graphs see them as single nodes with no graph break.
 """
@@ -15,7 +15,7 @@ _ops = torch.ops.biasfit
 #
 # The dispatcher sends a call here whenever any argument is on the meta
 # device, also when the others hold real data: so these refuse mixed devices
-# with csrc/checks.cpp's wording, rather than hand back uninitialised memory
+# with csrc/torch_ops/checks.cpp's wording, rather than hand back uninitialised memory
 # on the first argument's device.
 
 def _one_device(**tensors):
@@ -112,7 +112,7 @@ def _predict_grads_fake(grad_out, inputs, weights, bias, needs):
 # called directly with fewer bits, or fused_loss's older two-output form)
 # costs one more pass, never a silent None.
 
-# csrc/network.h's GradNeeds.
+# csrc/core/network.h's GradNeeds.
 NEED_WEIGHTS, NEED_BIAS, NEED_LABELS, NEED_INPUTS, NEED_ALL = 1, 2, 4, 8, 15
 _INPUT_BITS = (NEED_INPUTS, NEED_LABELS, NEED_WEIGHTS, NEED_BIAS)  # fused_loss's order
 

@@ -25,9 +25,9 @@ from .model import TUTORIAL_WEIGHTS
 
 ENGINES = ("autograd", "fused")
 
-# csrc/fit.h's FitStatus.
+# csrc/core/fit.h's FitStatus.
 _CONVERGED, _EXHAUSTED, _LOSS_NONFINITE, _BIAS_NONFINITE = 1, 2, 3, 4
-_INTERRUPTED = 5  # csrc/fit.h
+_INTERRUPTED = 5  # csrc/core/fit.h
 
 
 @dataclass
@@ -279,7 +279,7 @@ def _check_optimizer_holds(optimizer, model):
             f"torch.optim.SGD(model.parameters(), lr=0.1)")
 
 
-# The optimizers the fused trainer runs natively (csrc/trainer_params_cpu.h's
+# The optimizers the fused trainer runs natively (csrc/cpu/trainer_params.h's
 # OptimizerKind), with torch.optim's update rules.
 _FUSED_OPTIMIZERS = {"SGD": 0, "Adam": 1, "AdamW": 2}
 _PARAM_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
@@ -336,9 +336,9 @@ def _fit_params_fused(model, inputs, labels, optimizer, lr, epochs, tol, callbac
         opts["dampening"], opts["nesterov"], opts["weight_decay"], opts["maximize"],
         opts["beta1"], opts["beta2"], opts["eps"], opts["amsgrad"], int(epochs), float(tol))
     epoch, status, bad = info.tolist()
-    if status == _INTERRUPTED:  # Ctrl-C inside the op, which cleared it (cpu.cpp)
+    if status == _INTERRUPTED:  # Ctrl-C inside the op, which cleared it (torch_ops/cpu_ops.cpp)
         raise KeyboardInterrupt
-    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
+    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/core/fit.h
     losses, biases, final = losses[:seen].tolist(), biases[:seen].tolist(), final.tolist()
     with torch.no_grad():  # where the autograd engine leaves them
         for i, n in enumerate(_PARAM_NAMES):
@@ -437,7 +437,7 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
                               nesterov, weight_decay, maximize, epochs, tol,
                               torch.get_num_threads())
     if plain is not None:
-        # The usual call (csrc/plain_call.h: 1-D CPU data, the tutorial's
+        # The usual call (csrc/direct/plain_call.h: 1-D CPU data, the tutorial's
         # weights, plain floats): recognized and run in C, since at the
         # tutorial's size checking it in Python took as long as the fit.
         epoch, status, final, losses, packed, zero_grad = plain
@@ -512,7 +512,7 @@ def _fit_sgd_native(inputs, labels, weights, start, hyper, epochs, tol):
         inputs, labels, weights,
         torch.tensor(start, dtype=inputs.dtype, device=inputs.device), *options[1:])
     epoch, status = info.tolist()
-    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/fit.h
+    seen = epoch if status == _EXHAUSTED else epoch + 1  # csrc/core/fit.h
     losses = losses[:seen].tolist()
     # A stall that began before the last epoch repeats its loss exactly
     # (every output is 0, so the loss is sum(y^2) in the kernel's fixed
@@ -542,7 +542,7 @@ def _direct_args(inputs, labels, weights):
 
     Only what the raw call needs (1-D contiguous CPU data of one float dtype
     and one length; weights None for the tutorial's): anything else goes to
-    the op, whose checks (csrc/checks.cpp) name what is wrong."""
+    the op, whose checks (csrc/torch_ops/checks.cpp) name what is wrong."""
     dtype = inputs.dtype
     if not (dtype in _CPU_WEIGHTS and labels.dtype is dtype and inputs.is_cpu
             and labels.is_cpu and inputs.dim() == 1 and labels.dim() == 1
@@ -612,7 +612,7 @@ def _may_stall(weight_decay, momentum) -> bool:
 def _first_stall(inputs, weights, biases):
     """The first epoch e whose bias biases[e] turns every unit off and whose
     step does not go up (biases[e + 1] <= biases[e]), or None. One pass over
-    the inputs, in their dtype and network.h's order of operations."""
+    the inputs, in their dtype and core/network.h's order of operations."""
     w00, b00, w01, w10, b10, w11 = weights.unbind()
     with torch.no_grad():
         hidden = (inputs * w00 + b00).relu() * w01 + (inputs * w10 + b10).relu() * w11

@@ -1,5 +1,5 @@
 """Builds and runs tests/cuda_emu/harness.cpp: biasfit's CUDA kernels and
-host launch sequences (csrc/*.cuh, csrc/launch_cuda.h) compiled with g++
+host launch sequences (csrc/*.cuh, csrc/cuda/launch.h) compiled with g++
 over a CPU emulation of CUDA. See tests/cuda_emu/cuda_emu.h."""
 import os
 import shutil
@@ -14,7 +14,7 @@ EMU = ROOT / "tests" / "cuda_emu"
 GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 
 # As the CPU build (setup.py): no FMA contraction. The device code also goes
-# through csrc/rounding.h, but the harness's host math must round the same.
+# through csrc/core/rounding.h, but the harness's host math must round the same.
 FLAGS = ["-std=c++20", "-pthread", "-ffp-contract=off", "-Wall", "-Wextra",
          "-Wno-unknown-pragmas"]
 TSAN_FLAGS = ["-O1", "-g", "-fsanitize=thread"]
@@ -129,7 +129,7 @@ class Harness:
                 np.fromfile(d / "out_biases.bin", dtype),
                 np.fromfile(d / "out_info.bin", np.int64), counts)
 
-    # -- every gradient (csrc/kernels_grads_cuda.cuh, kernels_params_cuda.cuh)
+    # -- every gradient (csrc/cuda/kernels_grads.cuh, cuda/kernels_params.cuh)
 
     def loss_grads(self, workdir, x, y, weights, bias, needs=15):
         """fused_loss_grads: (loss, weights_grad[6] or None, bias_grad, dy or

@@ -1,9 +1,9 @@
 """A sequential NumPy model of the CUDA kernels' documented summing order
-(csrc/reduce_cuda.cuh) and of the trainer's epoch (csrc/fit.h, csrc/sgd.h),
+(csrc/cuda/reduce.cuh) and of the trainer's epoch (csrc/core/fit.h, csrc/core/sgd.h),
 written from the comments, not the code: what the emulated kernels must
 equal bit for bit.
 
-Per point, network.h's math in the data's dtype (NumPy rounds each float32
+Per point, core/network.h's math in the data's dtype (NumPy rounds each float32
 operation to float32, as the kernels do); sums in float64:
   - points go in groups of VEC = 16 bytes; grid_blocks(n) blocks of 256
     threads; thread t adds groups t, t + S, t + 2S, ... (S = threads in the
@@ -111,7 +111,7 @@ def fused_loss_sums(x, y, w, bias):
     return grid_sum(loss, x.dtype), grid_sum(grad, x.dtype)
 
 
-# -- every gradient (csrc/network.h's "every gradient", kernels_grads_cuda.cuh)
+# -- every gradient (csrc/core/network.h's "every gradient", cuda/kernels_grads.cuh)
 #
 # Per point, the forward in the data's dtype T: a0 = x w00 + b00,
 # a1 = x w10 + b10, h0 = relu(a0), h1 = relu(a1), z = (h0 w01 + h1 w11) + bias.
@@ -173,7 +173,7 @@ def predict_grads_sums(x, grad_out, w, bias):
 
 def sgd_step(state, bias, grad, lr, momentum, dampening, nesterov, weight_decay,
              maximize):
-    """csrc/sgd.h, in the parameter's type T (each hyperparameter rounded to T)."""
+    """csrc/core/sgd.h, in the parameter's type T (each hyperparameter rounded to T)."""
     T = type(bias)
     if maximize:
         grad = -grad
@@ -191,7 +191,7 @@ def sgd_step(state, bias, grad, lr, momentum, dampening, nesterov, weight_decay,
 def fit(x, y, w, bias, lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
         weight_decay=0.0, maximize=False, epochs=100, tol=1e-4):
     """fit_sgd's outputs (final bias, losses, biases, [epoch, status]) by
-    csrc/fit.h's end of an epoch over grid sums."""
+    csrc/core/fit.h's end of an epoch over grid sums."""
     T = x.dtype.type
     bias = T(bias)
     losses, biases = np.zeros(epochs, x.dtype), np.zeros(epochs, x.dtype)

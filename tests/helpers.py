@@ -29,18 +29,18 @@ def rel_err(a, b):
     return abs(a - b) / max(abs(b), 1e-300)
 
 
-# The CPU trainer may regroup the points by hidden value (csrc/active_set_cpu.h)
-# when its cost model says so (trainer_cpu.h's choose_plan); BIASFIT_TRAINER_PLAN
+# The CPU trainer may regroup the points by hidden value (csrc/cpu/active_set.h)
+# when its cost model says so (cpu/trainer.h's choose_plan); BIASFIT_TRAINER_PLAN
 # forces a plan. REGROUP_EPOCHS: a fit long enough to regroup where forced;
-# CHUNK: reduce_cpu.h's kChunk.
+# CHUNK: cpu/reduce.h's kChunk.
 REGROUP_EPOCHS, CHUNK = 32, 1 << 14
 
 
 def regrouped_order(x, w):
-    """csrc/active_set_cpu.h's order: a stable sort on the top 12 bits of an
+    """csrc/cpu/active_set.h's order: a stable sort on the top 12 bits of an
     order-preserving key of float32(hidden(x))."""
     w00, b00, w01, w10, b10, w11 = w
-    h = (x * w00 + b00).relu() * w01 + (x * w10 + b10).relu() * w11  # network.h's order
+    h = (x * w00 + b00).relu() * w01 + (x * w10 + b10).relu() * w11  # core/network.h's order
     u = h.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     key = torch.where(u >= 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000) >> 20
     return torch.sort(key, stable=True).indices
@@ -53,7 +53,7 @@ def cpu_trainer_order(x, w, epochs):
 
     if x.device.type != "cpu":
         return None
-    # trainer_cpu.h's off_share: up to 1024 evenly spaced points.
+    # cpu/trainer.h's off_share: up to 1024 evenly spaced points.
     n = x.numel()
     samples = min(n, 1024, max(64, n // 16))
     at = torch.tensor([j * n // samples for j in range(samples)])

@@ -2,7 +2,7 @@
 
 The trainer (fit_sgd) sums each epoch with its own hand-vectorized loop over
 precomputed hidden values; fused_loss evaluates the whole network per point;
-the all-seven pass (fused_loss_grads, fit_params) runs network.h on SIMD
+the all-seven pass (fused_loss_grads, fit_params) runs core/network.h on SIMD
 vectors. Each must give the same bits on AVX-512, on AVX2 and on the
 baseline kernels (BIASFIT_CPU_KERNEL=avx2 or =baseline forces a lower set),
 for any thread count.
@@ -41,7 +41,7 @@ def fit_sgd(x, y, w, b, epochs):
 
 
 # From bias 80 every output unit is on (hidden >= -69.4 on special_problem's
-# x), and the trainer's chunks take their all-on loop (kernels_cpu.h).
+# x), and the trainer's chunks take their all-on loop (cpu/kernels.h).
 ALL_ON_BIAS = 80.0
 
 
@@ -73,7 +73,7 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype, start, monkeypa
 @pytest.mark.parametrize("bad", ["nan x", "inf", "-inf", "nan"])
 def test_trainer_epoch_with_values_not_finite_is_fused_loss(bad, plan, dtype, monkeypatch):
     # Where no z = h + bias can be NaN, the AVX-512 loops sum -r under the
-    # mask z > 0 instead of relu(z) - y (kernels_cpu.h, Known::kNoNaN),
+    # mask z > 0 instead of relu(z) - y (cpu/kernels.h, Known::kNoNaN),
     # which would give a NaN z's point y^2 where relu gives NaN. A chunk
     # holding a NaN h, and a bias that is not finite, must take relu's
     # path: the first epoch's loss is fused_loss's (over the regrouped
@@ -273,11 +273,11 @@ def test_fit_params_same_bits_for_any_thread_count():
     assert results[0][2] == [6, 2, -1]  # every epoch ran
 
 
-LANES = 16  # csrc/reduce_cpu.h's kLanes
+LANES = 16  # csrc/cpu/reduce.h's kLanes
 
 
 def cpu_order_sum(values):
-    """reduce_cpu.h's documented order, in float64: chunks of CHUNK points;
+    """cpu/reduce.h's documented order, in float64: chunks of CHUNK points;
     in a chunk, point i adds into lane i % LANES (lanes start at +0.0), the
     lanes combine in the tree l[k] += l[k + w] for w = 8, 4, 2, 1; the chunk
     sums combine pairwise ((c0 + c1) + (c2 + c3)) + ... ."""
@@ -301,7 +301,7 @@ def cpu_order_sum(values):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 15, 16, 17, 33, CHUNK + 3, 2 * CHUNK + 37])
 def test_sums_follow_the_documented_order(n, dtype):
-    # The per-point values in the data's dtype, as network.h evaluates them
+    # The per-point values in the data's dtype, as core/network.h evaluates them
     # (torch's eager ops round each multiply and add alike), summed in the
     # order above in Python floats: every kernel, small chunks included,
     # must give exactly these bits.

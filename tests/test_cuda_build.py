@@ -1,4 +1,4 @@
-"""The CUDA build without a GPU: setup.py's CUDA settings, csrc/cuda.cu
+"""The CUDA build without a GPU: setup.py's CUDA settings, csrc/torch_ops/cuda_ops.cu
 compiling with nvcc wherever nvcc exists (tools/check_cuda_compile.py), and
 every kernel's PTX free of anything the GPU could fuse into an FMA."""
 import os
@@ -108,7 +108,7 @@ def test_biasfit_cuda_1_fails_early_with_the_reason_and_writes_nothing(tmp_path)
 
 # -- the kernels' math is free of FMA contraction, whatever the flags ------------------
 
-# CUDA's own pow (adam.h's beta^step) is the one function allowed plain
+# CUDA's own pow (core/adam.h's beta^step) is the one function allowed plain
 # operations and fused multiply-adds: its accuracy is CUDA's business. Its
 # special cases, inlined into the kernels, leave plain adds (x + y for NaN)
 # there; an add with no plain multiply beside it has nothing to fuse with.
@@ -144,17 +144,17 @@ def probe_ptx(tmp_path, source, csrc=ROOT / "csrc"):
 def test_kernel_math_has_nothing_to_fuse_even_with_fmad_true(tmp_path):
     # tests/cuda_emu/fma_probe.cu instantiates every kernel (fused_loss,
     # fit_sgd, every gradient, fit_params) for both dtypes: with contraction
-    # allowed, every multiply must still be a round-to-nearest one (rounding.h)
+    # allowed, every multiply must still be a round-to-nearest one (core/rounding.h)
     # and no FMA may appear, so each point rounds as on the CPU.
     ptx = probe_ptx(tmp_path, ROOT / "tests" / "cuda_emu" / "fma_probe.cu")
     assert "fit_params_one_block_kernel" in ptx and "ParamSumsSink" in ptx
     assert contractible(ptx) == []
-    # The check bites: sgd.h's step written as plain operators is caught.
+    # The check bites: core/sgd.h's step written as plain operators is caught.
     mutant = tmp_path / "csrc"
     shutil.copytree(ROOT / "csrc", mutant)
-    sgd = (mutant / "sgd.h").read_text()
+    sgd = (mutant / "core/sgd.h").read_text()
     step = "return add_rn(param, mul_rn(T(-o.lr), grad));"
     assert step in sgd
-    (mutant / "sgd.h").write_text(sgd.replace(step, "return param + T(-o.lr) * grad;"))
+    (mutant / "core/sgd.h").write_text(sgd.replace(step, "return param + T(-o.lr) * grad;"))
     assert contractible(probe_ptx(tmp_path, ROOT / "tests" / "cuda_emu" / "fma_probe.cu",
                                   csrc=mutant)) != []

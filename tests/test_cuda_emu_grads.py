@@ -288,7 +288,7 @@ def test_zero_epochs_and_the_poll(emu, tmp_path):
     for epochs in (0, 1):
         got = check_fit_params(emu, tmp_path, x, y, kind=1, lr=1e-9, tol=0.0, epochs=epochs)
         assert list(got[3]) == [epochs, 2, -1]
-    # Converged at epoch 0 of 1000: the poll every 64 epochs (launch_cuda.h's
+    # Converged at epoch 0 of 1000: the poll every 64 epochs (cuda/launch.h's
     # queue_epochs, fit_sgd's too) stops the queueing of no-op epochs.
     got = check_fit_params(emu, tmp_path, x, y, kind=2, tol=1e30, epochs=1000)
     assert list(got[3]) == [0, 1, -1] and int(got[4]["launches"]) <= 2 * 64 + 2

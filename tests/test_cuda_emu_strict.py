@@ -104,23 +104,23 @@ def test_threadsanitizer_finds_no_race_in_the_kernels(emu_tsan, tmp_path):
 
 
 def test_a_removed_barrier_is_caught(tmp_path):
-    # A mutant of reduce_cuda.cuh without block_sum's __syncthreads(): warp 0
+    # A mutant of cuda/reduce.cuh without block_sum's __syncthreads(): warp 0
     # then reads the other warps' sums before they are written. Under TSan
     # the harness must report the race or give wrong sums.
     if not tsan_works():
         pytest.fail("g++ cannot build with -fsanitize=thread (libtsan missing?)")
     mutant = tmp_path / "csrc"
     shutil.copytree(eh.CSRC, mutant)
-    source = (mutant / "reduce_cuda.cuh").read_text()
+    source = (mutant / "cuda/reduce.cuh").read_text()
     start = source.index("S block_sum(S v")  # the template for every kind of sum
     barrier = source[start:].index("__syncthreads();")
     cut = start + barrier
-    (mutant / "reduce_cuda.cuh").write_text(source[:cut] + source[cut + len("__syncthreads();"):])
+    (mutant / "cuda/reduce.cuh").write_text(source[:cut] + source[cut + len("__syncthreads();"):])
     h = eh.Harness(eh.build(tmp_path / "mutant", eh.TSAN_FLAGS, csrc=mutant), env=TSAN_ENV)
     try:
         results = quick_set(h, tmp_path)
     except eh.Failed as failed:
         assert "ThreadSanitizer: data race" in failed.output, failed.output
-        assert "reduce_cuda.cuh" in failed.output
+        assert "cuda/reduce.cuh" in failed.output
     else:
         assert not all(results.values()), "the mutant gave the model's sums"

@@ -1,7 +1,7 @@
 """The CUDA kernels and their host launch sequences, run on the CPU.
 
-tests/cuda_emu/harness.cpp compiles csrc/kernels_cuda.cuh, reduce_cuda.cuh
-and launch_cuda.h, the text cuda.cu compiles with nvcc, with g++ over an
+tests/cuda_emu/harness.cpp compiles csrc/cuda/kernels.cuh, cuda/reduce.cuh
+and cuda/launch.h, the text torch_ops/cuda_ops.cu compiles with nvcc, with g++ over an
 emulation of CUDA (tests/cuda_emu/cuda_emu.h): real threads per block,
 barriers and warp shuffles that refuse misuse. Here its results must equal
 a sequential NumPy model of the documented summing order bit for bit

@@ -1,5 +1,5 @@
 """fit_fused's three routes give one result: the plain call recognized in C
-(csrc/plain_call.h: 1-D CPU data, the tutorial's weights, plain floats),
+(csrc/direct/plain_call.h: 1-D CPU data, the tutorial's weights, plain floats),
 the general path's direct call (any argument types, given weights), and the
 op (views, other devices)."""
 import numpy as np

@@ -9,7 +9,7 @@ from biasfit import ops, reference
 from biasfit.model import WEIGHT_NAMES
 from helpers import random_problem
 
-CHUNK = 1 << 14  # csrc/reduce_cpu.h's kChunk
+CHUNK = 1 << 14  # csrc/cpu/reduce.h's kChunk
 SIZES = [1, 2, 3, 7, 1001, CHUNK - 1, CHUNK + 1, 3 * CHUNK + 5, 1_000_000]
 DTYPES = [torch.float32, torch.float64]
 PARAMS = WEIGHT_NAMES + ("final_bias",)

@@ -112,7 +112,7 @@ def test_native_params_step_as_fit_params(dtype, trained, settings):
     params = torch.cat([w, b.reshape(1) - 2])
     bits, options, epochs = TRAINED[trained], dict(FIT_OPTIONS, **STEP_SETTINGS[settings]), 40
     final, want_losses, _, info = fit_params(x, y, params, bits, options, epochs)
-    assert info.tolist() == [epochs, 2, -1]  # ran out its epochs (csrc/fit.h)
+    assert info.tolist() == [epochs, 2, -1]  # ran out its epochs (csrc/core/fit.h)
     local_sums, native = fused_params_parts(x, y, params, bits, options)
     index = [i for i in range(7) if bits >> i & 1]
     losses = []

@@ -1,5 +1,5 @@
 """The CPU trainer's plan: how a fit of final_bias reads its points
-(csrc/trainer_cpu.h's choose_plan). Streamed epochs recompute hidden(x);
+(csrc/cpu/trainer.h's choose_plan). Streamed epochs recompute hidden(x);
 hidden-once epochs read a buffer filled once; regrouped ones skip the
 points whose output units are off (whole chunks, and 128-point spans of
 the rest); closed ones (float64) sum the chunks whose units are all on from

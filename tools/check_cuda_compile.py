@@ -1,4 +1,4 @@
-"""Compiles csrc/cuda.cu with nvcc as setup.py's CUDA build would, anywhere.
+"""Compiles csrc/torch_ops/cuda_ops.cu with nvcc as setup.py's CUDA build would, anywhere.
 
 Where nvcc exists but torch is a CPU build (no GPU, as on our CI machine),
 setup.py rightly refuses BIASFIT_CUDA=1, so nothing would notice CUDA sources
@@ -74,7 +74,8 @@ def nvcc_command(nvcc, out):
         defines.append("C10_CUDA_NO_CMAKE_CONFIGURE_FILE")
     os.environ["TORCH_CUDA_ARCH_LIST"] = setup.cuda_arch_list()
     flags = setup.nvcc_flags(["-O3"])
-    return ([nvcc, "-c", str(ROOT / "csrc" / "cuda.cu"), "-o", str(out)]
+    return ([nvcc, "-c", str(ROOT / "csrc" / "torch_ops" / "cuda_ops.cu"), "-o", str(out),
+             f"-I{ROOT / 'csrc'}"]
             + [f"-isystem={p}" for p in system_includes]
             + [f"-D{d}" for d in defines]
             + cpp_extension.COMMON_NVCC_FLAGS + ["--compiler-options", "-fPIC"]
@@ -111,7 +112,7 @@ def main(argv=None):
         if warned:
             print(f"check_cuda_compile: {len(warned)} warning(s)", file=sys.stderr)
             return 1
-        print(f"check_cuda_compile: csrc/cuda.cu compiled for "
+        print(f"check_cuda_compile: csrc/torch_ops/cuda_ops.cu compiled for "
               f"{os.environ['TORCH_CUDA_ARCH_LIST']} ({out.stat().st_size} bytes)")
     return 0
 

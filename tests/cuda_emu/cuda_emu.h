@@ -1,5 +1,5 @@
 // Runs CUDA device code on the CPU, for the tests: the subset of CUDA that
-// biasfit's kernels use (csrc/reduce_cuda.cuh, csrc/kernels_cuda.cuh), so
+// biasfit's kernels use (csrc/cuda/reduce.cuh, csrc/cuda/kernels.cuh), so
 // that g++ compiles those very headers and tests/cuda_emu/harness.cpp runs
 // them. Not shipped.
 //

@@ -1,4 +1,4 @@
-// csrc/launch_cuda.h's Launcher for the emulation (cuda_emu.h): what the
+// csrc/cuda/launch.h's Launcher for the emulation (cuda_emu.h): what the
 // host sequences ask of the CUDA runtime, done on the CPU. The "stream" runs
 // each launch to the end before the next (CUDA's stream order, trivially);
 // a copy lands at once but its "event" reports ready only after

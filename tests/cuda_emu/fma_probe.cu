@@ -1,8 +1,8 @@
-// Instantiates every kernel of csrc/kernels_cuda.cuh for both dtypes, for
+// Instantiates every kernel of csrc/cuda/kernels.cuh for both dtypes, for
 // tests/test_cuda_build.py: compiled to PTX with FMA contraction ON
 // (--fmad=true), their math must still contain no fused multiply-add,
-// because csrc/rounding.h rounds each multiply and add on its own.
-#include "launch_cuda.h"
+// because csrc/core/rounding.h rounds each multiply and add on its own.
+#include "cuda/launch.h"
 
 namespace bc = biasfit::cuda;
 

@@ -1,4 +1,4 @@
-// Runs biasfit's CUDA ops on the CPU: csrc/launch_cuda.h's host sequences,
+// Runs biasfit's CUDA ops on the CPU: csrc/cuda/launch.h's host sequences,
 // unchanged, over the emulation (cuda_emu.h, emu_launcher.h). Driven by
 // tests/emu_harness.py, one op a process:
 //
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "launch_cuda.h"
+#include "cuda/launch.h"
 
 namespace {
 
@@ -96,7 +96,7 @@ FitOptions fit_options(const Args& a) {
 // The ops of every gradient. out.bin: loss_grads [loss, 6 weight grads,
 // bias grad] in T (0 where not asked); loss_grads_sums the 8 float64 sums;
 // predict_grads [6 weight grads, bias grad] in T. out_dy.bin, out_dx.bin:
-// the per-point gradients where asked (needs, network.h's GradNeeds bits).
+// the per-point gradients where asked (needs, core/network.h's GradNeeds bits).
 template <typename T>
 void run_grads_op(const std::string& op, const Args& a, EmuLauncher& l,
                   const T* w, const T* bias) {

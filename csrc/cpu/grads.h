@@ -1,16 +1,16 @@
-// The CPU loops for every gradient (network.h's "every gradient"): the
+// The CPU loops for every gradient (core/network.h's "every gradient"): the
 // parameter gradients summed like the bias gradient (fixed chunks, lanes and
-// trees of reduce_cpu.h, in double), the per-point ones written in place.
-// Free of torch, like kernels_cpu.h: the ops (cpu.cpp) and the trainer
-// (trainer_params_cpu.h) both use it.
+// trees of cpu/reduce.h, in double), the per-point ones written in place.
+// Free of torch, like cpu/kernels.h: the ops (torch_ops/cpu_ops.cpp) and the trainer
+// (cpu/trainer_params.h) both use it.
 #pragma once
 
 #include <cstdint>
 
-#include "grads_simd_cpu.h"
-#include "kernels_cpu.h"
-#include "network.h"
-#include "reduce_cpu.h"
+#include "cpu/grads_simd.h"
+#include "cpu/kernels.h"
+#include "core/network.h"
+#include "cpu/reduce.h"
 
 namespace biasfit {
 namespace cpu {
@@ -75,7 +75,7 @@ struct PointPredictGrads {
 
 // One chunk's running ParamSums: point i adds into lane i % kLanes, and the
 // lanes combine in Lanes::finish's tree, so the loss and bias sums are
-// fused_loss's bit for bit. The SIMD kernels (grads_simd_cpu.h) fill the
+// fused_loss's bit for bit. The SIMD kernels (cpu/grads_simd.h) fill the
 // lanes themselves and finish with the same tail and tree. kParams false:
 // only the loss is summed (per-point gradients alone were asked for).
 struct ParamLanes {
@@ -122,9 +122,9 @@ BIASFIT_HD ParamSums chunk_param_sums(const Point& point, int64_t begin,
 }
 
 // Compiled for AVX-512, AVX2 and the baseline, chosen at run time as
-// sum_chunk (kernels_cpu.h's kIsa); all add in the same order, so they give
+// sum_chunk (cpu/kernels.h's kIsa); all add in the same order, so they give
 // the same bits. The contiguous all-seven points (the trainer's epochs) take
-// the hand-vectorized lanes of grads_simd_cpu.h; the others gcc's own
+// the hand-vectorized lanes of cpu/grads_simd.h; the others gcc's own
 // compilation of the loop.
 template <bool kParams, typename Point>
 BIASFIT_AVX512 ParamSums param_chunk_avx512(const Point& p, int64_t begin,

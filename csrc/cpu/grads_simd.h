@@ -1,16 +1,16 @@
 // The all-seven pass (loss and the seven parameter gradient sums) over
 // contiguous points, vectorized by hand for AVX2 and AVX-512: gcc keeps
-// grads_cpu.h's chunk loop scalar (2-2.7 ns a point a core on the 2-core
+// cpu/grads.h's chunk loop scalar (2-2.7 ns a point a core on the 2-core
 // Zen 4 EPYC; this loop 0.85 on AVX-512, 1.3-1.6 on AVX2; on the Zen 5
 // EPYC, float data, 0.46 with the forward on 8 floats, 0.41 on 16).
 //
-// No second copy of the math: network.h's forward, relu and
+// No second copy of the math: core/network.h's forward, relu and
 // loss_param_grads_wide run on GCC vector types, W points at once. The
 // forward runs in the data's type (W floats or W doubles), is widened lane by
 // lane to W doubles (exact), and the derivatives and sums run in double as
 // for a scalar point. Point i still adds into lane i % kLanes (kLanes / W
 // vectors of accumulators a step), so the lanes hold exactly what
-// grads_cpu.h's scalar loop puts there, and the same tail and tree finish
+// cpu/grads.h's scalar loop puts there, and the same tail and tree finish
 // them: the same bits, which tests/test_cpu_kernels.py checks per kernel.
 #pragma once
 
@@ -21,16 +21,16 @@
 #include <type_traits>
 #include <utility>
 
-#include "kernels_cpu.h"  // Relu<__m256>
-#include "network.h"
-#include "reduce_cpu.h"
+#include "cpu/kernels.h"  // Relu<__m256>
+#include "core/network.h"
+#include "cpu/reduce.h"
 
 namespace biasfit {
 namespace cpu {
 
 // kBytes: a vector register's width, 32 (AVX2) or 64 (AVX-512). D: that
-// many bytes of doubles. x86's own types, so that network.h's relu takes
-// kernels_cpu.h's one-instruction max.
+// many bytes of doubles. x86's own types, so that core/network.h's relu takes
+// cpu/kernels.h's one-instruction max.
 template <int kBytes>
 struct Simd;
 // F: the floats a float forward runs on, one or two D's worth (kParts):
@@ -87,16 +87,16 @@ struct WidenLanes {
   }
 };
 
-// The per-ISA pieces the loop below needs beyond network.h's operators, as
-// GCC builtins for the reason kernels_cpu.h gives for its relu (they expand
+// The per-ISA pieces the loop below needs beyond core/network.h's operators, as
+// GCC builtins for the reason cpu/kernels.h gives for its relu (they expand
 // in the instruction set of the kernel they are inlined into).
 //   positive_part<P>(v): per lane v > 0 (false for NaN), for v of the
 //                     data's type before any widening, in the lanes of
 //                     part P of the forward's vector: a mask for mul_where.
 //   active_part<P>(a, h): relu'(a) as such a mask, given h = relu(a)
-//                     widened (h > 0 is a > 0 for every a, network.h's
+//                     widened (h > 0 is a > 0 for every a, core/network.h's
 //                     test): from whichever is cheaper.
-//   mul_where(m,a,b): a * b where m, else +0.0: network.h's
+//   mul_where(m,a,b): a * b where m, else +0.0: core/network.h's
 //                     `c ? mul_rn(a, b) : D{}`.
 //   fma(a, b, c):     a * b + c rounded once.
 // AVX-512 keeps the masks in mask registers, so a test costs one compare of
@@ -169,14 +169,14 @@ struct Lanewise<32> {
 // kLanes, for whole steps of kLanes points; returns where it stopped (the
 // tail, fewer than kLanes points, is the caller's).
 //
-// The derivatives are network.h's loss_param_grads_wide (through
+// The derivatives are core/network.h's loss_param_grads_wide (through
 // backward_wide) spelled out for these registers, in the same operations:
 //   g = z > 0 ? 2 r : 0,   d0 = a0 > 0 ? g w01 : 0,   d1 = a1 > 0 ? g w11 : 0
 //   loss += r r,  W00 += d0 x,  B00 += d0,  W01 += g h0,
 //                 W10 += d1 x,  B10 += d1,  W11 += g h1,  bias += g
 // Two differences, both the same bits:
 // - the tests run on the forward's values in the data's type (z > 0 on
-//   the float z is the widened z > 0, and a0 > 0 is network.h's
+//   the float z is the widened z > 0, and a0 > 0 is core/network.h's
 //   relu(a0) > 0 for every a0), so z, a0 and a1 are never widened (AVX2
 //   tests the widened h0, h1 instead: Lanewise::active_part);
 // - for float data, r r, g h0 and g h1 are products of two floats (g = 2 r

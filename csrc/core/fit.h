@@ -12,8 +12,8 @@
 
 #include <cstdint>
 
-#include "network.h"
-#include "sgd.h"
+#include "core/network.h"
+#include "core/sgd.h"
 
 namespace biasfit {
 
@@ -39,7 +39,7 @@ BIASFIT_HD bool is_finite(T v) {
 }
 
 // An epoch's stop test before its step, shared by the trainers' end of an
-// epoch (FitState here, ParamFitState in fit_params.h): the status a fit
+// epoch (FitState here, ParamFitState in core/fit_params.h): the status a fit
 // ends with at this loss, or kRunning to step.
 template <typename T>
 BIASFIT_HD int64_t stop_before_step(T loss, double tol) {

@@ -1,6 +1,6 @@
-// The input checks of every op (see checks.h), run by each backend's kernel
+// The input checks of every op (see torch_ops/checks.h), run by each backend's kernel
 // before it touches data.
-#include "checks.h"
+#include "torch_ops/checks.h"
 
 #include <torch/csrc/stable/device.h>
 

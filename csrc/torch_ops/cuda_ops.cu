@@ -1,9 +1,9 @@
-// The CUDA ops: the stable-ABI plumbing around launch_cuda.h. Checks the
-// inputs (checks.h, as the CPU ops), turns tensors into pointers, and gives
-// launch_cuda.h's host sequences a CudaLauncher: torch's current stream, its
+// The CUDA ops: the stable-ABI plumbing around cuda/launch.h. Checks the
+// inputs (torch_ops/checks.h, as the CPU ops), turns tensors into pointers, and gives
+// cuda/launch.h's host sequences a CudaLauncher: torch's current stream, its
 // allocator for scratch memory, and the status poll's CUDA calls. The
-// kernels (kernels_cuda.cuh, reduce_cuda.cuh) and the order they are queued
-// in (launch_cuda.h) are torch-free headers that the test harness
+// kernels (cuda/kernels.cuh, cuda/reduce.cuh) and the order they are queued
+// in (cuda/launch.h) are torch-free headers that the test harness
 // (tests/cuda_emu/) also runs, on the CPU.
 //
 // Nothing here waits for the GPU: scalars such as the bias are read by the
@@ -23,10 +23,10 @@
 #include <utility>
 #include <vector>
 
-#include "checks.h"
-#include "fit.h"
-#include "launch_cuda.h"
-#include "network.h"
+#include "torch_ops/checks.h"
+#include "core/fit.h"
+#include "cuda/launch.h"
+#include "core/network.h"
 
 namespace biasfit {
 namespace cuda {
@@ -38,7 +38,7 @@ static_assert(sizeof(ParamSums) == (1 + kNumParams) * sizeof(double),
               "ParamSums partials are eight doubles");
 
 // Only reachable by redispatching with CPU tensors: the dispatcher sends a
-// call here when any argument is on CUDA, and the checks in checks.cpp have
+// call here when any argument is on CUDA, and the checks in torch_ops/checks.cpp have
 // already put every argument on inputs' device.
 void check_on_cuda(const Tensor& inputs) {
   if (!inputs.is_cuda()) {
@@ -75,7 +75,7 @@ class RelaxedCaptureMode {
   cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
 };
 
-// launch_cuda.h's Launcher on a GPU: every launch on torch's current stream
+// cuda/launch.h's Launcher on a GPU: every launch on torch's current stream
 // of `like`'s device, scratch from torch's (stream-ordered) allocator.
 class CudaLauncher {
  public:
@@ -284,7 +284,7 @@ FitOutputs fit_sgd_cuda(const Tensor& inputs, const Tensor& labels,
 // ---- every gradient ---------------------------------------------------------
 
 // A fresh tensor of inputs' shape where a per-point gradient is asked for,
-// else an empty one (the schema's outputs always exist), as cpu.cpp's.
+// else an empty one (the schema's outputs always exist), as torch_ops/cpu_ops.cpp's.
 Tensor per_point_grad(const Tensor& like, bool asked) {
   return asked ? new_tensor(like, like.sizes()) : new_tensor(like, {0});
 }

@@ -1,5 +1,5 @@
-// CPU kernels as stable-ABI ops: checks (checks.cpp), then the torch-free
-// loops of kernels_cpu.h and trainer_cpu.h.
+// CPU kernels as stable-ABI ops: checks (torch_ops/checks.cpp), then the torch-free
+// loops of cpu/kernels.h and cpu/trainer.h.
 #include <Python.h>  // limited API: fit_params's Ctrl-C
 
 #include <torch/csrc/stable/library.h>
@@ -9,13 +9,13 @@
 #include <cstring>
 #include <optional>
 
-#include "adam.h"
-#include "checks.h"
-#include "grads_cpu.h"
-#include "kernels_cpu.h"
-#include "sgd.h"
-#include "trainer_cpu.h"
-#include "trainer_params_cpu.h"
+#include "core/adam.h"
+#include "torch_ops/checks.h"
+#include "cpu/grads.h"
+#include "cpu/kernels.h"
+#include "core/sgd.h"
+#include "cpu/trainer.h"
+#include "cpu/trainer_params.h"
 
 namespace biasfit {
 namespace {

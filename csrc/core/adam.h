@@ -1,12 +1,12 @@
 // torch.optim.Adam's and AdamW's update for one scalar parameter, shared by
-// the trainers as sgd.h is. It follows torch/optim/adam.py
+// the trainers as core/sgd.h is. It follows torch/optim/adam.py
 // (_single_tensor_adam, the path torch takes for CPU tensors: not
 // capturable, not foreach) line by line, in the parameter's type T, each
 // Python-float coefficient computed in double and rounded to T where the
-// tensor op rounds it. Like sgd.h, not bit for bit: torch's CPU kernels may
+// tensor op rounds it. Like core/sgd.h, not bit for bit: torch's CPU kernels may
 // fuse a multiply and an add (lerp_, addcmul_, addcdiv_) where these round
-// each on its own (rounding.h). Every operation, the double coefficients'
-// included, goes through rounding.h, so the CUDA trainer rounds as the CPU
+// each on its own (core/rounding.h). Every operation, the double coefficients'
+// included, goes through core/rounding.h, so the CUDA trainer rounds as the CPU
 // one whatever nvcc's flags; only pow (the bias corrections' beta^step) is
 // the platform's: glibc's on the CPU, CUDA's (within 2 ulp) on the GPU.
 #pragma once
@@ -14,7 +14,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "network.h"
+#include "core/network.h"
 
 namespace biasfit {
 

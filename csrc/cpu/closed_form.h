@@ -37,9 +37,9 @@
 #include <optional>
 #include <vector>
 
-#include "kernels_cpu.h"
-#include "network.h"
-#include "reduce_cpu.h"
+#include "cpu/kernels.h"
+#include "core/network.h"
+#include "cpu/reduce.h"
 
 namespace biasfit {
 namespace cpu {

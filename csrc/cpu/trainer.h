@@ -1,5 +1,5 @@
 // The CPU fused trainer: every epoch of a fit in one call, free of torch.
-// cpu.cpp runs it as the fit_sgd op; direct.cpp calls it from Python with
+// torch_ops/cpu_ops.cpp runs it as the fit_sgd op; direct/direct.cpp calls it from Python with
 // raw pointers, which is what keeps the tutorial's 3-point fit fast.
 #pragma once
 
@@ -16,10 +16,10 @@
 #include <optional>
 #include <vector>
 
-#include "active_set_cpu.h"
-#include "fit.h"
-#include "kernels_cpu.h"
-#include "on_chunks_cpu.h"
+#include "cpu/active_set.h"
+#include "core/fit.h"
+#include "cpu/kernels.h"
+#include "cpu/closed_form.h"
 
 namespace biasfit {
 namespace cpu {
@@ -31,11 +31,11 @@ namespace cpu {
 //                allocation first: on a fresh buffer the page faults alone
 //                cost ~1.7 ns a point on the 2-core EPYC VM, 5-6 epochs);
 //   kRegroup:    computed once and the points regrouped by it
-//                (active_set_cpu.h), so that epochs skip the points whose
+//                (cpu/active_set.h), so that epochs skip the points whose
 //                output units are off, a span of 128 at a time;
 //   kClosed:     float64 only: hidden once, and a chunk whose output
 //                units are all on summed in closed form from its moments
-//                (on_chunks_cpu.h), a few operations instead of a pass.
+//                (cpu/closed_form.h), a few operations instead of a pass.
 // Every plan sums the same points in the same chunks, lanes and trees, so
 // kStream and kHiddenOnce give the same bits; kRegroup sums the regrouped
 // order, and kClosed agrees with them within 1e-13. choose_plan picks the
@@ -92,7 +92,7 @@ inline const PlanCosts& plan_costs(int64_t data_bytes) {
   return data_bytes <= kL3Bytes ? kL3Costs : kMemoryCosts;
 }
 
-// Regrouping needs spans to skip (active_set_cpu.h), and its counting sort
+// Regrouping needs spans to skip (cpu/active_set.h), and its counting sort
 // zeroes and sums kBuckets counters a piece (one a thread): about
 // kRegroupFixedPoints points' worth of work on one thread (5 us), whatever
 // the size.
@@ -321,7 +321,7 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   // page faults a fit at 1e5 float64 points, a third of a regrouped fit).
   // Not value-initialized: hidden_chunk writes the first n elements (and
   // gives each chunk's smallest h: where every unit of a chunk is on, its
-  // loop skips the relu and the mask, kernels_cpu.h), build the other 2n.
+  // loop skips the relu and the mask, cpu/kernels.h), build the other 2n.
   // Each array starts on a cache line. malloc promises 16 bytes, and
   // whether a block lands on a line depends on the heap's state (a fresh
   // mmap'd block never does); off a line, every vector load of an epoch

@@ -1,8 +1,8 @@
-// The ops' input checks, in one place with check_options.h, and the few
+// The ops' input checks, in one place with core/check_options.h, and the few
 // helpers every backend's op wrapper uses on stable-ABI tensors. The schemas
-// are in ops.cpp.
+// are in torch_ops/ops.cpp.
 //
-// A failed check throws std::invalid_argument (check_options.h's fail),
+// A failed check throws std::invalid_argument (core/check_options.h's fail),
 // which Python sees as a ValueError whose message names the argument: the
 // stable ABI carries no other exception type across torch's boundary.
 #pragma once
@@ -16,10 +16,10 @@
 #include <string>
 #include <tuple>
 
-#include "check_options.h"
-#include "fit.h"
-#include "fit_params.h"
-#include "network.h"
+#include "core/check_options.h"
+#include "core/fit.h"
+#include "core/fit_params.h"
+#include "core/network.h"
 
 namespace biasfit {
 
@@ -55,7 +55,7 @@ void check_params_step_args(const Tensor& params, const Tensor& grads,
                             int64_t optimizer);
 
 // The `needs` argument of fused_loss_grads and predict_grads: a set of
-// network.h's GradNeeds bits.
+// core/network.h's GradNeeds bits.
 void check_needs(int64_t needs);
 
 // fused_loss_grads: (loss, weights_grad, bias_grad, labels_grad,

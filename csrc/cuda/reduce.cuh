@@ -1,5 +1,5 @@
 // The deterministic sum over points on the GPU, the counterpart of
-// reduce_cpu.h.
+// cpu/reduce.h.
 //
 // Every addition happens in an order fixed by n alone, never by the GPU model,
 // its number of SMs or block scheduling, so a run gives the same bits every
@@ -24,7 +24,7 @@
 //
 // 64-bit indices throughout: n may exceed 2^31.
 //
-// Free of torch and of the CUDA runtime API: csrc/cuda.cu compiles it with
+// Free of torch and of the CUDA runtime API: csrc/torch_ops/cuda_ops.cu compiles it with
 // nvcc, and the test harness (tests/cuda_emu/) with g++ over an emulation of
 // the few CUDA built-ins it uses, so the tests run this very text.
 #pragma once
@@ -32,8 +32,8 @@
 #include <cstdint>
 #include <utility>
 
-#include "fit.h"
-#include "network.h"
+#include "core/fit.h"
+#include "core/network.h"
 
 namespace biasfit {
 namespace cuda {

@@ -1,15 +1,15 @@
-// The CUDA points and sinks of every gradient (network.h's "every
+// The CUDA points and sinks of every gradient (core/network.h's "every
 // gradient"): fused_loss_grads, fused_loss_grads_sums, predict_grads and the
 // epochs of fit_params. Each point returns its loss and seven parameter
-// derivatives as a ParamSums, which reduce_cuda.cuh sums in its fixed order
+// derivatives as a ParamSums, which cuda/reduce.cuh sums in its fixed order
 // (float64, every value on its own), and writes its per-point derivatives
-// (d/dy, d/dx) where asked. Torch-free, like kernels_cuda.cuh.
+// (d/dy, d/dx) where asked. Torch-free, like cuda/kernels.cuh.
 #pragma once
 
 #include <cstdint>
 
-#include "network.h"
-#include "reduce_cuda.cuh"
+#include "core/network.h"
+#include "cuda/reduce.cuh"
 
 namespace biasfit {
 namespace cuda {
@@ -59,7 +59,7 @@ struct PredictGradsPoint {
   }
 };
 
-// The sums rounded to the data's type, as cpu.cpp's: the loss (if asked),
+// The sums rounded to the data's type, as torch_ops/cpu_ops.cpp's: the loss (if asked),
 // the six weights' gradients (if asked) and the bias's (always).
 template <typename T>
 struct ParamGradsSink {

@@ -17,12 +17,14 @@
 // Precision: each point is evaluated in the data's own type T, in the same
 // order of operations as the tutorial's PyTorch module, so float32 points
 // round exactly as eager PyTorch rounds them: every multiply and add goes
-// through rounding.h, which never fuses them into an FMA. Sums over points are the kernels' business and
+// through core/rounding.h, which never fuses them into an FMA. Sums over points are the kernels' business and
 // always run in double: r is widened first, and since a float32 squared fits
 // a double exactly, the float32 path loses nothing before the sum.
 #pragma once
 
-#include "rounding.h"
+#include <cstdint>
+
+#include "core/rounding.h"
 
 namespace biasfit {
 
@@ -44,7 +46,7 @@ struct Weights {
 // copy of the formulas. Hence T{} for zero, which both kinds of T accept.
 //
 // relu goes through a trait so that the CPU kernels can give SIMD vectors
-// the one-instruction IEEE max, which computes exactly this (kernels_cpu.h).
+// the one-instruction IEEE max, which computes exactly this (cpu/kernels.h).
 template <typename T>
 struct Relu {
   BIASFIT_HD static T of(T z) {
@@ -156,7 +158,7 @@ BIASFIT_HD Forward<T> forward(T x, const Weights<T>& w, T bias) {
 
 // The derivatives are formed from the forward's values widened to D: double
 // for a scalar point, or a vector of doubles for the CPU's SIMD kernels
-// (grads_simd_cpu.h), which run these same functions on 4 or 8 points at
+// (cpu/grads_simd.h), which run these same functions on 4 or 8 points at
 // once. Hence D{} for zero and a ternary per lane, as relu's. Widening a
 // float is exact and keeps its sign, so comparing the widened value with 0
 // is comparing the original: the results are the same bits as forming each

@@ -1,7 +1,7 @@
-// The end of an epoch for any subset of the seven parameters: fit.h's
-// FitState::end_epoch with SGD (sgd.h), Adam or AdamW (adam.h) per trained
-// parameter. Written once for the CPU trainer (trainer_params_cpu.h) and the
-// CUDA one (kernels_params_cuda.cuh), so both stop, step and fail at the
+// The end of an epoch for any subset of the seven parameters: core/fit.h's
+// FitState::end_epoch with SGD (core/sgd.h), Adam or AdamW (core/adam.h) per trained
+// parameter. Written once for the CPU trainer (cpu/trainer_params.h) and the
+// CUDA one (cuda/kernels_params.cuh), so both stop, step and fail at the
 // same epoch, with the same update rules. Free of torch.
 //
 // A plain aggregate (no constructor, no default member values), so that a
@@ -10,10 +10,10 @@
 
 #include <cstdint>
 
-#include "adam.h"
-#include "fit.h"
-#include "network.h"
-#include "sgd.h"
+#include "core/adam.h"
+#include "core/fit.h"
+#include "core/network.h"
+#include "core/sgd.h"
 
 namespace biasfit {
 
@@ -54,7 +54,7 @@ struct ParamFitState {
     return (o.trained >> p) & 1;
   }
 
-  // fit.h's FitState::end_epoch for seven parameters; biases[epoch] is the
+  // core/fit.h's FitState::end_epoch for seven parameters; biases[epoch] is the
   // final_bias the epoch was taken at, as fit_sgd's.
   BIASFIT_HD void end_epoch(const ParamSums& sum, const ParamFitOptions& o,
                             T* losses, T* biases) {

@@ -3,10 +3,10 @@
 // line and computes in the parameter's type T, with each hyperparameter
 // rounded to T first as the tensor ops do with their Python-float alpha, so
 // the fused trainer rounds like the standard optimizer step (each multiply
-// and add rounded on its own: rounding.h).
+// and add rounded on its own: core/rounding.h).
 #pragma once
 
-#include "network.h"
+#include "core/network.h"
 
 namespace biasfit {
 

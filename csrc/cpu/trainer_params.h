@@ -1,12 +1,12 @@
 // The CPU fused trainer for any subset of the seven parameters, with SGD,
-// Adam or AdamW (torch.optim's rules: sgd.h, adam.h), every epoch in one
-// call. Free of torch; cpu.cpp runs it as the fit_params op.
+// Adam or AdamW (torch.optim's rules: core/sgd.h, core/adam.h), every epoch in one
+// call. Free of torch; torch_ops/cpu_ops.cpp runs it as the fit_params op.
 //
-// An epoch is one pass of grads_cpu.h over the data (loss and the seven
-// gradient sums, deterministic), then fit_params.h's end of the epoch (the
+// An epoch is one pass of cpu/grads.h over the data (loss and the seven
+// gradient sums, deterministic), then core/fit_params.h's end of the epoch (the
 // CUDA trainer's too): record, stop on a non-finite loss or below tol, step
 // every trained parameter, stop on a non-finite parameter; an Interrupt
-// (Ctrl-C) is asked every ~100 ms. trainer_cpu.h's shortcuts (hidden(x) once
+// (Ctrl-C) is asked every ~100 ms. cpu/trainer.h's shortcuts (hidden(x) once
 // per fit, regrouping by hidden value) need a frozen hidden layer;
 // fit_params sends a fit of final_bias alone with SGD there (train.py does),
 // and does every other fit in full passes.
@@ -18,10 +18,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "fit.h"
-#include "fit_params.h"
-#include "grads_cpu.h"
-#include "trainer_cpu.h"
+#include "core/fit.h"
+#include "core/fit_params.h"
+#include "cpu/grads.h"
+#include "cpu/trainer.h"
 
 namespace biasfit {
 namespace cpu {
@@ -49,7 +49,7 @@ void end_param_epoch(ParamFitState<T>& state, const ParamSums& sums,
 }
 
 // A whole fit over x[0..n), y[0..n) (contiguous) from params[7]. Every
-// epoch in one OpenMP parallel region, as trainer_cpu.h's run_epochs: each
+// epoch in one OpenMP parallel region, as cpu/trainer.h's run_epochs: each
 // thread sums its share of the chunks into partials, the calling thread
 // combines them in deterministic_sum's tree and steps (it alone may run
 // Python's signal handlers for an Interrupt), and two barriers an epoch

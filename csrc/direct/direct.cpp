@@ -1,11 +1,11 @@
 // The Python module biasfit._direct: fit_fused's direct call into the CPU
-// trainer (trainer_cpu.h), bypassing the dispatcher.
+// trainer (cpu/trainer.h), bypassing the dispatcher.
 //
 // For the tutorial's three points the op's route (argument boxing, four
 // result tensors, .tolist()) would cost more than the whole fit, so Python
 // hands over raw pointers to contiguous CPU data it has checked the shape
 // of (biasfit/train.py decides when this path applies; everything else goes
-// through torch.ops.biasfit.fit_sgd and checks.cpp). It uses no torch type,
+// through torch.ops.biasfit.fit_sgd and torch_ops/checks.cpp). It uses no torch type,
 // so one build serves every torch; pybind11 ties it to this CPython only.
 #include <pybind11/pybind11.h>
 
@@ -13,9 +13,9 @@
 #include <stdexcept>
 #include <utility>
 
-#include "check_options.h"
-#include "plain_call.h"
-#include "trainer_cpu.h"
+#include "core/check_options.h"
+#include "direct/plain_call.h"
+#include "cpu/trainer.h"
 
 namespace biasfit {
 namespace {
@@ -69,7 +69,7 @@ py::tuple fit(uintptr_t x, uintptr_t y, int64_t n, uintptr_t weights,
     run();
   }
   if (state.status == kInterrupted) throw py::error_already_set();
-  // fit.h: a run that stopped at `epoch` evaluated epoch `epoch` too.
+  // core/fit.h: a run that stopped at `epoch` evaluated epoch `epoch` too.
   const size_t seen = size_t(state.epoch) + (state.status != kExhausted);
   return py::make_tuple(state.epoch, state.status, double(state.bias),
                         first_values(history.losses, seen),
@@ -88,14 +88,14 @@ py::tuple fit_sgd(uintptr_t x, uintptr_t y, int64_t n, uintptr_t weights,
                   bool maximize, int64_t epochs, double tol, int threads) {
   const FitOptions opt{
       {lr, momentum, dampening, weight_decay, nesterov, maximize}, epochs, tol};
-  check_fit_options(opt);  // the op's own checks (checks.cpp)
+  check_fit_options(opt);  // the op's own checks (torch_ops/checks.cpp)
   return is_double ? fit<double>(x, y, n, weights, bias, opt, threads)
                    : fit<float>(x, y, n, weights, bias, opt, threads);
 }
 
 PlainContext plain_context;
 
-// Hands over what parse_plain compares with (plain_call.h); once, at import.
+// Hands over what parse_plain compares with (direct/plain_call.h); once, at import.
 void setup_plain(py::object tensor_type, py::object float32, py::object float64,
                  uintptr_t weights32, uintptr_t weights64,
                  py::object is_initialized, int64_t max_epochs) {
@@ -116,7 +116,7 @@ void setup_plain(py::object tensor_type, py::object float32, py::object float64,
 
 // fit_fused(inputs, labels, weights, bias, lr, momentum, dampening,
 // nesterov, weight_decay, maximize, epochs, tol, threads) for a plain call
-// (plain_call.h): fit_sgd's tuple, or None for any other call. A raw
+// (direct/plain_call.h): fit_sgd's tuple, or None for any other call. A raw
 // METH_FASTCALL function: pybind11's casting of 13 arguments alone cost
 // about a tenth of the tutorial's fit.
 PyObject* fit_plain(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
@@ -149,12 +149,12 @@ PyObject* fit_plain(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyMethodDef plain_methods[] = {
     {"fit_plain", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fit_plain)),
      METH_FASTCALL,
-     "fit_fused's plain call (plain_call.h): (inputs, labels, weights, bias, "
+     "fit_fused's plain call (direct/plain_call.h): (inputs, labels, weights, bias, "
      "lr, momentum, dampening, nesterov, weight_decay, maximize, epochs, tol, "
      "threads) -> fit_sgd's tuple, or None"},
     {nullptr, nullptr, 0, nullptr}};
 
-// The CPU trainer's plan for a fit (trainer_cpu.h's choose_plan): what the
+// The CPU trainer's plan for a fit (cpu/trainer.h's choose_plan): what the
 // tests check the cost model by.
 const char* trainer_plan(int64_t n, int64_t bytes, int64_t epochs,
                          double off_share, bool closable) {

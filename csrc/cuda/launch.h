@@ -1,6 +1,6 @@
 // The host side of the CUDA ops: which kernels each op queues, in what order,
 // with what grid; written once over a Launcher, the one thing that differs
-// between the GPU (cuda.cu's CudaLauncher: streams, torch's allocator) and
+// between the GPU (torch_ops/cuda_ops.cu's CudaLauncher: streams, torch's allocator) and
 // the test harness (tests/cuda_emu/emu_launcher.h: threads on the CPU).
 //
 // A Launcher provides:
@@ -22,13 +22,13 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "fit.h"
-#include "fit_params.h"
-#include "kernels_cuda.cuh"
-#include "kernels_grads_cuda.cuh"
-#include "kernels_params_cuda.cuh"
-#include "network.h"
-#include "reduce_cuda.cuh"
+#include "core/fit.h"
+#include "core/fit_params.h"
+#include "cuda/kernels.cuh"
+#include "cuda/kernels_grads.cuh"
+#include "cuda/kernels_params.cuh"
+#include "core/network.h"
+#include "cuda/reduce.cuh"
 
 namespace biasfit {
 namespace cuda {
@@ -54,7 +54,7 @@ void predict(Launcher& l, const T* x, int64_t n, const T* weights,
 }
 
 // sink(sum over i of point(a[i], b[i], i)): partial sums by block, then one
-// block adds them (reduce_cuda.cuh's order), all on the device. extra: the
+// block adds them (cuda/reduce.cuh's order), all on the device. extra: the
 // point's per-point outputs, if any.
 template <typename Point, typename T, typename Sink, typename Launcher>
 void sum_points(Launcher& l, const Inputs<T>& in, const T* weights,
@@ -192,7 +192,7 @@ struct LossGradsPointers {
 };
 
 // fused_loss_grads: one pass of LossGradsPoint; with nothing per point and no
-// weight asked for, fused_loss's own pass, exactly as fast (as cpu.cpp).
+// weight asked for, fused_loss's own pass, exactly as fast (as torch_ops/cpu_ops.cpp).
 template <typename T, typename Launcher>
 void loss_grads(Launcher& l, const Inputs<T>& in, const T* weights,
                 const T* bias, const LossGradsPointers<T>& out) {

@@ -1,13 +1,13 @@
 // The checks of the ops' non-tensor arguments, free of torch so that the
-// direct Python call (direct.cpp) runs the very same ones as the ops
-// (checks.cpp). A failed check throws std::invalid_argument, which Python
+// direct Python call (direct/direct.cpp) runs the very same ones as the ops
+// (torch_ops/checks.cpp). A failed check throws std::invalid_argument, which Python
 // sees as a ValueError whose message names the argument.
 #pragma once
 
 #include <sstream>
 #include <stdexcept>
 
-#include "fit.h"
+#include "core/fit.h"
 
 namespace biasfit {
 

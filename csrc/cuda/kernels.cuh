@@ -1,17 +1,17 @@
-// The CUDA kernels of the ops, over network.h's math and reduce_cuda.cuh's
+// The CUDA kernels of the ops, over core/network.h's math and cuda/reduce.cuh's
 // fixed-order sum: what one point contributes, where a sum ends up, predict,
-// and the trainer's kernels. launch_cuda.h queues them; cuda.cu only turns
+// and the trainer's kernels. cuda/launch.h queues them; torch_ops/cuda_ops.cu only turns
 // tensors into pointers.
 //
 // Free of torch and of the CUDA runtime API, so that the test harness
-// (tests/cuda_emu/) runs this text on the CPU; see reduce_cuda.cuh.
+// (tests/cuda_emu/) runs this text on the CPU; see cuda/reduce.cuh.
 #pragma once
 
 #include <cstdint>
 
-#include "fit.h"
-#include "network.h"
-#include "reduce_cuda.cuh"
+#include "core/fit.h"
+#include "core/network.h"
+#include "cuda/reduce.cuh"
 
 namespace biasfit {
 namespace cuda {
@@ -43,7 +43,7 @@ struct BiasGradPoint {
   }
 };
 
-// The sums take the data's type at the end, as in cpu.cpp.
+// The sums take the data's type at the end, as in torch_ops/cpu_ops.cpp.
 template <typename T>
 struct LossSink {
   using Sum = LossGrad;
@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreads)
 //
 // The fit's state (bias, momentum buffer, epoch, status) lives on the device
 // and FitState::end_epoch runs there, in one thread; the host only queues
-// launches (launch_cuda.h says which).
+// launches (cuda/launch.h says which).
 
 template <typename T>
 __device__ void publish(const FitState<T>& state, T* final_bias,
@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads)
 // the last block of an epoch's launch that every partial is in. What
 // fit_epoch_kernel needs of a trainer: its Sum and Options, its point at the
 // current state, state.status and state.end_epoch (fit_params's trainer,
-// kernels_params_cuda.cuh, is the other one).
+// cuda/kernels_params.cuh, is the other one).
 template <typename T>
 struct FitDeviceState {
   using Sum = LossGrad;

@@ -1,6 +1,6 @@
-// The CPU kernels' loops over points, around network.h's math and
-// reduce_cpu.h's deterministic sum. Free of torch: cpu.cpp wraps them as
-// stable-ABI ops and direct.cpp calls the trainer (trainer_cpu.h) from
+// The CPU kernels' loops over points, around core/network.h's math and
+// cpu/reduce.h's deterministic sum. Free of torch: torch_ops/cpu_ops.cpp wraps them as
+// stable-ABI ops and direct/direct.cpp calls the trainer (cpu/trainer.h) from
 // Python; both compile this same text.
 #pragma once
 
@@ -13,8 +13,8 @@
 #include <limits>
 #include <type_traits>
 
-#include "network.h"
-#include "reduce_cpu.h"
+#include "core/network.h"
+#include "cpu/reduce.h"
 
 // x86's vector types (__m512, ...) carry __may_alias__, which a template
 // argument drops; the kernels never alias through them (loads go through
@@ -31,7 +31,7 @@ namespace biasfit {
 // operand when either is NaN or both are zero: z < 0 ? 0 : z exactly, NaN
 // and -0 included, in one instruction where the comparison and blend take
 // two (the streamed epoch runs 1.5x faster). GCC's builtins, not the
-// intrinsics: those carry a target attribute that network.h's generic
+// intrinsics: those carry a target attribute that core/network.h's generic
 // inline functions could not inline; a builtin expands in the instruction
 // set of the kernel it ends up in. Other compilers keep the generic form.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -92,7 +92,7 @@ struct PointLossStrided {  // the same over 1-D views (slices, expand) uncopied
 //   kAllOn: every z > 0, so relu(z) is z and relu'(z) is 1;
 //   kNoNaN: no z is NaN, so the residual can be formed under the mask
 //     z > 0 instead of through the relu (add_half);
-//   kNothing: the loop takes relu(z) as network.h does, NaN and all.
+//   kNothing: the loop takes relu(z) as core/network.h does, NaN and all.
 enum class Known { kNothing, kNoNaN, kAllOn };
 
 template <typename T>
@@ -159,7 +159,7 @@ inline const bool kHasAvx2 = kIsa != Isa::kBaseline;  // AVX2 or better
 
 // f() compiled for the best instruction set here (kIsa). f is a lambda
 // marked BIASFIT_INLINE_LAMBDA, so that its body is compiled inside each
-// of these, as network.h's inline functions are inside the kernels; a
+// of these, as core/network.h's inline functions are inside the kernels; a
 // lambda not inlined would run as the baseline's code whatever the CPU.
 #define BIASFIT_INLINE_LAMBDA __attribute__((always_inline))
 template <typename F>
@@ -202,7 +202,7 @@ LossGrad chunk_baseline(const Point& p, int64_t begin, int64_t end,
 // ---- the trainer's float32 epoch, vectorized by hand ------------------------
 //
 // gcc's own vectorization of chunk_sum widens the floats to double a few
-// lanes at a time and runs 2-3x slower. The formulas are still network.h's
+// lanes at a time and runs 2-3x slower. The formulas are still core/network.h's
 // (relu, hidden, active_residual), applied to a vector of points at once;
 // only the widening to double and the lane sums are written out here. Point
 // i + k of a step goes to lane k, as in chunk_sum, and the lanes end in the
@@ -534,7 +534,7 @@ LossGrad sum_points(const Point& p, int64_t n, int threads) {
 // h[i] = hidden(x[i]) over one chunk's points, returning their smallest h,
 // or NaN where some h is inf or NaN (h - h is then NaN, and so is any sum
 // of such terms): the buffer and PointLossFromHidden::chunk_min_h in one
-// pass. network.h's hidden on W points at once rounds every point as the
+// pass. core/network.h's hidden on W points at once rounds every point as the
 // scalar hidden does (no FMA), so the buffer's bits do not depend on the
 // instruction set.
 template <typename V, typename T>

@@ -1,6 +1,6 @@
 // The one registration point: op schemas, and the Python module biasfit._C
 // whose loading registers them. Backends register their kernels under the
-// same names in cpu.cpp and cuda.cu; checks.cpp holds the input checks.
+// same names in torch_ops/cpu_ops.cpp and torch_ops/cuda_ops.cu; torch_ops/checks.cpp holds the input checks.
 //
 // Built against PyTorch's stable ABI (TORCH_TARGET_VERSION, set by setup.py)
 // and Python's limited API: one binary serves every torch from the target
@@ -11,7 +11,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "checks.h"
+#include "torch_ops/checks.h"
 
 namespace biasfit {
 
@@ -29,7 +29,7 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
   m.def("predict_bias_grad(Tensor grad_out, Tensor inputs, Tensor weights, "
         "Tensor bias) -> Tensor");
   // fused_loss with every gradient, in one pass. needs: which to compute, as
-  // bits (csrc/network.h's GradNeeds): 1 the six weights (weights_grad[6],
+  // bits (csrc/core/network.h's GradNeeds): 1 the six weights (weights_grad[6],
   // else empty), 2 final_bias (bias_grad, 0-d: always computed, it is free),
   // 4 the labels, 8 the inputs (inputs' shape each, else empty).
   m.def("fused_loss_grads(Tensor inputs, Tensor labels, Tensor weights, "
@@ -47,7 +47,7 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
   // Every epoch of the tutorial's loop with torch.optim.SGD's update. losses[e]
   // and biases[e] are epoch e's loss and the bias it was evaluated at; only
   // the first info[0] + 1 (converged or failed) or info[0] (exhausted) are
-  // written. info = [epoch, status], status as in csrc/fit.h.
+  // written. info = [epoch, status], status as in csrc/core/fit.h.
   m.def("fit_sgd(Tensor inputs, Tensor labels, Tensor weights, Tensor bias, "
         "float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize, int epochs, float tol) -> "
@@ -64,7 +64,7 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "bool nesterov, float weight_decay, bool maximize, float beta1, "
         "float beta2, float eps, bool amsgrad, int epochs, float tol) -> "
         "(Tensor params, Tensor losses, Tensor biases, Tensor info)");
-  // One torch.optim.SGD step of a one-value parameter by csrc/sgd.h, the
+  // One torch.optim.SGD step of a one-value parameter by csrc/core/sgd.h, the
   // fused trainer's own rule: an epoch loop run from Python (the sharded
   // trainer in biasfit/distributed.py) steps with the same bits as fit_sgd.
   // momentum_buffer: None before the first step. CPU tensors.
@@ -72,7 +72,7 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "float lr, float momentum, float dampening, bool nesterov, "
         "float weight_decay, bool maximize) -> "
         "(Tensor param, Tensor momentum_buffer)");
-  // One step of fit_params's optimizer (csrc/sgd.h, adam.h) for the seven
+  // One step of fit_params's optimizer (csrc/core/sgd.h, core/adam.h) for the seven
   // parameters at once, with fit_params's options: params[p] for each bit p
   // of trained steps with grads[p] (params' dtype), the others are copied.
   // state: float64 [7, 4], per parameter (momentum buffer or exp_avg,
@@ -89,7 +89,7 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
 namespace {
 // In a build without CUDA, a CUDA tensor would otherwise meet the
 // dispatcher's generic "could not run ... with arguments from the 'CUDA'
-// backend". With CUDA, cuda.cu registers every op.
+// backend". With CUDA, torch_ops/cuda_ops.cu registers every op.
 constexpr char kNotBuilt[] =
     " got a CUDA tensor, but this biasfit was built without CUDA. Rebuild it "
     "where a CUDA toolkit and a CUDA build of torch are present: "

@@ -1,18 +1,18 @@
 // fit_params's CUDA kernels: the whole fit of any subset of the seven
-// parameters (SGD, Adam, AdamW), its state (fit_params.h's ParamFitState,
+// parameters (SGD, Adam, AdamW), its state (core/fit_params.h's ParamFitState,
 // the CPU trainer's end of an epoch) on the device, as fit_sgd's
-// (kernels_cuda.cuh). Unlike fit_sgd's, an epoch may change the hidden
+// (cuda/kernels.cuh). Unlike fit_sgd's, an epoch may change the hidden
 // layer, so each epoch evaluates every point in full (LossGradsPoint).
-// Torch-free; launch_cuda.h queues these.
+// Torch-free; cuda/launch.h queues these.
 #pragma once
 
 #include <cstdint>
 
-#include "fit_params.h"
-#include "kernels_cuda.cuh"
-#include "kernels_grads_cuda.cuh"
-#include "network.h"
-#include "reduce_cuda.cuh"
+#include "core/fit_params.h"
+#include "cuda/kernels.cuh"
+#include "cuda/kernels_grads.cuh"
+#include "core/network.h"
+#include "cuda/reduce.cuh"
 
 namespace biasfit {
 namespace cuda {
@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) publish(state, out.final_params, out.info);
 }
 
-// The multi-block fit's device memory, for kernels_cuda.cuh's
+// The multi-block fit's device memory, for cuda/kernels.cuh's
 // fit_epoch_kernel (one launch an epoch, the last block ends it).
 template <typename T>
 struct ParamFitDeviceState {

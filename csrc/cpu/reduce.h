@@ -7,8 +7,8 @@
 // computes which chunk, never the order of any addition, so every thread
 // count gives the same bits.
 //
-// Free of torch: the stable-ABI ops (cpu.cpp) and the direct Python call
-// (direct.cpp) both use it, each passing the thread count torch would use.
+// Free of torch: the stable-ABI ops (torch_ops/cpu_ops.cpp) and the direct Python call
+// (direct/direct.cpp) both use it, each passing the thread count torch would use.
 #pragma once
 
 #include <omp.h>
@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "network.h"
+#include "core/network.h"
 
 namespace biasfit {
 
@@ -30,7 +30,7 @@ constexpr int kLanes = 16;
 inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 
 // One chunk's running sums: point i adds into lane i % kLanes, and the lanes
-// are combined in a fixed tree. Kernels that vectorize by hand (cpu.cpp) fill
+// are combined in a fixed tree. Kernels that vectorize by hand (torch_ops/cpu_ops.cpp) fill
 // the lanes themselves and finish with the same tail and tree.
 struct Lanes {
   double loss[kLanes] = {};
@@ -61,11 +61,11 @@ struct Lanes {
 };
 
 // Sum of point(i) for i in [begin, end), point(i) -> LossGrad. Inlined into
-// each per-instruction-set kernel in cpu.cpp.
+// each per-instruction-set kernel in torch_ops/cpu_ops.cpp.
 //
 // start_loss, if not null: the 16 loss lanes to start from instead of +0.0
 // (the grad lanes start at +0.0 as ever): a regrouped chunk resumes there
-// after a prefix of points whose output units are all off (active_set_cpu.h).
+// after a prefix of points whose output units are all off (cpu/active_set.h).
 template <typename Point>
 BIASFIT_HD LossGrad chunk_sum(const Point& point, int64_t begin, int64_t end,
                               const double* start_loss = nullptr) {

@@ -1,5 +1,5 @@
 // Arithmetic that rounds every multiply and add on its own, on the GPU as on
-// the CPU, so the network's math (network.h, sgd.h, fit.h) gives the same
+// the CPU, so the network's math (core/network.h, core/sgd.h, core/fit.h) gives the same
 // bits on both whatever the build flags.
 //
 // The CPU build and the emulated-GPU test harness compile with
@@ -13,7 +13,7 @@
 #pragma once
 
 // Always inlined: the CPU kernels compile the same loop for several
-// instruction sets (cpu.cpp), and only inlined code takes on the caller's.
+// instruction sets (torch_ops/cpu_ops.cpp), and only inlined code takes on the caller's.
 #if defined(__CUDACC__)
 #define BIASFIT_HD __host__ __device__ __forceinline__
 #else
