@@ -290,12 +290,10 @@ class TorchRun:
 
 
 def readme_script(tmp_path, then=""):
-    """The README's train.py for torchrun, as written there (followed by
-    `then`), written to tmp_path."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Training on many processes and machines"):]
+    """docs/distributed.md's script for torchrun, examples/distributed_fit.py
+    (followed by `then`), written to tmp_path."""
     script = tmp_path / "train.py"
-    script.write_text(section.split("```python\n", 1)[1].split("```", 1)[0] + then)
+    script.write_text((Path(__file__).parents[1] / "examples/distributed_fit.py").read_text() + then)
     return script
 
 
