@@ -8,11 +8,6 @@ DEVICES = [
         not torch.cuda.is_available(), reason="no CUDA GPU on this machine")),
 ]
 
-# Named tolerances per dtype (relative), used wherever a native result is
-# compared with the pure-PyTorch reference.
-RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
 @pytest.fixture(params=DEVICES)
 def device(request):
     dev = request.param

@@ -14,6 +14,7 @@ import emu_model as em
 from biasfit.reference import TutorialNN
 from biasfit.train import tutorial_weights
 from helpers import cpu_trainer_order
+from tolerances import CPU_GPU, SUM_OF_COPIES
 
 ops = torch.ops.biasfit
 # The device under test; the CPU is the reference.
@@ -25,7 +26,7 @@ needs_gpu = pytest.mark.skipif(
            f"(GPU: {torch.cuda.is_available()}, CUDA build: {biasfit.WITH_CUDA})")
 
 # CPU and CUDA sum in different orders; in float64 they must agree this well.
-RTOL64 = 1e-12
+CPU_GPU64 = CPU_GPU["float64"]
 
 # Sizes around the kernels' edges: a partial last group (16 bytes of points),
 # one block (1024 groups), several blocks, a partial last block.
@@ -91,9 +92,9 @@ def test_fused_loss_matches_cpu_float64(bias):
         w, b = weights_and_bias(x, bias)
         loss, grad = ops.fused_loss(x, y, w, b)
         loss_gpu, grad_gpu = to_cpu(*ops.fused_loss(x.to(GPU), y.to(GPU), w.to(GPU), b.to(GPU)))
-        torch.testing.assert_close(loss_gpu, loss, rtol=RTOL64, atol=0, msg=f"n={n}")
+        torch.testing.assert_close(loss_gpu, loss, rtol=CPU_GPU64, atol=0, msg=f"n={n}")
         torch.testing.assert_close(grad_gpu, grad, rtol=0,
-                                   atol=RTOL64 * grad_scale(x, y, bias), msg=f"n={n}")
+                                   atol=CPU_GPU64 * grad_scale(x, y, bias), msg=f"n={n}")
 
 
 @needs_gpu
@@ -118,7 +119,7 @@ def test_predict_bias_grad_matches_cpu_float64():
         got = ops.predict_bias_grad(g.to(GPU), x.to(GPU), w.to(GPU), b.to(GPU)).cpu()
         mask = TutorialNN(-16.0, dtype=torch.float64)(x).detach() > 0
         scale = float((g * mask).abs().sum())
-        torch.testing.assert_close(got, expected, rtol=0, atol=RTOL64 * scale, msg=f"n={n}")
+        torch.testing.assert_close(got, expected, rtol=0, atol=CPU_GPU64 * scale, msg=f"n={n}")
 
 
 @needs_gpu
@@ -129,7 +130,7 @@ def test_predict_backward_on_gpu_matches_cpu():
         model = biasfit.BasicNN(-16.0, dtype=torch.float64).to(device)
         (model(x.to(device)) * 3).sum().backward()
         grads.append(model.final_bias.grad.cpu())
-    torch.testing.assert_close(grads[1], grads[0], rtol=RTOL64, atol=0)
+    torch.testing.assert_close(grads[1], grads[0], rtol=CPU_GPU64, atol=0)
 
 
 def generated_labels(n, dtype, bias_true=-5.0, seed=1):
@@ -158,9 +159,9 @@ def assert_same_fit(got, expected):
     epoch, status = info.tolist()
     seen = epoch if status == 2 else epoch + 1
     # Relative, with the trajectory's size as the floor for entries near 0.
-    atol = RTOL64 * float(biases_e[:seen].abs().max())
-    torch.testing.assert_close(biases[:seen], biases_e[:seen], rtol=RTOL64, atol=atol)
-    torch.testing.assert_close(bias, bias_e, rtol=RTOL64, atol=atol)
+    atol = CPU_GPU64 * float(biases_e[:seen].abs().max())
+    torch.testing.assert_close(biases[:seen], biases_e[:seen], rtol=CPU_GPU64, atol=atol)
+    torch.testing.assert_close(bias, bias_e, rtol=CPU_GPU64, atol=atol)
 
 
 @needs_gpu
@@ -198,7 +199,7 @@ def check_history_on_cpu(x, y, fit):
     w, _ = weights_and_bias(x, 0.0)
     for e in range(seen):
         loss, _ = ops.fused_loss(x, y, w, biases[e])
-        torch.testing.assert_close(losses[e], loss, rtol=RTOL64, atol=0, msg=f"epoch {e}")
+        torch.testing.assert_close(losses[e], loss, rtol=CPU_GPU64, atol=0, msg=f"epoch {e}")
 
 
 @needs_gpu
@@ -208,8 +209,8 @@ def test_fit_sgd_float32_tutorial_on_gpu():
     expected = biasfit.fit_fused(x, y)
     assert result.epochs_run == expected.epochs_run == 34
     assert result.converged
-    # float32 gradients may round apart by an ulp in some epoch: float32's RTOL.
-    assert result.final_bias == pytest.approx(expected.final_bias, rel=1e-5)
+    # float32 gradients may round apart by an ulp in some epoch: float32's bound.
+    assert result.final_bias == pytest.approx(expected.final_bias, rel=CPU_GPU["float32"])
 
 
 # -- the trainer's loss history stays the op's, on every device -----------------------
@@ -337,7 +338,7 @@ def test_expanded_view_past_2_to_the_31(dtype):
     loss, grad = ops.fused_loss(x, y, w, b)
     assert one_grad.item() != 0
     # float32: the per-point value and the total are each rounded once.
-    tol = RTOL64 if dtype == torch.float64 else 2 ** -22
+    tol = SUM_OF_COPIES[dtype]
     assert abs(loss.item() - BIG * one_loss.item()) <= tol * BIG * one_loss.item()
     assert abs(grad.item() - BIG * one_grad.item()) <= tol * BIG * abs(one_grad.item())
 
@@ -381,7 +382,7 @@ GRAD_SIZES = [1, 3, 2049, 4097, 70_001, 1_000_003]
 
 def param_scales(x, y, w, b):
     """[sum |loss_i|, sum |d loss_i / d p| for the 7 parameters]: what a sum
-    in another order of float64 additions is off by at most RTOL64 of."""
+    in another order of float64 additions is off by at most CPU_GPU64 of."""
     with np.errstate(all="ignore"):
         loss, params, _, _ = em.point_loss_all_grads(x.numpy(), y.numpy(), w.tolist(), float(b))
     return torch.tensor([np.abs(loss).sum(), *np.abs(params).sum(axis=1)])
@@ -395,7 +396,7 @@ def test_fused_loss_grads_sums_match_cpu(dtype):
         w, b = weights_and_bias(x, 0.5)
         cpu = ops.fused_loss_grads_sums(x, y, w, b)
         gpu = ops.fused_loss_grads_sums(x.to(GPU), y.to(GPU), w.to(GPU), b.to(GPU)).cpu()
-        bound = RTOL64 * param_scales(x, y, w, b)
+        bound = CPU_GPU64 * param_scales(x, y, w, b)
         assert bool(((gpu - cpu).abs() <= bound).all()), f"n={n}"
 
 
@@ -407,7 +408,7 @@ def test_fused_loss_grads_every_needs_matches_cpu(dtype):
     x, y = random_data(70_001, dtype, "cpu", seed=5)
     x[:3] = torch.tensor([0.5, 0.0, 1.0], dtype=dtype)  # the hidden units' kinks
     w, b = weights_and_bias(x, -16.0)
-    bound = max(torch.finfo(dtype).eps, RTOL64) * param_scales(x, y, w, b).to(dtype)
+    bound = max(torch.finfo(dtype).eps, CPU_GPU64) * param_scales(x, y, w, b).to(dtype)
     bounds = {"loss": bound[0], "weights": bound[1:7], "bias": bound[7]}
     for needs in range(16):
         cpu = ops.fused_loss_grads(x, y, w, b, needs)
@@ -427,7 +428,7 @@ def test_predict_grads_match_cpu(dtype):
     g = g - 1
     w, b = weights_and_bias(x, -16.0)
     params, _ = em.point_predict_all_grads(x.numpy(), g.numpy(), w.tolist(), float(b))
-    bound = max(torch.finfo(dtype).eps, RTOL64) * torch.tensor(np.abs(params).sum(axis=1))
+    bound = max(torch.finfo(dtype).eps, CPU_GPU64) * torch.tensor(np.abs(params).sum(axis=1))
     for needs in (2, 3, 10, 11):
         cpu = ops.predict_grads(g, x, w, b, needs)
         gpu = to_cpu(*ops.predict_grads(g.to(GPU), x.to(GPU), w.to(GPU), b.to(GPU), needs))
@@ -454,7 +455,7 @@ def test_autograd_every_gradient_on_gpu_matches_cpu():
         out = (model(xs) * ys.detach()).sum()
         grads[-1] += [t.cpu() for t in torch.autograd.grad(out, [xs, *model.parameters()])]
     for c, g in zip(*grads):
-        torch.testing.assert_close(g, c, rtol=RTOL64, atol=RTOL64 * float(c.abs().max()))
+        torch.testing.assert_close(g, c, rtol=CPU_GPU64, atol=CPU_GPU64 * float(c.abs().max()))
 
 
 PARAM_FITS = {
@@ -496,7 +497,7 @@ def test_fit_params_matches_cpu(fit, data, dtype):
     assert got[3].tolist() == expected[3].tolist()
     epoch, status, _ = expected[3].tolist()
     seen = epoch if status == 2 else epoch + 1
-    rtol = RTOL64 if dtype == torch.float64 else 1e-5
+    rtol = CPU_GPU[dtype]
     for g, e in ((got[0], expected[0]), (got[1][:seen], expected[1][:seen]),
                  (got[2][:seen], expected[2][:seen])):
         torch.testing.assert_close(g, e, rtol=rtol, atol=rtol * float(e.abs().max()))
@@ -530,7 +531,8 @@ def test_fit_fused_engine_trains_all_seven_on_gpu():
                                    epochs=500))
     assert results[0].epochs_run == results[1].epochs_run
     for name, value in results[0].params.items():
-        assert results[1].params[name] == pytest.approx(value, rel=1e-5, abs=1e-5), name
+        assert results[1].params[name] == pytest.approx(value, rel=CPU_GPU[torch.float32],
+                                                    abs=CPU_GPU[torch.float32]), name
 
 
 # -- CUDA tensors a build cannot take ----------------------------------------------------

@@ -18,11 +18,11 @@ import torch
 
 import emu_harness as eh
 import emu_model as em
-from test_cuda import RTOL64
+from test_cuda import CPU_GPU64
+from tolerances import CPU_GPU
 
 W = eh.TUTORIAL_WEIGHTS
 ops = torch.ops.biasfit
-RTOL = {np.float64: RTOL64, np.float32: 1e-5}  # the fits' bounds (README)
 
 pytestmark = pytest.mark.skipif(eh.GXX is None, reason="no g++ to build the CUDA emulation")
 
@@ -44,7 +44,7 @@ def cpu_args(x, bias, weights=W):
 
 def scales(x, y, bias):
     """sum over points of |each summed value|: what a sum in another order
-    is off by at most RTOL64 of (gradient sums may cancel)."""
+    is off by at most CPU_GPU64 of (gradient sums may cancel)."""
     with np.errstate(all="ignore"):
         loss, params, _, _ = em.point_loss_all_grads(x, y, W, bias)
     return np.concatenate([[np.abs(loss).sum()], np.abs(params).sum(axis=1)])
@@ -69,7 +69,7 @@ def test_grads_sums_equal_the_model_and_the_cpu(emu, tmp_path, dtype):
         got = emu.loss_grads_sums(tmp_path, x, y, W, bias)
         assert list(got) == em.loss_grads_sums(x, y, W, bias), f"n={n}"
         cpu = ops.fused_loss_grads_sums(t(x), t(y), *cpu_args(x, bias)).numpy()
-        assert np.all(np.abs(got - cpu) <= RTOL64 * scales(x, y, bias)), f"n={n}"
+        assert np.all(np.abs(got - cpu) <= CPU_GPU64 * scales(x, y, bias)), f"n={n}"
 
 
 NEEDS = range(16)
@@ -95,7 +95,7 @@ def test_every_needs_combination(emu, tmp_path, dtype):
         c_loss, c_wg, c_bg, c_dy, c_dx = (v.numpy() for v in ops.fused_loss_grads(
             t(x), t(y), *cpu_args(x, 0.5), needs))
         # Another order of float64 additions, then a rounding to the dtype.
-        tol = max(np.finfo(dtype).eps, RTOL64)
+        tol = max(np.finfo(dtype).eps, CPU_GPU64)
         assert abs(loss - c_loss) <= tol * scale[0] and abs(bg - c_bg) <= tol * scale[7]
         assert c_wg.size == (6 if needs & 1 else 0)
         if needs & 1:
@@ -177,7 +177,7 @@ def test_predict_grads_equal_the_model_and_the_cpu(emu, tmp_path, dtype):
             assert c_wg.size == (6 if needs & 1 else 0)
             if needs & 1:
                 params, _ = em.point_predict_all_grads(x, g, W, -16.0)
-                bound = max(np.finfo(dtype).eps, RTOL64) * np.abs(params).sum(axis=1)[:6]
+                bound = max(np.finfo(dtype).eps, CPU_GPU64) * np.abs(params).sum(axis=1)[:6]
                 assert np.all(np.abs(wg - c_wg) <= bound), (n, needs)
 
 
@@ -218,7 +218,7 @@ def check_fit_params(emu, tmp_path, x, y, params=TUTORIAL_PARAMS, **kw):
     assert list(got[3]) == list(cpu[3])
     epoch, status, _ = cpu[3]
     seen = epoch if status == 2 else epoch + 1
-    rtol = RTOL[x.dtype.type]
+    rtol = CPU_GPU[x.dtype.type]
     for a, b in ((got[1][:seen], cpu[1][:seen]), (got[2][:seen], cpu[2][:seen]),
                  (got[0], cpu[0])):
         if status in (3, 4):  # compare what is finite; the rest must match in kind

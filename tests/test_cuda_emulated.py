@@ -15,7 +15,8 @@ import torch
 
 import emu_harness as eh
 import emu_model as em
-from test_cuda import RTOL64, SGD_SETTINGS
+from test_cuda import CPU_GPU64, SGD_SETTINGS
+from tolerances import CPU_GPU
 
 W = eh.TUTORIAL_WEIGHTS
 ops = torch.ops.biasfit
@@ -67,8 +68,8 @@ def test_point_sums_equal_the_model_and_the_cpu(emu, tmp_path, dtype):
             # gradient relative to the size of what it adds up.
             cpu = cpu_loss(x, y, bias, sums=True)
             scale = float(np.abs(em.point_loss_grad(x, y, W, bias)[1]).sum())
-            assert abs(got[0] - cpu[0]) <= RTOL64 * abs(cpu[0]), f"n={n}"
-            assert abs(got[1] - cpu[1]) <= RTOL64 * scale, f"n={n}"
+            assert abs(got[0] - cpu[0]) <= CPU_GPU64 * abs(cpu[0]), f"n={n}"
+            assert abs(got[1] - cpu[1]) <= CPU_GPU64 * scale, f"n={n}"
         if n >= 1_000_000:
             continue
         # fused_loss rounds the same sums to the data's dtype.
@@ -111,7 +112,7 @@ def test_nan_and_inf_propagate_as_in_the_model(emu, tmp_path, dtype):
         assert same(got, expected), name
         cpu = cpu_loss(cx, cy, 0.5, sums=True)
         if np.isfinite(got).all():  # relu(-inf) = 0: finite, as on the CPU
-            np.testing.assert_allclose(got, cpu, rtol=RTOL64, err_msg=name)
+            np.testing.assert_allclose(got, cpu, rtol=CPU_GPU64, err_msg=name)
         else:
             assert same(np.isnan(got), np.isnan(cpu)), name
 
@@ -176,7 +177,7 @@ def test_one_block_fit_equals_the_model_and_the_cpu(emu, tmp_path, setting, dtyp
     assert int(got[4]["launches"]) == 1
     cpu = cpu_fit(x, y, **kw)
     assert list(got[3]) == list(cpu[3])
-    rtol = RTOL64 if dtype == np.float64 else 1e-5
+    rtol = CPU_GPU[dtype]
     np.testing.assert_allclose(got[2][:seen], cpu[2][:seen], rtol=rtol,
                                atol=rtol * float(np.abs(cpu[2][:seen]).max()))
     if setting == "plain" and dtype == np.float32:
@@ -191,8 +192,8 @@ def test_multi_block_fit_equals_the_model_and_the_cpu(emu, tmp_path, setting):
     got, seen = check_fit(emu, tmp_path, x, y, **kw)
     cpu = cpu_fit(x, y, **kw)
     assert list(got[3]) == list(cpu[3])
-    np.testing.assert_allclose(got[2][:seen], cpu[2][:seen], rtol=RTOL64,
-                               atol=RTOL64 * float(np.abs(cpu[2][:seen]).max()))
+    np.testing.assert_allclose(got[2][:seen], cpu[2][:seen], rtol=CPU_GPU64,
+                               atol=CPU_GPU64 * float(np.abs(cpu[2][:seen]).max()))
     # Each epoch's loss is fused_loss's at that epoch's bias, bit for bit.
     for e in (0, seen - 1):
         assert got[1][e] == emu.fused_loss(tmp_path, x, y, W, got[2][e])[0]

@@ -22,7 +22,7 @@ import torch
 
 import _dist_worker as worker
 from biasfit import cli, distributed
-from conftest import RTOL
+from tolerances import SHARDED, SHARDED_FUSED_BIAS
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
 GROUP_TIMEOUT = 120
@@ -34,8 +34,10 @@ N = 2 * 2**14 + 1234  # crosses the native sum's 2^14-point chunks
 # float32 values (1e-12 is far below float32's resolution); the autograd
 # engine's per-rank losses are float32 already, so they can be one float32
 # rounding apart.
-SHARDED_RTOL = {("float64", "autograd"): 1e-12, ("float64", "fused"): 1e-12,
-                ("float32", "fused"): 1e-12, ("float32", "autograd"): RTOL[torch.float32]}
+SHARDED_RTOL = {("float64", "autograd"): SHARDED["float64"],
+                ("float64", "fused"): SHARDED_FUSED_BIAS["float64"],
+                ("float32", "fused"): SHARDED_FUSED_BIAS["float32"],
+                ("float32", "autograd"): SHARDED["float32"]}
 # Training several parameters (issue 13), both engines: each rank's float64
 # sums, then the ranks' in rank order, against the whole data's float64 sums
 # in the native chunk order. The sums differ by float64 roundings (~1e-16);
@@ -45,7 +47,7 @@ SHARDED_RTOL = {("float64", "autograd"): 1e-12, ("float64", "fused"): 1e-12,
 # worst over these cases (2 and 3 ranks): float64 2.2e-13 (Adam divides by
 # the gradients' root mean square, which magnifies small ones' differences),
 # float32 2.4e-6 (autograd: per-rank float32 gradients) and 0 (fused).
-PARAMS_RTOL = {"float64": 1e-12, "float32": 1e-5}
+PARAMS_RTOL = SHARDED
 
 
 def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None, train=None):
@@ -539,7 +541,7 @@ def test_cli_under_torchrun_prints_once_what_one_process_prints(groups, capsys, 
     assert sharded["result"]["epochs_run"] == single["result"]["epochs_run"]
     for got, want in [(sharded["result"]["final_bias"], single["result"]["final_bias"]),
                       *zip(sharded["losses"], single["losses"], strict=True)]:
-        assert got == pytest.approx(want, rel=1e-12, abs=0)
+        assert got == pytest.approx(want, rel=SHARDED_FUSED_BIAS["float64"], abs=0)
 
 
 def test_cli_under_torchrun_stops_every_rank_on_one_rank_bad_row(groups):

@@ -8,9 +8,7 @@ import torch
 import biasfit
 from biasfit import reference
 from helpers import random_problem
-
-# Per-epoch agreement between the engines, named per dtype (issue #3).
-ENGINE_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+from tolerances import ENGINES, ENGINES_SGD
 
 
 def assert_close_lists(got, want, rtol):
@@ -127,8 +125,8 @@ def test_fused_engine_equals_autograd_engine(n, settings, dtype, device):
     autograd, fused = engine_pair(x, y, bias0, lr, settings, epochs=100, tol=1e-4)
     assert fused.epochs_run == autograd.epochs_run
     assert fused.converged == autograd.converged
-    assert_close_lists(fused.losses, autograd.losses, ENGINE_RTOL[dtype])
-    assert fused.final_bias == pytest.approx(autograd.final_bias, rel=ENGINE_RTOL[dtype],
+    assert_close_lists(fused.losses, autograd.losses, ENGINES[dtype])
+    assert fused.final_bias == pytest.approx(autograd.final_bias, rel=ENGINES[dtype],
                                              nan_ok=True)
 
 
@@ -138,8 +136,8 @@ def test_fused_engine_equals_autograd_engine_at_1e6(settings, dtype, device):
     x, y, _, _ = random_problem(1_000_000, dtype, device, seed=5)
     autograd, fused = engine_pair(x, y, -2.0, 1e-7, settings, epochs=40, tol=0.0)
     assert fused.epochs_run == autograd.epochs_run == 40
-    assert_close_lists(fused.losses, autograd.losses, ENGINE_RTOL[dtype])
-    assert fused.final_bias == pytest.approx(autograd.final_bias, rel=ENGINE_RTOL[dtype])
+    assert_close_lists(fused.losses, autograd.losses, ENGINES[dtype])
+    assert fused.final_bias == pytest.approx(autograd.final_bias, rel=ENGINES[dtype])
 
 
 @pytest.mark.parametrize("engine", biasfit.train.ENGINES)
@@ -214,8 +212,7 @@ def test_divergence_is_reported_at_the_same_epoch_by_both_engines(what, bias0, d
 # step, which later steps carry and compound. Measured over 1248 fits of 100
 # epochs (N = 3 .. 100003, lr 0.02 .. 0.5 per point, every SGD setting):
 # losses within 7.2e-5 relative, biases within 6e-5 (2e-6 at lr 0.1 per
-# point). The README states this bound.
-FLOAT32_ENGINE_RTOL = 1e-4
+# point). tests/tolerances.py's ENGINES_SGD, which docs/numerics.md states.
 
 
 @pytest.mark.parametrize("n", [3, 10])
@@ -231,6 +228,6 @@ def test_float32_engines_agree_within_the_stated_bound(n, lr_per_point, settings
         bias0, lr = -2.0, lr_per_point / n
     autograd, fused = engine_pair(x, y, bias0, lr, settings, epochs=100, tol=1e-4)
     assert fused.epochs_run == autograd.epochs_run
-    assert_close_lists(fused.losses, autograd.losses, FLOAT32_ENGINE_RTOL)
-    assert fused.final_bias == pytest.approx(autograd.final_bias, rel=FLOAT32_ENGINE_RTOL,
+    assert_close_lists(fused.losses, autograd.losses, ENGINES_SGD[torch.float32])
+    assert fused.final_bias == pytest.approx(autograd.final_bias, rel=ENGINES_SGD[torch.float32],
                                              nan_ok=True)

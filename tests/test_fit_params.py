@@ -8,15 +8,15 @@ import torch
 import biasfit
 from biasfit import reference
 from helpers import random_problem
+from tolerances import ENGINES
 
 PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
 SUBSETS = {"bias": ("final_bias",), "weights": PARAMS[:6], "hidden": ("w00", "b00", "w10"),
            "all": PARAMS}
-# The engines' agreement, per dtype, as the issue sets it (test_fit.py's
-# ENGINE_RTOL): the same gradient bits, optimizer arithmetic that may differ
-# by torch's fused multiply-adds. Measured worst: 8.5e-16 (float64), 3.4e-7
-# (float32), over these settings.
-RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+# The engines' agreement, per dtype (tests/tolerances.py's ENGINES): the same
+# gradient bits, optimizer arithmetic that may differ by torch's fused
+# multiply-adds. Measured worst: 8.5e-16 (float64), 3.4e-7 (float32), over
+# these settings.
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=1e-4),
     "sgd_momentum_dampening_wd": lambda p: torch.optim.SGD(
@@ -62,9 +62,9 @@ def test_engines_agree(opt, subset, dtype):
     assert a.epochs_run == f.epochs_run == 60
     assert set(a.params) == set(f.params) == set(SUBSETS[subset])
     for la, lf in zip(a.losses, f.losses):
-        assert_close(lf, la, RTOL[dtype])
+        assert_close(lf, la, ENGINES[dtype])
     for name in a.params:
-        assert_close(f.params[name], a.params[name], RTOL[dtype])
+        assert_close(f.params[name], a.params[name], ENGINES[dtype])
 
 
 @pytest.mark.parametrize("engine", ["autograd", "fused"])

@@ -8,19 +8,18 @@ import biasfit
 from biasfit import ops, reference
 from biasfit.model import WEIGHT_NAMES
 from helpers import random_problem
+from tolerances import GRAD_POINTS, GRAD_SUMS
 
 CHUNK = 1 << 14  # csrc/cpu/reduce.h's kChunk
 SIZES = [1, 2, 3, 7, 1001, CHUNK - 1, CHUNK + 1, 3 * CHUNK + 5, 1_000_000]
 DTYPES = [torch.float32, torch.float64]
 PARAMS = WEIGHT_NAMES + ("final_bias",)
-# Sums: float64 accumulation on both sides, so 1e-10 as test_ops.py's RTOL.
+# Sums (GRAD_SUMS): float64 accumulation on both sides, so 1e-10 as REFERENCE.
 # float32: the reference rounds every per-point derivative and sums in
 # float32, the fused pass forms them in float64; measured worst 1.1e-7 over
 # these sizes and seeds (relative to the largest parameter gradient).
-SUM_RTOL = {torch.float64: 1e-10, torch.float32: 1e-6}
-# Per point: eager autograd rounds each step of d/dx (w01 relu' w00 ...) in
+# Per point (GRAD_POINTS): eager autograd rounds each step of d/dx (w01 relu' w00 ...) in
 # float32, the fused pass once at the end; measured worst 2.9e-7.
-POINT_RTOL = {torch.float64: 1e-13, torch.float32: 1e-6}
 
 
 def kinked(n, dtype, seed):
@@ -66,15 +65,15 @@ def test_fused_loss_grads_match_eager_autograd(n, dtype):
     x, y, w, b = kinked(n, dtype, seed=n)
     loss, wg, bg, yg, xg = torch.ops.biasfit.fused_loss_grads(x, y, w, b, ops.NEED_ALL)
     ref_loss, grads, ref_y, ref_x = reference_grads(x, y, w, b)
-    assert close(loss, ref_loss, SUM_RTOL[dtype])
+    assert close(loss, ref_loss, GRAD_SUMS[dtype])
     for i, name in enumerate(WEIGHT_NAMES):
         # Each weight's gradient relative to the largest parameter gradient:
         # a sum that cancels to ~0 has no relative accuracy on either side.
         scale = max(float(g.abs()) for g in grads.values())
-        assert abs(float(wg[i] - grads[name])) <= SUM_RTOL[dtype] * scale, name
-    assert close(bg, grads["final_bias"], SUM_RTOL[dtype])
-    assert close(yg, ref_y, POINT_RTOL[dtype])
-    assert close(xg, ref_x, POINT_RTOL[dtype])
+        assert abs(float(wg[i] - grads[name])) <= GRAD_SUMS[dtype] * scale, name
+    assert close(bg, grads["final_bias"], GRAD_SUMS[dtype])
+    assert close(yg, ref_y, GRAD_POINTS[dtype])
+    assert close(xg, ref_x, GRAD_POINTS[dtype])
     # The loss and the bias gradient are fused_loss's, bit for bit.
     old_loss, old_bg = torch.ops.biasfit.fused_loss(x, y, w, b)
     assert torch.equal(loss, old_loss) and torch.equal(bg, old_bg)
@@ -89,9 +88,9 @@ def test_predict_grads_match_eager_autograd(n, dtype):
     _, grads, _, ref_x = reference_grads(x, None, w, b, upstream=g)
     scale = max(float(v.abs()) for v in grads.values())
     for i, name in enumerate(WEIGHT_NAMES):
-        assert abs(float(wg[i] - grads[name])) <= SUM_RTOL[dtype] * scale, name
-    assert abs(float(bg - grads["final_bias"])) <= SUM_RTOL[dtype] * scale
-    assert close(xg, ref_x, POINT_RTOL[dtype])
+        assert abs(float(wg[i] - grads[name])) <= GRAD_SUMS[dtype] * scale, name
+    assert abs(float(bg - grads["final_bias"])) <= GRAD_SUMS[dtype] * scale
+    assert close(xg, ref_x, GRAD_POINTS[dtype])
 
 
 def test_relu_derivative_is_zero_at_every_kink():

@@ -4,7 +4,7 @@ import torch
 
 import biasfit
 from biasfit import reference
-from conftest import RTOL
+from tolerances import REFERENCE
 from helpers import random_problem, rel_err
 
 CHUNK = 1 << 14  # csrc/cpu/reduce.h's kChunk
@@ -31,8 +31,8 @@ def test_fused_loss_matches_reference(n, dtype, device):
     loss, grad = torch.ops.biasfit.fused_loss(x, y, w, b)
     ref_loss, ref_grad = reference.loss_and_grad(x, y, w, b)
     assert loss.dtype == dtype and loss.shape == () and loss.device == x.device
-    assert rel_err(loss, ref_loss) < RTOL[dtype]
-    assert rel_err(grad, ref_grad) < RTOL[dtype]
+    assert rel_err(loss, ref_loss) < REFERENCE[dtype]
+    assert rel_err(grad, ref_grad) < REFERENCE[dtype]
 
 
 @pytest.mark.parametrize("n", [3, CHUNK + 1, 100_003])
@@ -106,7 +106,7 @@ def test_predict_backward_matches_reference(dtype, device):
     (biasfit.predict(x, w, bias) * upstream).sum().backward()
     model = reference.TutorialNN(float(b), w.tolist(), dtype=dtype).to(device)
     (model(x) * upstream).sum().backward()
-    assert rel_err(bias.grad, model.final_bias.grad) < RTOL[dtype]
+    assert rel_err(bias.grad, model.final_bias.grad) < REFERENCE[dtype]
 
 
 def test_gradcheck_float64(device):

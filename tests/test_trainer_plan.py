@@ -12,6 +12,7 @@ import torch
 import biasfit
 from biasfit import _direct
 from helpers import CHUNK, random_problem
+from tolerances import PLANS
 
 F32, F64 = 8, 16  # bytes of an input and a label
 
@@ -91,7 +92,7 @@ def test_every_plan_gives_the_same_fit(dtype, monkeypatch):
     # Regrouped: the same sums in another order of float64 additions.
     r_final, r_losses, _, r_info = fits["regroup"]
     assert r_info.tolist() == [40, 2]
-    rtol = 1e-6 if dtype == torch.float32 else 1e-13
+    rtol = PLANS[dtype]
     torch.testing.assert_close(r_losses, s_losses, rtol=rtol, atol=0)
     torch.testing.assert_close(r_final, s_final, rtol=rtol, atol=0)
 
@@ -132,9 +133,9 @@ def test_closed_chunks_agree_with_the_point_sums(n, monkeypatch):
     (c_final, c_losses, c_biases, c_info), (s_final, s_losses, s_biases, s_info) = \
         closed_and_streamed(monkeypatch, x, y, w, 4.0, 0.1 / n, 40)
     assert c_info.tolist() == s_info.tolist() == [40, 2]
-    torch.testing.assert_close(c_losses, s_losses, rtol=1e-13, atol=0)
-    torch.testing.assert_close(c_biases, s_biases, rtol=1e-13, atol=0)
-    torch.testing.assert_close(c_final, s_final, rtol=1e-13, atol=0)
+    torch.testing.assert_close(c_losses, s_losses, rtol=PLANS[torch.float64], atol=0)
+    torch.testing.assert_close(c_biases, s_biases, rtol=PLANS[torch.float64], atol=0)
+    torch.testing.assert_close(c_final, s_final, rtol=PLANS[torch.float64], atol=0)
     # Not a copy of the streamed fit: the closed sums round differently.
     assert not torch.equal(c_losses, s_losses)
 
@@ -149,8 +150,8 @@ def test_a_chunk_closes_only_while_all_its_units_are_on(monkeypatch):
         closed_and_streamed(monkeypatch, x, y, w, 6.0, 0.2 / n, 60)
     assert c_info.tolist() == s_info.tolist()
     assert s_losses[-1] < s_losses[0] / 1000  # it went into the kinks
-    torch.testing.assert_close(c_losses, s_losses, rtol=1e-13, atol=1e-300)
-    torch.testing.assert_close(c_final, s_final, rtol=1e-13, atol=0)
+    torch.testing.assert_close(c_losses, s_losses, rtol=PLANS[torch.float64], atol=1e-300)
+    torch.testing.assert_close(c_final, s_final, rtol=PLANS[torch.float64], atol=0)
 
 
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
@@ -177,8 +178,8 @@ def test_a_stall_through_closed_chunks_is_the_streamed_fits(monkeypatch):
         stalls[plan] = caught.value.result
     closed, streamed = stalls["closed"], stalls["stream"]
     assert closed.epochs_run == streamed.epochs_run
-    assert closed.final_bias == pytest.approx(streamed.final_bias, rel=1e-13, abs=0)
-    assert closed.losses == pytest.approx(streamed.losses, rel=1e-13, abs=0)
+    assert closed.final_bias == pytest.approx(streamed.final_bias, rel=PLANS[torch.float64], abs=0)
+    assert closed.losses == pytest.approx(streamed.losses, rel=PLANS[torch.float64], abs=0)
 
 
 def test_an_exact_zero_gradient_with_units_on_is_no_stall(monkeypatch):
