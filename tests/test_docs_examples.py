@@ -232,3 +232,35 @@ def test_the_tolerance_table_in_the_docs_is_the_tests_own():
         cells = [c.strip() for c in line.strip("|").split("|")]
         rows[cells[0].strip("`")] = {"float64": eval(cells[2]), "float32": eval(cells[3])}
     assert rows == {name: dict(bound) for name, bound in tolerances.TABLE.items()}
+
+
+def anchor(heading):
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_between_the_pages_resolves():
+    broken = []
+    for page in PAGES:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"\w+://", target):
+                continue
+            path, _, frag = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+            elif frag and dest.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", dest.read_text(), flags=re.M)
+                if frag not in {anchor(h) for h in headings}:
+                    broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, broken
+
+
+def test_the_file_map_names_every_source_file():
+    # docs/architecture.md's map is how a newcomer finds a file: a new or
+    # renamed file under csrc/ must appear there.
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "csrc").rglob("*"))
+               if p.is_file() and p.name not in text]
+    assert not unnamed, f"not in docs/architecture.md's file map: {unnamed}"
