@@ -295,7 +295,8 @@ def readme_script(tmp_path, then=""):
     """docs/distributed.md's script for torchrun, examples/distributed_fit.py
     (followed by `then`), written to tmp_path."""
     script = tmp_path / "train.py"
-    script.write_text((Path(__file__).parents[1] / "examples/distributed_fit.py").read_text() + then)
+    example = Path(__file__).parents[1] / "examples" / "distributed_fit.py"
+    script.write_text(example.read_text() + then)
     return script
 
 
