@@ -8,7 +8,7 @@ import torch
 import biasfit
 from biasfit import reference
 from helpers import random_problem
-from tolerances import ENGINES, ENGINES_SGD
+from tolerances import ENGINES, ENGINES_SGD, TUTORIAL
 
 
 def assert_close_lists(got, want, rtol):
@@ -39,8 +39,8 @@ def test_matches_the_tutorial_loop_bit_for_bit_in_float32():
         model, x, y, torch.optim.SGD(model.parameters(), lr=0.1))
     result = biasfit.fit(biasfit.BasicNN(), x, y)
     assert result.epochs_run == epochs
-    assert_close_lists(result.losses, losses, 1e-6)
-    assert result.final_bias == pytest.approx(bias, rel=1e-6)
+    assert_close_lists(result.losses, losses, TUTORIAL[torch.float32])
+    assert result.final_bias == pytest.approx(bias, rel=TUTORIAL[torch.float32])
 
 
 OPTIMIZERS = {
@@ -73,8 +73,8 @@ def test_any_optimizer_matches_the_tutorial_loop(name):
         losses = losses[:result.epochs_run + 1]
     else:
         assert result.epochs_run == epochs
-        assert result.final_bias == pytest.approx(bias, rel=1e-10)
-    assert_close_lists(result.losses, losses, 1e-10)
+        assert result.final_bias == pytest.approx(bias, rel=TUTORIAL[torch.float64])
+    assert_close_lists(result.losses, losses, TUTORIAL[torch.float64])
 
 
 def sgd_settings():

@@ -23,6 +23,9 @@ def per_dtype(float64, float32):
 # An op's loss and bias gradient against the plain-PyTorch reference
 # (biasfit/reference.py); float32: the reference sums in float32.
 REFERENCE = per_dtype(1e-10, 1e-5)
+# biasfit on the tutorial's data (and a few more points) against the
+# tutorial's own module and loop: the loss, the bias gradient, every epoch.
+TUTORIAL = per_dtype(1e-10, 1e-6)
 # Every gradient sum (the seven parameters') against autograd over the
 # reference: float64 accumulation on both sides; float32 measured worst 1.1e-7.
 GRAD_SUMS = per_dtype(1e-10, 1e-6)
