@@ -4,9 +4,9 @@ predict_grads) and fit_params's trainer, run on the CPU by the emulator
 
 Their sums must equal the NumPy model of the documented order
 (tests/emu_model.py) bit for bit, their per-point gradients the CPU ops' bit
-for bit, and their sums the CPU ops' within the README's float64 bound. The
+for bit, and their sums the CPU ops' within CPU_GPU's float64 bound. The
 emulated trainer must stop at the CPU trainer's epoch with the same status,
-its losses and parameters within 1e-12 relative in float64, 1e-5 in float32.
+its losses and parameters within CPU_GPU (tests/tolerances.py).
 
 Emulated sums of eight values cost about four times fused_loss's (a warp
 shuffle per value), so sizes and epoch counts are kept small: each test

@@ -5,9 +5,9 @@ and cuda/launch.h, the text torch_ops/cuda_ops.cu compiles with nvcc, with g++ o
 emulation of CUDA (tests/cuda_emu/cuda_emu.h): real threads per block,
 barriers and warp shuffles that refuse misuse. Here its results must equal
 a sequential NumPy model of the documented summing order bit for bit
-(tests/emu_model.py), and the CPU ops within the tolerances the README
+(tests/emu_model.py), and the CPU ops within the tolerances docs/numerics.md
 documents (bit for bit where it promises that). What this cannot show (races
-between blocks, fences, the GPU's float units, speed): README, "On the GPU".
+between blocks, fences, the GPU's float units, speed): docs/cuda.md.
 """
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Sharded fits in process groups of 1, 2 and 3 ranks (gloo on loopback)
 equal the single-process fit on the whole data; a failing rank stops all;
-torchrun runs the README's script and `biasfit train --data`.
+torchrun runs docs/distributed.md's script and `biasfit train --data`.
 
 The group of 1 runs in this process. The others run tests/_dist_worker.py
 once per rank as a subprocess, with torchrun's environment variables, each
@@ -300,7 +300,7 @@ def readme_script(tmp_path, then=""):
     return script
 
 
-# Appended to the README's script: the gloo threads still running once it
+# Appended to the docs' script: the gloo threads still running once it
 # has destroyed its process group. A group that outlives
 # destroy_process_group keeps them until the interpreter shuts down, and
 # then one of them can abort the process (SIGABRT, "terminate called without
@@ -519,7 +519,7 @@ def test_the_readme_torchrun_script_trains_on_shards(groups, nproc):
 
 
 def test_the_readme_script_exits_cleanly_every_time(tmp_path):
-    # The README's script exactly as written, again and again: every run
+    # The docs' script exactly as written, again and again: every run
     # must print the result once and exit 0, never abort at exit.
     script = readme_script(tmp_path)
     failed = []
