@@ -142,20 +142,32 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
       return Plan::kClosed;
     }
   }
+  constexpr double kNever = std::numeric_limits<double>::infinity();
   const PlanCosts& c = plan_costs(n * bytes);
   const double e = double(epochs);
-  const double stream = e * c.stream_epoch;
-  const double once = c.hidden_setup + e;
+  double stream = e * c.stream_epoch;
+  double once = c.hidden_setup + e;
   // Regrouped, an epoch skips the off points but the spans that hold on ones.
   const int64_t spans = num_spans(n);
   const double skipped = std::floor(off * double(spans)) / double(spans);
-  const double regroup =
+  double regroup =
       n >= kRegroupMinPoints
           ? c.hidden_setup + c.regroup_setup + kRegroupFixedPoints / double(n) +
                 e * (1 - skipped)
-          : once + 1;
-  const double closed =
-      closable && bytes == kDoubleBytes ? c.hidden_setup + 1 : stream + 1;
+          : kNever;
+  double closed = closable && bytes == kDoubleBytes ? c.hidden_setup + 1 : kNever;
+#ifdef BIASFIT_NO_CLOSED
+  closed = kNever;
+#endif
+#ifdef BIASFIT_NO_REGROUP
+  regroup = kNever;
+#endif
+#ifdef BIASFIT_NO_STREAM
+  stream = kNever;
+#endif
+#ifdef BIASFIT_NO_HIDDEN_ONCE
+  once = kNever;
+#endif
   if (closed < stream && closed < once && closed < regroup) return Plan::kClosed;
   if (stream <= once && stream <= regroup) return Plan::kStream;
   return once <= regroup ? Plan::kHiddenOnce : Plan::kRegroup;
@@ -280,7 +292,11 @@ void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
 }
 
 // Buffers the epochs read, aligned to cache lines (train's scratch).
+#ifndef BIASFIT_NO_ALIGNED_BUFFER
 constexpr std::align_val_t kCacheLine{64};
+#else
+constexpr std::align_val_t kCacheLine{alignof(std::max_align_t)};  // malloc's
+#endif
 struct CacheLineDelete {
   void operator()(void* p) const { ::operator delete[](p, kCacheLine); }
 };
