@@ -13,9 +13,12 @@
 //                are all on summed in closed form from its moments
 //                (cpu/closed_form.h), a few operations instead of a pass.
 // kStream and kHiddenOnce sum the same points in the same chunks, lanes and
-// trees: the same bits. kRegroup sums the regrouped order, and kClosed
-// agrees with them within 1e-13. BIASFIT_TRAINER_PLAN=stream|once|regroup|
-// closed forces one (to measure each).
+// trees: the same bits, fused_loss's at each epoch's bias. kRegroup sums the
+// regrouped order: fused_loss's bits over that order. kClosed's sums agree
+// with them within 1e-13 but not bit for bit, so the cost model picks it only
+// where kAutoClosed says so (off: a fit's epoch losses are fused_loss's bits
+// in every plan it picks). BIASFIT_TRAINER_PLAN=stream|once|regroup|closed
+// forces one: to measure each, and to opt in to kClosed.
 //
 // How the constants were measured: each plan forced, interleaved with the
 // cost model's pick, on the cells of benchmarks/bench_peers.py's grid (data
@@ -75,6 +78,12 @@ inline const PlanCosts& plan_costs(int64_t data_bytes) {
 // kRegroupFixedPoints points' worth of work on one thread, whatever the size.
 constexpr int64_t kRegroupMinPoints = 2 * kSpan;
 constexpr double kRegroupFixedPoints = 16384;
+
+// Whether the cost model may pick kClosed for float64 data whose units are
+// all on. Off: kClosed runs only when forced, and every fit's losses are
+// fused_loss's bits. On, it made the dense float64 cells of the grid several
+// times faster (benchmarks/results/audit/audit.md, the no_closed row).
+constexpr bool kAutoClosed = false;
 
 // off_share's samples: at most kOffSamples, a sixteenth of the points below
 // 16 * kOffSamples, but at least kMinOffSamples (a sample of 1024 points costs
@@ -138,7 +147,9 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
           ? c.hidden_setup + c.regroup_setup + kRegroupFixedPoints / double(n) +
                 e * (1 - skipped)
           : kNever;
-  double closed = closable && bytes == kDoubleBytes ? c.hidden_setup + 1 : kNever;
+  double closed = kAutoClosed && closable && bytes == kDoubleBytes
+                      ? c.hidden_setup + 1
+                      : kNever;
   // A build without a plan (benchmarks/audit_paths.py measures each so).
 #ifdef BIASFIT_NO_CLOSED
   closed = kNever;
@@ -158,8 +169,8 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
 }
 
 // The plan cpu::train runs for a fit of x[0..n) from `bias`. Only a fit that
-// would regroup were every unit off needs the share; float64 data that might
-// close, kClosableSamples points' worth.
+// would regroup were every unit off needs the share; where kAutoClosed,
+// float64 data that might close kClosableSamples points' worth.
 template <typename T>
 Plan plan_for(const T* x, int64_t n, const Weights<T>& w, T bias,
               int64_t epochs) {
@@ -167,7 +178,7 @@ Plan plan_for(const T* x, int64_t n, const Weights<T>& w, T bias,
   const bool can_regroup = choose_plan(n, bytes, epochs, 1.0) == Plan::kRegroup;
   const double off = can_regroup ? off_share(x, n, w, bias) : 0.0;
   const bool closable =
-      std::is_same_v<T, double> &&
+      kAutoClosed && std::is_same_v<T, double> &&
       (can_regroup ? off : off_share(x, n, w, bias, kClosableSamples)) == 0.0;
   return choose_plan(n, bytes, epochs, off, closable);
 }
