@@ -68,6 +68,9 @@ VARIANTS = {
     "no_small_chunk": (("BIASFIT_NO_SMALL_CHUNK",), {},
                        "small_chunk_sum for chunks under 16 points",
                        "cpu/kernels.h, cpu/reduce.h"),
+    "no_aligned_buffer": (("BIASFIT_NO_ALIGNED_BUFFER",), {},
+                          "the hidden buffer on a cache line (malloc's 16 bytes instead)",
+                          "cpu/trainer.h"),
     "no_simd": ((), {"BIASFIT_CPU_KERNEL": "baseline"},
                 "every hand-vectorized path: the baseline (SSE2) build of each loop",
                 "cpu/kernels.h, cpu/grads_simd.h"),
@@ -83,14 +86,16 @@ VARIANTS = {
                   "the all-on chunk loop (Known::kAllOn)", "cpu/kernels.h"),
     "no_prefetch": (("BIASFIT_NO_PREFETCH",), {},
                     "prefetch_ahead 8 KiB ahead", "cpu/kernels.h"),
+    "no_stream": (("BIASFIT_NO_STREAM",), {}, "plan kStream", "cpu/trainer.h"),
+    "no_once": (("BIASFIT_NO_HIDDEN_ONCE",), {}, "plan kHiddenOnce", "cpu/trainer.h"),
     "no_regroup": (("BIASFIT_NO_REGROUP",), {}, "plan kRegroup",
                    "cpu/active_set.h, cpu/trainer.h"),
     "no_closed": (("BIASFIT_NO_CLOSED",), {}, "plan kClosed",
                   "cpu/closed_form.h, cpu/trainer.h"),
 }
 AVX512_ONLY = {"no_hand_avx512", "no_fma_add", "no_negated", "no_all_on", "no_prefetch"}
-PLAN_VARIANTS = {"no_regroup", "no_closed"}
-PLANS = ("once", "regroup", "closed")
+PLAN_VARIANTS = {"no_stream", "no_once", "no_regroup", "no_closed"}
+PLANS = ("stream", "once", "regroup", "closed")
 MIN_CALL_S = 1e-3  # shorter fits are repeated within a batch and averaged
 BATCHES = 3        # a round's time for a config: the best of its batches
 

@@ -69,7 +69,7 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype, start, monkeypa
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("plan", ["once", "regroup"])
+@pytest.mark.parametrize("plan", ["once", "stream", "regroup"])
 @pytest.mark.parametrize("bad", ["nan x", "inf", "-inf", "nan"])
 def test_trainer_epoch_with_values_not_finite_is_fused_loss(bad, plan, dtype, monkeypatch):
     # Where no z = h + bias can be NaN, the AVX-512 loops sum -r under the
@@ -241,7 +241,7 @@ def test_same_bits_for_any_thread_count(monkeypatch):
             result = [loss.item(), grad.item()]
             # Each plan splits the chunks it sums among the threads; a
             # regrouped fit also sorts the points in one piece a thread.
-            for plan in ("once", "regroup"):
+            for plan in ("stream", "once", "regroup"):
                 monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
                 fit = biasfit.fit_fused(x64, y64, bias=-2.0, epochs=REGROUP_EPOCHS,
                                         tol=0.0, lr=1e-7)

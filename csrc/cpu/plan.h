@@ -2,7 +2,8 @@
 // cost model that picks the way: every tuned constant of the trainer's plans
 // sits here.
 //
-// Only final_bias trains, so hidden(x) is the same every epoch and is
+// Only final_bias trains, so hidden(x) is the same every epoch and can be
+//   kStream:     computed again every epoch from x (no memory, more work);
 //   kHiddenOnce: computed once into a buffer the epochs read (a pass, an
 //                allocation and its page faults first);
 //   kRegroup:    computed once and the points regrouped by it
@@ -11,15 +12,13 @@
 //   kClosed:     float64 only: hidden once, and a chunk whose output units
 //                are all on summed in closed form from its moments
 //                (cpu/closed_form.h), a few operations instead of a pass.
-// kHiddenOnce sums the points in fused_loss's chunks, lanes and trees: its
-// bits at each epoch's bias. kRegroup sums the
+// kStream and kHiddenOnce sum the same points in the same chunks, lanes and
+// trees: the same bits, fused_loss's at each epoch's bias. kRegroup sums the
 // regrouped order: fused_loss's bits over that order. kClosed's sums agree
 // with them within 1e-13 but not bit for bit, so the cost model picks it only
 // where kAutoClosed says so (off: a fit's epoch losses are fused_loss's bits
-// in every plan it picks). BIASFIT_TRAINER_PLAN=once|regroup|closed forces
-// one: to measure each, and to opt in to kClosed. (Computing hidden(x) again
-// every epoch instead, with no buffer, was slower wherever the model picked
-// it: benchmarks/results/audit/.)
+// in every plan it picks). BIASFIT_TRAINER_PLAN=stream|once|regroup|closed
+// forces one: to measure each, and to opt in to kClosed.
 //
 // How the constants were measured: each plan forced, interleaved with the
 // cost model's pick, on the cells of benchmarks/bench_peers.py's grid (data
@@ -45,7 +44,7 @@
 namespace biasfit {
 namespace cpu {
 
-enum class Plan { kHiddenOnce, kRegroup, kClosed };
+enum class Plan { kStream, kHiddenOnce, kRegroup, kClosed };
 
 // Costs per point in units of one kHiddenOnce epoch, in three tiers of the
 // data's bytes (inputs and labels): in L2, a streamed epoch costs more than
@@ -58,7 +57,7 @@ enum class Plan { kHiddenOnce, kRegroup, kClosed };
 // closed chunks is counted as nothing (a chunk that stops closing costs a
 // hidden-once epoch again: the model does not foresee that).
 struct PlanCosts {
-  double stream_epoch;   // an epoch computing hidden(x) again, unbuffered
+  double stream_epoch;   // a streamed epoch
   double hidden_setup;   // allocating and filling the hidden buffer
   double regroup_setup;  // the regrouping on top of that
 };
@@ -126,6 +125,7 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
                         bool closable = false) {
   constexpr int64_t kDoubleBytes = 2 * int64_t(sizeof(double));
   if (const char* pick = std::getenv("BIASFIT_TRAINER_PLAN")) {
+    if (std::strcmp(pick, "stream") == 0) return Plan::kStream;
     if (std::strcmp(pick, "once") == 0) return Plan::kHiddenOnce;
     if (std::strcmp(pick, "regroup") == 0 && n >= kRegroupMinPoints) {
       return Plan::kRegroup;
@@ -137,11 +137,8 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
   constexpr double kNever = std::numeric_limits<double>::infinity();
   const PlanCosts& c = plan_costs(n * bytes);
   const double e = double(epochs);
-  // The epochs over the points in their order: the buffer's cost, or, for
-  // few epochs over data past L2, a streamed epoch's, which the model was
-  // tuned with. Keeping it keeps every choice to regroup, and so every sum's
-  // order and bits, where it was.
-  const double once = std::min(e * c.stream_epoch, c.hidden_setup + e);
+  double stream = e * c.stream_epoch;
+  double once = c.hidden_setup + e;
   // Regrouped, an epoch skips the off points but the spans that hold on ones.
   const int64_t spans = num_spans(n);
   const double skipped = std::floor(off * double(spans)) / double(spans);
@@ -160,7 +157,14 @@ inline Plan choose_plan(int64_t n, int64_t bytes, int64_t epochs, double off,
 #ifdef BIASFIT_NO_REGROUP
   regroup = kNever;
 #endif
-  if (closed < once && closed < regroup) return Plan::kClosed;
+#ifdef BIASFIT_NO_STREAM
+  stream = kNever;
+#endif
+#ifdef BIASFIT_NO_HIDDEN_ONCE
+  once = kNever;
+#endif
+  if (closed < stream && closed < once && closed < regroup) return Plan::kClosed;
+  if (stream <= once && stream <= regroup) return Plan::kStream;
   return once <= regroup ? Plan::kHiddenOnce : Plan::kRegroup;
 }
 
@@ -182,6 +186,7 @@ Plan plan_for(const T* x, int64_t n, const Weights<T>& w, T bias,
 // The plan's name, as BIASFIT_TRAINER_PLAN spells it.
 inline const char* plan_name(Plan plan) {
   switch (plan) {
+    case Plan::kStream: return "stream";
     case Plan::kHiddenOnce: return "once";
     case Plan::kClosed: return "closed";
     default: return "regroup";
