@@ -143,16 +143,6 @@ void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
   }
 }
 
-// Buffers the epochs read, aligned to cache lines (train's scratch).
-#ifndef BIASFIT_NO_ALIGNED_BUFFER
-constexpr std::align_val_t kCacheLine{64};
-#else
-constexpr std::align_val_t kCacheLine{alignof(std::max_align_t)};  // malloc's
-#endif
-struct CacheLineDelete {
-  void operator()(void* p) const { ::operator delete[](p, kCacheLine); }
-};
-
 // A whole fit over x[0..n), y[0..n) (contiguous) from `bias`, reading the
 // points as plan_for (cpu/plan.h) decides. The hidden buffer is kept in the
 // data's dtype, exactly as the per-epoch evaluation rounds it.
@@ -182,14 +172,9 @@ FitState<T> train(const T* x, const T* y, int64_t n, const Weights<T>& w,
   // Not value-initialized: hidden_chunk writes the first n elements (and
   // gives each chunk's smallest h: where every unit of a chunk is on, its
   // loop skips the relu and the mask, cpu/kernels.h), build the other 2n.
-  // Each array starts on a cache line. malloc promises 16 bytes, and
-  // whether a block lands on a line depends on the heap's state (a fresh
-  // mmap'd block never does); off a line, every vector load of an epoch
-  // spans two (the labels are aligned as torch allocates them).
   const bool regroup = plan == Plan::kRegroup;
-  const int64_t stride = (n + kLanes - 1) / kLanes * kLanes;  // 64-byte multiples
-  const std::unique_ptr<T[], CacheLineDelete> scratch(static_cast<T*>(
-      ::operator new[](sizeof(T) * (regroup ? 3 * stride : n), kCacheLine)));
+  const int64_t stride = (n + kLanes - 1) / kLanes * kLanes;  // whole steps
+  const std::unique_ptr<T[]> scratch(new T[regroup ? 3 * stride : n]);
   T* hidden_x = scratch.get();
   std::vector<T> chunk_min_h(num_chunks(n));
   parallel_items(num_chunks(n), threads, [&](int64_t c) {
