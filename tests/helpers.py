@@ -30,7 +30,7 @@ def rel_err(a, b):
 
 
 # The CPU trainer may regroup the points by hidden value (csrc/cpu/active_set.h)
-# when its cost model says so (cpu/trainer.h's choose_plan); BIASFIT_TRAINER_PLAN
+# when its cost model says so (cpu/plan.h's choose_plan); BIASFIT_TRAINER_PLAN
 # forces a plan. REGROUP_EPOCHS: a fit long enough to regroup where forced;
 # CHUNK: cpu/reduce.h's kChunk.
 REGROUP_EPOCHS, CHUNK = 32, 1 << 14
@@ -53,13 +53,7 @@ def cpu_trainer_order(x, w, epochs):
 
     if x.device.type != "cpu":
         return None
-    # cpu/trainer.h's off_share: up to 1024 evenly spaced points.
-    n = x.numel()
-    samples = min(n, 1024, max(64, n // 16))
-    at = torch.tensor([j * n // samples for j in range(samples)])
-    w00, b00, w01, w10, b10, w11 = w
-    xs = x[at]
-    h = (xs * w00 + b00).relu() * w01 + (xs * w10 + b10).relu() * w11
-    off = float((~(h > 0)).sum()) / samples
-    plan = _direct.trainer_plan(n, 2 * x.element_size(), epochs, off)
+    # cpu/plan.h's plan_for, the trainer's own choice (from bias 0).
+    plan = _direct.trainer_plan_of(x.contiguous().numpy(),
+                                   torch.as_tensor(w, dtype=x.dtype).numpy(), 0.0, epochs)
     return regrouped_order(x, w) if plan == "regroup" else None

@@ -1,11 +1,11 @@
 """The CPU trainer's plan: how a fit of final_bias reads its points
-(csrc/cpu/trainer.h's choose_plan). Streamed epochs recompute hidden(x);
+(csrc/cpu/plan.h's choose_plan). Streamed epochs recompute hidden(x);
 hidden-once epochs read a buffer filled once; regrouped ones skip the
 points whose output units are off (whole chunks, and 128-point spans of
 the rest); closed ones (float64) sum the chunks whose units are all on from
 their moments. The choice changes the speed only:
 stream and hidden-once give the same bits, regrouping sums the same values
-in another order, closing agrees within 1e-13."""
+in another order, closing (only where forced) agrees within 1e-13."""
 import pytest
 import torch
 
@@ -55,20 +55,30 @@ def test_the_cost_model_picks_the_cheaper_plan(n, bytes_, epochs, off, plan):
     assert _direct.trainer_plan(n, bytes_, epochs, off) == plan
 
 
-@pytest.mark.parametrize("n, bytes_, epochs, plan", [
-    # Float64 data with every sampled unit on: a closed chunk costs nothing
-    # an epoch, once the buffer and the moments are there.
-    (1000, F64, 10, "closed"),
-    (10**5, F64, 10, "closed"),
-    (10**7, F64, 100, "closed"),
-    # ... unless the fit is too short to pay for them.
-    (1000, F64, 1, "stream"),
-    (10**8, F64, 5, "stream"),
-    # float32 points never close.
-    (1000, F32, 100, "once"),
+@pytest.mark.parametrize("n, bytes_, epochs", [
+    (1000, F64, 10), (10**5, F64, 10), (10**7, F64, 100), (1000, F64, 1),
+    (10**8, F64, 5), (1000, F32, 100),
 ])
-def test_float64_data_all_on_closes_when_that_pays(n, bytes_, epochs, plan):
-    assert _direct.trainer_plan(n, bytes_, epochs, 0.0, True) == plan
+def test_closing_is_opt_in(n, bytes_, epochs):
+    # Closed sums are not fused_loss's bits, so the cost model never picks
+    # them (cpu/plan.h's kAutoClosed): data all on plans as any other.
+    closable = _direct.trainer_plan(n, bytes_, epochs, 0.0, True)
+    assert closable == _direct.trainer_plan(n, bytes_, epochs, 0.0, False) != "closed"
+
+
+@pytest.mark.parametrize("n", [1000, 3 * CHUNK + 5])
+def test_a_dense_float64_fit_records_fused_loss_at_each_bias(n, monkeypatch):
+    # Data all on, which a closed plan could sum from moments: the cost
+    # model's plan records fused_loss's bits at every epoch's bias.
+    monkeypatch.delenv("BIASFIT_TRAINER_PLAN", raising=False)
+    x, y, w = dense_problem(n, torch.float64)
+    b = torch.tensor(5.0, dtype=torch.float64)
+    _, losses, biases, info = torch.ops.biasfit.fit_sgd(
+        x, y, w, b, 0.1 / n, 0.5, 0.0, False, 0.0, False, 20, 0.0)
+    assert _direct.trainer_plan_of(x.numpy(), w.numpy(), 5.0, 20) != "closed"
+    for e in range(int(info[0])):
+        loss, _ = torch.ops.biasfit.fused_loss(x, y, w, biases[e])
+        assert torch.equal(losses[e], loss), f"epoch {e}"
 
 
 def fit_with(plan, monkeypatch, x, y, w, b, epochs):

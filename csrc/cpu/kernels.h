@@ -34,7 +34,7 @@ namespace biasfit {
 // intrinsics: those carry a target attribute that core/network.h's generic
 // inline functions could not inline; a builtin expands in the instruction
 // set of the kernel it ends up in. Other compilers keep the generic form.
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__GNUC__) && !defined(__clang__) && !defined(BIASFIT_NO_RELU_MAX)
 template <>
 struct Relu<__m512> {
   BIASFIT_HD static __m512 of(__m512 z) {
@@ -115,7 +115,12 @@ struct PointLossFromHidden {  // the same from a precomputed hidden(x[i])
   Known known_at(int64_t begin, int64_t end) const {
     const int64_t c = begin / kChunk;
     if (chunk_min_h == nullptr || (end - 1) / kChunk != c) return Known::kNothing;
+#ifndef BIASFIT_NO_ALL_ON
     if (add_rn(chunk_min_h[c], bias) > T(0)) return Known::kAllOn;
+#endif
+#ifdef BIASFIT_NO_NEGATED
+    return Known::kNothing;
+#endif
     return !std::isnan(chunk_min_h[c]) && std::isfinite(bias) ? Known::kNoNaN
                                                                : Known::kNothing;
   }
@@ -233,7 +238,7 @@ template <typename V>
 BIASFIT_HD V add_on_fma_ports(V a, V b) {
   return add_rn(a, b);
 }
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__GNUC__) && !defined(__clang__) && !defined(BIASFIT_NO_FMA_ADD)
 template <>
 BIASFIT_HD __m512d add_on_fma_ports(__m512d a, __m512d b) {
   return __m512d(__builtin_ia32_vfmaddpd512_mask(
@@ -403,10 +408,12 @@ BIASFIT_HD void prefetch_ahead(const T* a, const T* b) {
   static_assert(kLanes * sizeof(T) % 64 == 0, "whole cache lines a step");
   const char* a_ahead = reinterpret_cast<const char*>(a) + kPrefetchBytes;
   const char* b_ahead = reinterpret_cast<const char*>(b) + kPrefetchBytes;
+#ifndef BIASFIT_NO_PREFETCH
   for (size_t line = 0; line < kLanes * sizeof(T); line += 64) {
     __builtin_prefetch(a_ahead + line);
     __builtin_prefetch(b_ahead + line);
   }
+#endif
 }
 
 // A chunk of the trainer's points (float or double) on AVX-512: its whole
@@ -496,11 +503,14 @@ Known known_of(const PointLossFromHidden<T>& p, int64_t begin, int64_t end) {
 template <typename Point>
 LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end,
                    const double* start_loss = nullptr) {
+#ifndef BIASFIT_NO_SMALL_CHUNK
   if (end - begin < kLanes && start_loss == nullptr) {
     return small_chunk_sum(p, begin, end);
   }
+#endif
   switch (kIsa) {
     case Isa::kAvx512:
+#ifndef BIASFIT_NO_HAND_AVX512
       if constexpr (kHandWritten<Point, float> || kHandWritten<Point, double>) {
         switch (known_of(p, begin, end)) {
           case Known::kAllOn:
@@ -511,11 +521,14 @@ LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end,
             return chunk_hand_avx512<Known::kNothing>(p, begin, end, start_loss);
         }
       }
+#endif
       return chunk_avx512(p, begin, end, start_loss);
     case Isa::kAvx2:
+#ifndef BIASFIT_NO_HAND_AVX2
       if constexpr (kHandWritten<Point, float>) {
         return chunk_f32_avx2(p, begin, end, start_loss);
       }
+#endif
       return chunk_avx2(p, begin, end, start_loss);
     default:
       return chunk_baseline(p, begin, end, start_loss);

@@ -154,16 +154,40 @@ PyMethodDef plain_methods[] = {
      "threads) -> fit_sgd's tuple, or None"},
     {nullptr, nullptr, 0, nullptr}};
 
-// The CPU trainer's plan for a fit (cpu/trainer.h's choose_plan): what the
+// The CPU trainer's plan for a fit (cpu/plan.h's choose_plan): what the
 // tests check the cost model by.
 const char* trainer_plan(int64_t n, int64_t bytes, int64_t epochs,
                          double off_share, bool closable) {
-  switch (cpu::choose_plan(n, bytes, epochs, off_share, closable)) {
-    case cpu::Plan::kStream: return "stream";
-    case cpu::Plan::kHiddenOnce: return "once";
-    case cpu::Plan::kClosed: return "closed";
-    default: return "regroup";
+  return cpu::plan_name(cpu::choose_plan(n, bytes, epochs, off_share, closable));
+}
+
+// The plan cpu::train runs for a fit of x from `bias` over `epochs` epochs
+// (cpu/plan.h's plan_for): which order the tests expect its sums in. x and
+// weights are contiguous 1-D float32 or float64 buffers (numpy arrays).
+template <typename T>
+const char* plan_of(const py::buffer_info& x, const py::buffer_info& w,
+                    double bias, int64_t epochs) {
+  return cpu::plan_name(cpu::plan_for(static_cast<const T*>(x.ptr), x.size,
+                                      Weights<T>::load(static_cast<const T*>(w.ptr)),
+                                      T(bias), epochs));
+}
+
+const char* trainer_plan_of(py::buffer x, py::buffer weights, double bias,
+                            int64_t epochs) {
+  const py::buffer_info xi = x.request(), wi = weights.request();
+  const bool is_double = xi.format == py::format_descriptor<double>::format();
+  const bool is_float = xi.format == py::format_descriptor<float>::format();
+  const auto contiguous = [](const py::buffer_info& b) {
+    return b.ndim == 1 && (b.shape[0] < 2 || b.strides[0] == b.itemsize);
+  };
+  if (!(is_double || is_float) || wi.format != xi.format || wi.size != 6 ||
+      !contiguous(xi) || !contiguous(wi) || xi.size < 1) {
+    throw std::invalid_argument(
+        "trainer_plan_of: x and weights (6 values) must be contiguous 1-D "
+        "buffers of one dtype, float32 or float64");
   }
+  return is_double ? plan_of<double>(xi, wi, bias, epochs)
+                   : plan_of<float>(xi, wi, bias, epochs);
 }
 
 }  // namespace
@@ -189,4 +213,10 @@ PYBIND11_MODULE(_direct, m) {
         "all on at the start)",
         pybind11::arg("n"), pybind11::arg("bytes"), pybind11::arg("epochs"),
         pybind11::arg("off_share"), pybind11::arg("closable") = false);
+  m.def("trainer_plan_of", &biasfit::trainer_plan_of,
+        "the plan the CPU trainer runs for a fit of x (a contiguous float32 or "
+        "float64 buffer) with weights (6 values, x's dtype) from bias over "
+        "epochs epochs",
+        pybind11::arg("x"), pybind11::arg("weights"), pybind11::arg("bias"),
+        pybind11::arg("epochs"));
 }
