@@ -226,7 +226,7 @@ void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
   if (state.status == kRunning && poll.due()) state.status = kInterrupted;
 }
 
-// The trainer's epochs, all in one OpenMP parallel region: the calling
+// The trainer's epochs, all in one parallel region (run_team): the calling
 // thread combines the chunk sums and steps (it alone may run Python's
 // signal handlers for an Interrupt), and two barriers an epoch replace a
 // fork and join. The chunks that must be summed are split evenly among the
@@ -251,7 +251,7 @@ void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
   }
   std::vector<LossGrad> partials(chunks);
   run_team(threads_for(chunks, threads), [&](const Team& team) {
-    Point point_here = point;  // each thread's own
+    Point point_here = point;  // each thread its own copy (firstprivate)
     Point& point = point_here;
     const int64_t t = team.thread(), nt = team.size();
     // state is written only by the master thread between two barriers.

@@ -48,7 +48,7 @@ void end_param_epoch(ParamFitState<T>& state, const ParamSums& sums,
 }
 
 // A whole fit over x[0..n), y[0..n) (contiguous) from params[7]. Every
-// epoch in one OpenMP parallel region, as cpu/trainer.h's run_epochs: each
+// epoch in one parallel region (run_team), as cpu/trainer.h's run_epochs: each
 // thread sums its share of the chunks into partials, the calling thread
 // combines them in deterministic_sum's tree and steps (it alone may run
 // Python's signal handlers for an Interrupt), and two barriers an epoch

@@ -13,7 +13,6 @@
 // tests/test_cpu_kernels.py checks. The two points they take:
 //   PointLossFromHidden<float>: z = h + bias, h computed once per fit;
 //   PointLoss<float>: z = hidden(x) + bias, hidden streamed each epoch.
-
 #pragma once
 
 #include <cstdint>
