@@ -144,6 +144,9 @@ def openmp_flags() -> tuple:
         print(f"biasfit: building without OpenMP: {cxx_compiler()[0]} does not accept "
               "-fopenmp; threads run on std::thread (BIASFIT_OPENMP=1 to insist)",
               file=sys.stderr)
+    else:
+        print("biasfit: building without OpenMP (BIASFIT_OPENMP=0); threads run on "
+              "std::thread", file=sys.stderr)
     simd = ["-fopenmp-simd"] if compiles(["-fopenmp-simd"], SIMD_PROBE, link=False) else []
     return simd + ["-pthread"], ["-pthread"]
 
