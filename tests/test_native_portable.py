@@ -132,3 +132,24 @@ def test_build_gives_the_reference_bits(outputs, name):
     got = output_of(outputs, name)
     differing = [(a, b) for a, b in zip(reference.splitlines(), got.splitlines()) if a != b]
     assert got == reference, f"{name} differs from {REFERENCE}: {differing[:3]}"
+
+
+def test_setup_builds_without_openmp_where_the_compiler_refuses_it(tmp_path, monkeypatch, capsys):
+    if GXX is None:
+        pytest.skip("no g++")
+    # A compiler that refuses -fopenmp (as Apple's clang does), else g++.
+    fake = tmp_path / "no-openmp-c++"
+    fake.write_text(f'#!/bin/sh\nfor a; do [ "$a" = -fopenmp ] && exit 1; done\nexec {GXX} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.delenv("BIASFIT_OPENMP", raising=False)
+    monkeypatch.setenv("CXX", GXX)
+    assert setup.openmp_flags() == (["-fopenmp"], ["-fopenmp"])
+    monkeypatch.setenv("CXX", str(fake))
+    assert setup.openmp_flags() == (NO_OPENMP, ["-pthread"])
+    assert "building without OpenMP" in capsys.readouterr().err
+    monkeypatch.setenv("BIASFIT_OPENMP", "1")
+    with pytest.raises(SystemExit, match="BIASFIT_OPENMP=1"):
+        setup.openmp_flags()
+    monkeypatch.setenv("CXX", GXX)
+    monkeypatch.setenv("BIASFIT_OPENMP", "0")
+    assert setup.openmp_flags() == (NO_OPENMP, ["-pthread"])
