@@ -18,13 +18,19 @@ Environment overrides:
   CUDA_HOME            the CUDA toolkit to use
   TORCH_CUDA_ARCH_LIST the GPU architectures (default: sm_80, sm_90, plus PTX
                        of the newest so later GPUs can JIT it)
+  BIASFIT_OPENMP=0|1   build without OpenMP (threads on std::thread, the
+                       same bits), or insist on it (default: with it when
+                       the C++ compiler accepts -fopenmp, which a test
+                       compile decides; Apple's clang does not)
   BIASFIT_DEBUG=1      -O0 -g instead of -O3
   BIASFIT_BUILD_DIR    where build files go (default: a temporary folder)
 """
 import atexit
 import os
 import re
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -95,6 +101,66 @@ def cuda_toolkit_to_use(torch):
     return found.home
 
 
+def cxx_compiler() -> list:
+    """The C++ compiler torch's BuildExtension runs: $CXX, else c++."""
+    return shlex.split(os.environ.get("CXX") or "c++")
+
+
+def compiles(flags: list, source: str, link: bool) -> bool:
+    """Whether the C++ compiler builds `source` with `flags` (a test compile)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "probe.cpp")
+        with open(path, "w") as f:
+            f.write(source)
+        command = cxx_compiler() + flags + [path, "-o", os.path.join(folder, "probe")]
+        if not link:
+            command.insert(-2, "-c")
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return done.returncode == 0
+
+
+OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+SIMD_PROBE = "int f(float* a) {\n#pragma omp simd\n for (int i = 0; i < 8; ++i) a[i] += 1;\n return 0; }\n"
+
+
+def openmp_flags() -> tuple:
+    """(compile flags, link flags) for the CPU code's threads.
+
+    With OpenMP: -fopenmp. Without (BIASFIT_OPENMP=0, or a compiler that
+    refuses it): csrc/cpu/parallel.h runs the threads on std::thread, and
+    -fopenmp-simd, where accepted, keeps the `omp simd` loops vectorized
+    without OpenMP's runtime. The same bits either way.
+    """
+    forced = os.environ.get("BIASFIT_OPENMP")
+    if forced != "0":
+        if compiles(["-fopenmp"], OPENMP_PROBE, link=True):
+            return ["-fopenmp"], ["-fopenmp"]
+        if forced == "1":
+            raise SystemExit(f"biasfit: BIASFIT_OPENMP=1 but {cxx_compiler()[0]} "
+                             "cannot build with -fopenmp")
+        print(f"biasfit: building without OpenMP: {cxx_compiler()[0]} does not accept "
+              "-fopenmp; threads run on std::thread (BIASFIT_OPENMP=1 to insist)",
+              file=sys.stderr)
+    else:
+        print("biasfit: building without OpenMP (BIASFIT_OPENMP=0); threads run on "
+              "std::thread", file=sys.stderr)
+    simd = ["-fopenmp-simd"] if compiles(["-fopenmp-simd"], SIMD_PROBE, link=False) else []
+    return simd + ["-pthread"], ["-pthread"]
+
+
+def cxx_flags(opt: list, openmp: list) -> list:
+    """The C++ flags of every source (tests/test_native_portable.py builds
+    the torch-free core with them too).
+
+    No FMA contraction: each point must round as eager PyTorch's separate
+    multiply and add do (see csrc/core/network.h).
+    """
+    return opt + openmp + ["-ffp-contract=off", "-fno-trapping-math"]
+
+
 def extensions():
     import torch
 
@@ -110,9 +176,8 @@ def extensions():
 
     debug = os.environ.get("BIASFIT_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    # No FMA contraction: each point must round as eager PyTorch's separate
-    # multiply and add do (see csrc/core/network.h).
-    cxx = opt + ["-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
+    openmp, link = openmp_flags()
+    cxx = cxx_flags(opt, openmp)
     stable = [torch_target_macro(),
               '-DBIASFIT_TORCH_TARGET="{}.{}"'.format(*TORCH_FLOOR)]
     sources = sources_in("torch_ops", ".cpp")
@@ -124,12 +189,12 @@ def extensions():
         kwargs["extra_compile_args"]["nvcc"] = nvcc_flags(opt) + stable
         make = cpp_extension.CUDAExtension
     ops = make("biasfit._C", sources, py_limited_api=True,
-               extra_link_args=["-fopenmp"], **kwargs)
+               extra_link_args=link, **kwargs)
     direct = Extension(
         "biasfit._direct", sources_in("direct", ".cpp"), language="c++",
         include_dirs=[CSRC, pybind11.get_include()],
         extra_compile_args=cxx + ["-fvisibility=hidden"],
-        extra_link_args=["-fopenmp"])
+        extra_link_args=link)
     build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
     return [ops, direct], {"build_ext": build_ext}
 

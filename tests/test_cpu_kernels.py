@@ -41,7 +41,7 @@ def fit_sgd(x, y, w, b, epochs):
 
 
 # From bias 80 every output unit is on (hidden >= -69.4 on special_problem's
-# x), and the trainer's chunks take their all-on loop (cpu/kernels.h).
+# x), and the trainer's chunks take their all-on loop (cpu/x86/epoch_loops.h).
 ALL_ON_BIAS = 80.0
 
 
@@ -73,7 +73,7 @@ def test_every_trainer_epoch_is_fused_loss_bit_for_bit(n, dtype, start, monkeypa
 @pytest.mark.parametrize("bad", ["nan x", "inf", "-inf", "nan"])
 def test_trainer_epoch_with_values_not_finite_is_fused_loss(bad, plan, dtype, monkeypatch):
     # Where no z = h + bias can be NaN, the AVX-512 loops sum -r under the
-    # mask z > 0 instead of relu(z) - y (cpu/kernels.h, Known::kNoNaN),
+    # mask z > 0 instead of relu(z) - y (cpu/x86/epoch_loops.h, Known::kNoNaN),
     # which would give a NaN z's point y^2 where relu gives NaN. A chunk
     # holding a NaN h, and a bias that is not finite, must take relu's
     # path: the first epoch's loss is fused_loss's (over the regrouped

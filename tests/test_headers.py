@@ -2,8 +2,12 @@
 translation unit with nothing before it but what its layer's compiler
 provides (the CUDA headers get tests/cuda_emu/cuda_emu.h, the emulated
 counterpart of what nvcc provides implicitly; the torch binding's headers
-get torch's include folders; the direct call's get Python's)."""
+get torch's include folders; the direct call's get Python's). The torch-free
+CPU and core headers also compile for aarch64 (with the cross compiler,
+where installed): x86's own code lives in csrc/cpu/x86/, included only
+under BIASFIT_X86."""
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -58,3 +62,49 @@ def test_core_headers_use_no_torch():
     for header in (h for h in HEADERS if h.startswith(("core/", "cpu/", "cuda/"))):
         text = (CSRC / header).read_text()
         assert "#include <torch" not in text and "#include <ATen" not in text, header
+
+
+# The torch-free headers every CPU builds; csrc/cpu/x86/ is x86's alone.
+PORTABLE = [h for h in HEADERS if h.startswith(("core/", "cpu/")) and not h.startswith("cpu/x86/")]
+CROSS_CXX = shutil.which("aarch64-linux-gnu-g++")
+
+
+@pytest.mark.skipif(CROSS_CXX is None and os.environ.get("BIASFIT_REQUIRE_AARCH64") != "1",
+                    reason="no aarch64 cross compiler (Debian: g++-aarch64-linux-gnu)")
+@pytest.mark.parametrize("header", PORTABLE)
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "no-openmp"])
+def test_header_compiles_for_aarch64(header, openmp, tmp_path):
+    assert CROSS_CXX is not None, "BIASFIT_REQUIRE_AARCH64=1 but no aarch64-linux-gnu-g++"
+    source = tmp_path / "alone.cpp"
+    source.write_text(f'#include "{header}"\n')
+    command = [CROSS_CXX, "-std=c++17", "-fsyntax-only", "-Wall", "-Wno-unknown-pragmas",
+               *(["-fopenmp"] if openmp else []), f"-I{CSRC}", str(source)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{header} does not compile for aarch64:\n{done.stderr[-3000:]}"
+
+
+X86_ONLY = re.compile(r"immintrin|__builtin_ia32_|__builtin_cpu_supports|__m(128|256|512)|"
+                      r"_mm(256|512)?_|BIASFIT_AVX|x86::")
+
+
+def test_x86_code_only_under_the_guard():
+    # Outside csrc/cpu/x86/, x86's intrinsics, types and target attributes
+    # appear only between #if BIASFIT_X86 (or BIASFIT_X86_HAND_LOOPS) and its
+    # #endif (comments aside).
+    for header in PORTABLE:
+        depth, guarded = 0, []  # guarded: the depths where BIASFIT_X86 opened
+        for number, line in enumerate((CSRC / header).read_text().splitlines(), 1):
+            code = line.split("//")[0].strip()
+            if code.startswith("#if"):
+                depth += 1
+                if code.split()[1:] in (["BIASFIT_X86"], ["BIASFIT_X86_HAND_LOOPS"]):
+                    guarded.append(depth)
+            elif code.startswith(("#else", "#elif")):
+                if guarded and guarded[-1] == depth:
+                    guarded.pop()  # the other CPUs' branch
+            elif code.startswith("#endif"):
+                if guarded and guarded[-1] == depth:
+                    guarded.pop()
+                depth -= 1
+            elif X86_ONLY.search(code) and not guarded and "define BIASFIT_X86" not in code:
+                pytest.fail(f"{header}:{number} has x86-only code outside #if BIASFIT_X86: {line}")

@@ -46,7 +46,7 @@ struct Weights {
 // copy of the formulas. Hence T{} for zero, which both kinds of T accept.
 //
 // relu goes through a trait so that the CPU kernels can give SIMD vectors
-// the one-instruction IEEE max, which computes exactly this (cpu/kernels.h).
+// the one-instruction IEEE max, which computes exactly this (cpu/x86/simd.h).
 template <typename T>
 struct Relu {
   BIASFIT_HD static T of(T z) {
@@ -158,7 +158,7 @@ BIASFIT_HD Forward<T> forward(T x, const Weights<T>& w, T bias) {
 
 // The derivatives are formed from the forward's values widened to D: double
 // for a scalar point, or a vector of doubles for the CPU's SIMD kernels
-// (cpu/grads_simd.h), which run these same functions on 4 or 8 points at
+// (cpu/x86/param_lanes.h), which run these same functions on 4 or 8 points at
 // once. Hence D{} for zero and a ternary per lane, as relu's. Widening a
 // float is exact and keeps its sign, so comparing the widened value with 0
 // is comparing the original: the results are the same bits as forming each

@@ -7,10 +7,14 @@
 
 #include <cstdint>
 
-#include "cpu/grads_simd.h"
-#include "cpu/kernels.h"
 #include "core/network.h"
+#include "cpu/isa.h"
+#include "cpu/kernels.h"
 #include "cpu/reduce.h"
+
+#if BIASFIT_X86_HAND_LOOPS
+#include "cpu/x86/param_lanes.h"
+#endif
 
 namespace biasfit {
 namespace cpu {
@@ -75,7 +79,7 @@ struct PointPredictGrads {
 
 // One chunk's running ParamSums: point i adds into lane i % kLanes, and the
 // lanes combine in Lanes::finish's tree, so the loss and bias sums are
-// fused_loss's bit for bit. The SIMD kernels (cpu/grads_simd.h) fill the
+// fused_loss's bit for bit. The SIMD kernels (cpu/x86/param_lanes.h) fill the
 // lanes themselves and finish with the same tail and tree. kParams false:
 // only the loss is summed (per-point gradients alone were asked for).
 struct ParamLanes {
@@ -121,11 +125,17 @@ BIASFIT_HD ParamSums chunk_param_sums(const Point& point, int64_t begin,
   return lanes.finish<kParams>(point, i, end);
 }
 
-// Compiled for AVX-512, AVX2 and the baseline, chosen at run time as
-// sum_chunk (cpu/kernels.h's kIsa); all add in the same order, so they give
+template <bool kParams, typename Point>
+ParamSums param_chunk_baseline(const Point& p, int64_t begin, int64_t end) {
+  return chunk_param_sums<kParams>(p, begin, end);
+}
+
+#if BIASFIT_X86
+// On x86 also compiled for AVX-512 and AVX2, chosen at run time as
+// sum_chunk (cpu/isa.h's kIsa); all add in the same order, so they give
 // the same bits. The contiguous all-seven points (the trainer's epochs) take
-// the hand-vectorized lanes of cpu/grads_simd.h; the others gcc's own
-// compilation of the loop.
+// the hand-vectorized lanes of cpu/x86/param_lanes.h (with GCC); the others
+// the compiler's own compilation of the loop.
 template <bool kParams, typename Point>
 BIASFIT_AVX512 ParamSums param_chunk_avx512(const Point& p, int64_t begin,
                                            int64_t end) {
@@ -138,13 +148,14 @@ BIASFIT_AVX2 ParamSums param_chunk_avx2(const Point& p, int64_t begin,
   return chunk_param_sums<kParams>(p, begin, end);
 }
 
+#if BIASFIT_X86_HAND_LOOPS
 template <bool kParams, typename T>
 BIASFIT_AVX512 ParamSums param_chunk_avx512(const PointLossParamGrads<T>& p,
                                            int64_t begin, int64_t end) {
   if (!kParams) return chunk_param_sums<kParams>(p, begin, end);
   ParamLanes lanes;
-  const int64_t i = simd_param_lanes<64>(p.x, p.y, p.w, p.bias, begin, end,
-                                         lanes.loss, lanes.grad);
+  const int64_t i = x86::simd_param_lanes<64>(p.x, p.y, p.w, p.bias, begin,
+                                              end, lanes.loss, lanes.grad);
   return lanes.finish<kParams>(p, i, end);
 }
 
@@ -153,23 +164,23 @@ BIASFIT_AVX2 ParamSums param_chunk_avx2(const PointLossParamGrads<T>& p,
                                        int64_t begin, int64_t end) {
   if (!kParams) return chunk_param_sums<kParams>(p, begin, end);
   ParamLanes lanes;
-  const int64_t i = simd_param_lanes<32>(p.x, p.y, p.w, p.bias, begin, end,
-                                         lanes.loss, lanes.grad);
+  const int64_t i = x86::simd_param_lanes<32>(p.x, p.y, p.w, p.bias, begin,
+                                              end, lanes.loss, lanes.grad);
   return lanes.finish<kParams>(p, i, end);
 }
-
-template <bool kParams, typename Point>
-ParamSums param_chunk_baseline(const Point& p, int64_t begin, int64_t end) {
-  return chunk_param_sums<kParams>(p, begin, end);
-}
+#endif  // BIASFIT_X86_HAND_LOOPS
+#endif  // BIASFIT_X86
 
 template <bool kParams, typename Point>
 ParamSums sum_param_chunk(const Point& p, int64_t begin, int64_t end) {
+#if BIASFIT_X86
   switch (kIsa) {
     case Isa::kAvx512: return param_chunk_avx512<kParams>(p, begin, end);
     case Isa::kAvx2: return param_chunk_avx2<kParams>(p, begin, end);
-    default: return param_chunk_baseline<kParams>(p, begin, end);
+    default: break;
   }
+#endif
+  return param_chunk_baseline<kParams>(p, begin, end);
 }
 
 // The whole sum over n points, deterministic for any thread count. params:

@@ -11,13 +11,12 @@
 // (direct/direct.cpp) both use it, each passing the thread count torch would use.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "core/network.h"
+#include "cpu/parallel.h"
 
 namespace biasfit {
 
@@ -137,26 +136,6 @@ Sum pairwise_total(std::vector<Sum>& partials) {
     if (size % 2) partials[size / 2] = partials[size - 1];
   }
   return partials[0];
-}
-
-// How many threads a parallel loop over `count` items uses: none extra
-// inside another OpenMP parallel region, never more than there are items.
-inline int threads_for(int64_t count, int threads) {
-  if (omp_in_parallel() || threads < 1) return 1;
-  return int(std::min<int64_t>(threads, count < 1 ? 1 : count));
-}
-
-// fn(i) for every i in [0, count), on up to `threads` OpenMP threads. Only
-// independent items: which thread runs an item never changes a result.
-template <typename Fn>
-void parallel_items(int64_t count, int threads, const Fn& fn) {
-  const int team = threads_for(count, threads);
-  if (team == 1) {  // no parallel region: for small data it costs more than the work
-    for (int64_t i = 0; i < count; ++i) fn(i);
-    return;
-  }
-#pragma omp parallel for num_threads(team) schedule(static)
-  for (int64_t i = 0; i < count; ++i) fn(i);
 }
 
 // Sum over [0, n) of chunk(begin, end), which sums one chunk (a LossGrad or

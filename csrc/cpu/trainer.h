@@ -3,8 +3,6 @@
 // raw pointers, which is what keeps the tutorial's 3-point fit fast.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,6 +18,7 @@
 #include "core/fit.h"
 #include "cpu/kernels.h"
 #include "cpu/closed_form.h"
+#include "cpu/parallel.h"
 #include "cpu/plan.h"
 
 namespace biasfit {
@@ -91,7 +90,7 @@ void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
   if (state.status == kRunning && poll.due()) state.status = kInterrupted;
 }
 
-// The trainer's epochs, all in one OpenMP parallel region: the calling
+// The trainer's epochs, all in one parallel region (run_team): the calling
 // thread combines the chunk sums and steps (it alone may run Python's
 // signal handlers for an Interrupt), and two barriers an epoch replace a
 // fork and join. The chunks that must be summed are split evenly among the
@@ -115,9 +114,10 @@ void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
     return;
   }
   std::vector<LossGrad> partials(chunks);
-#pragma omp parallel num_threads(threads_for(chunks, threads)) firstprivate(point)
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  run_team(threads_for(chunks, threads), [&](const Team& team) {
+    Point point_here = point;  // each thread its own copy (firstprivate)
+    Point& point = point_here;
+    const int64_t t = team.thread(), nt = team.size();
     // state is written only by the master thread between two barriers.
     while (state.status == kRunning) {
       point.bias = state.bias;
@@ -135,12 +135,11 @@ void run_epochs(Point point, int64_t n, const Known& known, const Sum& sum,
           ++j;
         }
       }
-#pragma omp barrier
-#pragma omp master
-      end_epoch(state, pairwise_total(partials), opt, history, poll);
-#pragma omp barrier
+      team.barrier();
+      if (team.is_main()) end_epoch(state, pairwise_total(partials), opt, history, poll);
+      team.barrier();
     }
-  }
+  });
 }
 
 // A whole fit over x[0..n), y[0..n) (contiguous) from `bias`, reading the

@@ -12,8 +12,6 @@
 // and does every other fit in full passes.
 #pragma once
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -21,6 +19,7 @@
 #include "core/fit.h"
 #include "core/fit_params.h"
 #include "cpu/grads.h"
+#include "cpu/parallel.h"
 #include "cpu/trainer.h"
 
 namespace biasfit {
@@ -49,7 +48,7 @@ void end_param_epoch(ParamFitState<T>& state, const ParamSums& sums,
 }
 
 // A whole fit over x[0..n), y[0..n) (contiguous) from params[7]. Every
-// epoch in one OpenMP parallel region, as cpu/trainer.h's run_epochs: each
+// epoch in one parallel region (run_team), as cpu/trainer.h's run_epochs: each
 // thread sums its share of the chunks into partials, the calling thread
 // combines them in deterministic_sum's tree and steps (it alone may run
 // Python's signal handlers for an Interrupt), and two barriers an epoch
@@ -77,9 +76,8 @@ ParamFitState<T> train_params(const T* x, const T* y, int64_t n,
     return state;
   }
   std::vector<ParamSums> partials(chunks);
-#pragma omp parallel num_threads(threads_for(chunks, threads))
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+  run_team(threads_for(chunks, threads), [&](const Team& team) {
+    const int64_t t = team.thread(), nt = team.size();
     const int64_t mine_from = chunks * t / nt, mine_to = chunks * (t + 1) / nt;
     // state is written only by the master thread between two barriers.
     while (state.status == kRunning) {
@@ -89,12 +87,13 @@ ParamFitState<T> train_params(const T* x, const T* y, int64_t n,
         partials[c] =
             epoch_chunk(point, weights, begin, std::min(begin + kChunk, n));
       }
-#pragma omp barrier
-#pragma omp master
-      end_param_epoch(state, pairwise_total(partials), opt, history, poll);
-#pragma omp barrier
+      team.barrier();
+      if (team.is_main()) {
+        end_param_epoch(state, pairwise_total(partials), opt, history, poll);
+      }
+      team.barrier();
     }
-  }
+  });
   return state;
 }
 

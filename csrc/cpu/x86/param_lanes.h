@@ -1,5 +1,7 @@
-// The all-seven pass (loss and the seven parameter gradient sums) over
-// contiguous points, vectorized by hand for AVX2 and AVX-512: gcc keeps
+// x86 and GCC only (cpu/grads.h includes it where BIASFIT_X86_HAND_LOOPS):
+// the all-seven pass
+// (loss and the seven parameter gradient sums) over contiguous points,
+// vectorized by hand for AVX2 and AVX-512: gcc keeps
 // cpu/grads.h's chunk loop scalar (2-2.7 ns a point a core on the 2-core
 // Zen 4 EPYC; this loop 0.85 on AVX-512, 1.3-1.6 on AVX2; on the Zen 5
 // EPYC, float data, 0.46 with the forward on 8 floats, 0.41 on 16).
@@ -14,23 +16,28 @@
 // them: the same bits, which tests/test_cpu_kernels.py checks per kernel.
 #pragma once
 
-#include <immintrin.h>
-
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
 
-#include "cpu/kernels.h"  // Relu<__m256>
 #include "core/network.h"
 #include "cpu/reduce.h"
+#include "cpu/x86/simd.h"  // Relu<__m256>, intrinsics
+
+// As in cpu/x86/simd.h: x86's vector types as template arguments, and
+// always-inlined functions that take them.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace biasfit {
 namespace cpu {
+namespace x86 {
 
 // kBytes: a vector register's width, 32 (AVX2) or 64 (AVX-512). D: that
 // many bytes of doubles. x86's own types, so that core/network.h's relu takes
-// cpu/kernels.h's one-instruction max.
+// cpu/x86/simd.h's one-instruction max.
 template <int kBytes>
 struct Simd;
 // F: the floats a float forward runs on, one or two D's worth (kParts):
@@ -88,7 +95,7 @@ struct WidenLanes {
 };
 
 // The per-ISA pieces the loop below needs beyond core/network.h's operators, as
-// GCC builtins for the reason cpu/kernels.h gives for its relu (they expand
+// GCC builtins for the reason cpu/x86/simd.h gives for its relu (they expand
 // in the instruction set of the kernel they are inlined into).
 //   positive_part<P>(v): per lane v > 0 (false for NaN), for v of the
 //                     data's type before any widening, in the lanes of
@@ -269,5 +276,8 @@ BIASFIT_HD int64_t simd_param_lanes(const T* x, const T* y,
   return stop;
 }
 
+}  // namespace x86
 }  // namespace cpu
 }  // namespace biasfit
+
+#pragma GCC diagnostic pop
