@@ -7,9 +7,10 @@ import torch
 
 import biasfit
 from biasfit import reference
+from biasfit.model import PARAM_NAMES
 from helpers import random_problem
 
-PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+PARAMS = PARAM_NAMES
 SUBSETS = {"bias": ("final_bias",), "weights": PARAMS[:6], "hidden": ("w00", "b00", "w10"),
            "all": PARAMS}
 # The engines' agreement, per dtype, as the issue sets it (test_fit.py's
