@@ -14,6 +14,7 @@ biasfit: run it under two installs in alternation to compare them (one
 process cannot load two builds of torch.ops.biasfit).
 """
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -63,10 +64,15 @@ def interleaved(threads: int, rounds: int, repeat: int) -> dict:
     for _ in range(rounds):
         for name, run in ROUTES.items():
             models = [biasfit.BasicNN(dtype=x.dtype) for _ in range(repeat)]
+            # As timeit does: the garbage collector's passes over the fresh
+            # models would fall on whichever route allocates when they come.
+            gc.collect()
+            gc.disable()
             start = time.perf_counter()
             for model in models:
                 run(x, y, model)
             times[name].append((time.perf_counter() - start) / repeat)
+            gc.enable()
     return times
 
 

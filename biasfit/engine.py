@@ -1,13 +1,13 @@
 """The fused engine: the native trainer's calls, the one decoder of what
 they return, and the native steps an epoch loop driven from Python takes.
 
-- sgd_run / params_run: one whole fit in one native call. The bias-only
-  SGD fit goes to the CPU trainer directly (biasfit._direct.fit_sgd, which
-  reads the tensors themselves: csrc/direct/read_args.h) wherever it can
-  read the arguments as they are, else to torch.ops.biasfit.fit_sgd (any
+- direct_sgd / sgd_run / params_run: one whole fit in one native call. The
+  bias-only SGD fit goes to the CPU trainer directly (biasfit._direct.fit_sgd,
+  which reads the tensors themselves: csrc/direct/read_args.h) wherever it
+  can read the arguments as they are, else to torch.ops.biasfit.fit_sgd (any
   device, any view); any other set of trained parameters or optimizer to
-  torch.ops.biasfit.fit_params. Both give a NativeRun.
-- decode: a NativeRun -> FitResult, or the error that ended it.
+  torch.ops.biasfit.fit_params. All give one kind of result (below).
+- decode: such a result -> FitResult, or the error that ended it.
 - NativeSGD, NativeParams, sgd_parts, params_parts: one epoch's native
   sums and step, for a loop that must run in Python (biasfit/distributed.py
   adds its collectives between them).
@@ -60,38 +60,8 @@ def weights_tensor(weights, like: torch.Tensor) -> torch.Tensor:
 _cpu = torch.device("cpu")
 _direct.setup(torch.Tensor, torch.nn.Parameter, torch.float32, torch.float64,
               cached_tutorial_weights(torch.float32, _cpu),
-              cached_tutorial_weights(torch.float64, _cpu), WEIGHT_NAMES, MAX_EPOCHS)
-
-
-class NativeRun:
-    """What one native fit returned: the epoch it stopped at, its status
-    (FitStatus), every evaluated epoch's loss and bias, the final bias, and
-    for fit_params the seven final values and the index of the one that
-    became inf or NaN. zero_grad: the first epoch with an exact zero
-    gradient and no unit known on (-1: none), None where the trainer does
-    not report it (the op); see stall.stall_epoch."""
-    __slots__ = ("epoch", "status", "final_bias", "losses", "_biases", "zero_grad",
-                 "params", "bad")
-
-    def __init__(self, epoch, status, final_bias, losses, biases, zero_grad=None,
-                 params=None, bad=6):
-        self.epoch, self.status, self.final_bias = epoch, status, final_bias
-        self.losses, self._biases, self.zero_grad = losses, biases, zero_grad
-        self.params, self.bad = params, bad
-
-    def bias_list(self) -> list:
-        # The direct call packs the biases as float64 bytes (no Python float
-        # per epoch); unpacked only for a callback or a stall check.
-        if not isinstance(self._biases, list):
-            self._biases = memoryview(self._biases).cast("d").tolist()
-        return self._biases
-
-    def stopped_at(self, stall):
-        """This run cut back to the epoch at which it stalled."""
-        biases = self.bias_list()
-        final = biases[stall + 1] if stall + 1 < len(biases) else self.final_bias
-        return NativeRun(stall, self.status, final, self.losses[:stall + 1],
-                         biases[:stall + 1], self.zero_grad)
+              cached_tutorial_weights(torch.float64, _cpu), WEIGHT_NAMES, MAX_EPOCHS,
+              torch.get_num_threads)
 
 
 def _seen(epoch, status) -> int:
@@ -99,21 +69,31 @@ def _seen(epoch, status) -> int:
     return epoch if status == EXHAUSTED else epoch + 1
 
 
-def direct_sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
-               weight_decay, maximize, epochs, tol, out=None):
-    """The bias-only SGD fit by the CPU trainer, called directly on these
-    objects (weights: None for the tutorial's, a tensor of six values, or a
-    BasicNN's _parameters; bias: a float or a one-value tensor), or None
-    where csrc/direct/read_args.h cannot read them as they are. out: None,
-    or a one-value tensor (a model's final_bias) that receives the final
-    bias in place if the fit converges or runs out of epochs."""
-    run = _direct.fit_sgd(inputs, labels, weights, bias, lr, momentum, dampening,
-                          nesterov, weight_decay, maximize, epochs, tol,
-                          torch.get_num_threads(), out)
-    return None if run is None else NativeRun(*run)
+# A native fit's result, as every route gives it: (epoch, status, final_bias,
+# losses, biases, zero_grad): the epoch it stopped at, its FitStatus, every
+# evaluated epoch's loss (a list) and bias (a list, or packed float64 bytes
+# from the direct call: no Python float per epoch, unpacked by bias_list
+# only for a callback or a stall check), and the first epoch with an exact
+# zero gradient and no unit known on (-1: none; None where the trainer does
+# not report it: the op). See stall.stall_epoch.
+
+# The bias-only SGD fit by the CPU trainer, called directly on the objects
+# themselves: direct_sgd(inputs, labels, weights, bias, lr, momentum,
+# dampening, nesterov, weight_decay, maximize, epochs, tol[, out]) -> the
+# result above, or None where csrc/direct/read_args.h cannot read them as
+# they are. weights: None for the tutorial's, a tensor of six values, or a
+# BasicNN's _parameters; bias: a float or a one-value tensor; out: None, or
+# a one-value tensor (a model's final_bias) that receives the final bias in
+# place if the fit converges or runs out of epochs. Threads:
+# torch.get_num_threads().
+direct_sgd = _direct.fit_sgd
 
 
-def sgd_run(inputs, labels, weights, start, hyper, epochs, tol) -> NativeRun:
+def bias_list(biases) -> list:
+    return biases if isinstance(biases, list) else memoryview(biases).cast("d").tolist()
+
+
+def sgd_run(inputs, labels, weights, start, hyper, epochs, tol):
     """The bias-only SGD fit for checked arguments (start: the bias as a
     float, hyper: SGD's settings as floats and bools): the direct call where
     it may read the tensors as they are, else the op."""
@@ -129,14 +109,14 @@ def sgd_run(inputs, labels, weights, start, hyper, epochs, tol) -> NativeRun:
         torch.tensor(start, dtype=inputs.dtype, device=inputs.device), *options)
     epoch, status = info.tolist()
     seen = _seen(epoch, status)
-    return NativeRun(epoch, status, final.item(), losses[:seen].tolist(),
-                     biases[:seen].tolist())
+    return epoch, status, final.item(), losses[:seen].tolist(), biases[:seen].tolist(), None
 
 
 def params_run(inputs, labels, params, trained: int, opts: dict, epochs, tol):
     """fit_params's whole fit: any subset of the seven parameters (bit i of
     `trained`: PARAM_NAMES[i]) with SGD, Adam or AdamW (opts: see
-    NativeParams)."""
+    NativeParams). Returns the result above, with zero_grad None, and the
+    seven final values and the index of the one that became inf or NaN."""
     final, losses, biases, info = torch.ops.biasfit.fit_params(
         inputs, labels, params, trained, *_params_options(opts), int(epochs), float(tol))
     epoch, status, bad = info.tolist()
@@ -144,34 +124,34 @@ def params_run(inputs, labels, params, trained: int, opts: dict, epochs, tol):
         raise KeyboardInterrupt
     seen = _seen(epoch, status)
     final = final.tolist()
-    return NativeRun(epoch, status, final[-1], losses[:seen].tolist(),
-                     biases[:seen].tolist(), params=final, bad=bad)
+    return (epoch, status, final[-1], losses[:seen].tolist(), biases[:seen].tolist(),
+            None), final, bad
 
 
-def decode(run: NativeRun, callback, stalled=None) -> FitResult:
-    """The FitResult of a native run, or the error that ended it: replays
+def decode(epoch, status, final_bias, losses, biases, callback, values=None, bad=6,
+           stall=None, n_points=0, lr=0.0) -> FitResult:
+    """The FitResult of a native fit, or the error that ended it: replays
     the callback over every epoch (the native loop has no Python in it),
-    then raises DivergedError for a non-finite loss or parameter, or
-    stalled(result) (a StalledError) for a run cut back by stall_epoch.
-    The result's params hold the trained values (fit_params's runs)."""
-    losses = run.losses
+    then raises DivergedError for a non-finite loss or parameter (values:
+    the seven final values, PARAM_NAMES[bad] the one that became inf or
+    NaN; default final_bias), or, for a fit that stalled at epoch `stall`
+    (stall.stall_epoch), cuts it back there and raises StalledError (the
+    fit was over n_points at this lr)."""
+    if stall is not None:
+        biases = bias_list(biases)
+        final_bias = biases[stall + 1] if stall + 1 < len(biases) else final_bias
+        epoch, losses, biases = stall, losses[:stall + 1], biases[:stall + 1]
     if callback is not None:
-        for e, (loss, b) in enumerate(zip(losses, run.bias_list())):
+        for e, (loss, b) in enumerate(zip(losses, bias_list(biases))):
             callback(e, loss, b)
-    if run.status == LOSS_NONFINITE:
-        raise DivergedError(run.epoch, "the loss", losses[-1])
-    if run.status == BIAS_NONFINITE:
-        values = run.params or (None,) * 6 + (run.final_bias,)
-        raise DivergedError(run.epoch, PARAM_NAMES[run.bad], values[run.bad])
-    result = FitResult(run.epoch, run.final_bias, losses, run.status == CONVERGED)
-    if stalled is not None:
-        raise stalled(result)
-    return result
-
-
-def stall_error(n_points: int, lr: float):
-    """decode's `stalled` for a fit over n_points at this lr."""
-    return lambda result: StalledError(result, n_points, lr)
+    if status == LOSS_NONFINITE:
+        raise DivergedError(epoch, "the loss", losses[-1])
+    if status == BIAS_NONFINITE:
+        raise DivergedError(epoch, PARAM_NAMES[bad], final_bias if values is None
+                            else values[bad])
+    if stall is not None:
+        raise StalledError(FitResult(epoch, final_bias, losses, False), n_points, lr)
+    return FitResult(epoch, final_bias, losses, status == CONVERGED)
 
 
 def _params_options(o: dict) -> tuple:

@@ -8,7 +8,7 @@ down too, so the units stay off and no epoch can ever change the loss.
 """
 import torch
 
-from .engine import EXHAUSTED, weights_tensor
+from .engine import EXHAUSTED, bias_list, weights_tensor
 
 
 def may_stall(weight_decay, momentum) -> bool:
@@ -17,33 +17,34 @@ def may_stall(weight_decay, momentum) -> bool:
 
 
 def stall_epoch(run, inputs, weights, momentum, weight_decay):
-    """The epoch at which a native SGD fit (an engine.NativeRun) stalled, or
-    None: the one decision for every route into the native trainer (the
-    autograd engine and the sharded loops ask first_stall epoch by epoch,
-    with the same test). weights: as engine.direct_sgd takes them.
+    """The epoch at which a native bias-only SGD fit stalled, or None: the
+    one decision for every route into the native trainer (the autograd
+    engine and the sharded loops ask first_stall epoch by epoch, with the
+    same test). run: the fit's result (engine.py: epoch, status,
+    final_bias, losses, biases, zero_grad); weights: as engine.direct_sgd
+    takes them.
 
     Only a fit that ran out of epochs with a last step that did not go up
     can have stalled, and only from an epoch whose gradient was exactly 0
     (every unit off gives 0): only then is the pass over the inputs worth it
     (at 1e7 points it costs more than a 10-epoch fit). The direct call's
-    trainer reports that epoch (run.zero_grad, -1 for none); the op reports
-    no gradient (run.zero_grad None), but a stall that began before its last
-    epoch repeats its loss exactly (every output is 0, so the loss is
-    sum(y^2) in the kernel's fixed order), so a repeated last loss stands in
-    for it there."""
-    if run.status != EXHAUSTED or not may_stall(weight_decay, momentum):
+    trainer reports that epoch (zero_grad, -1 for none); the op reports no
+    gradient (zero_grad None), but a stall that began before its last epoch
+    repeats its loss exactly (every output is 0, so the loss is sum(y^2) in
+    the kernel's fixed order), so a repeated last loss stands in for it
+    there."""
+    _, status, final, losses, biases, zero_grad = run
+    if status != EXHAUSTED or not may_stall(weight_decay, momentum):
         return None
-    zero_grad = run.zero_grad
     if zero_grad is None:
-        losses = run.losses
         zero_grad = len(losses) - 2 if len(losses) > 1 and losses[-1] == losses[-2] else -1
     if zero_grad < 0:
         return None
-    biases = run.bias_list()
-    if run.final_bias > biases[-1]:
+    biases = bias_list(biases)
+    if final > biases[-1]:
         return None
     # Only here: the lookup is a tenth of a 3-point fit.
-    return first_stall(inputs, weights_tensor(weights, inputs), biases + [run.final_bias])
+    return first_stall(inputs, weights_tensor(weights, inputs), biases + [final])
 
 
 def first_stall(inputs, weights, biases):

@@ -246,33 +246,26 @@ def _fit_sgd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
     """engine="fused" for final_bias alone with SGD: fit_fused's fit from
     the model's weights and final_bias, left where the autograd engine
     leaves it (also at a stall; not at a divergence)."""
-    # A BasicNN's weights are read where they are (engine.direct_sgd: its
-    # _parameters), not stacked, and its final_bias written by the direct
-    # call itself: for the tutorial's 3 points the stack and the fill_
-    # cost more than the fit.
+    # A BasicNN's weights are read where they are (its _parameters, by the
+    # direct call), not stacked, and its final_bias written by the direct
+    # call itself: for the tutorial's 3 points the stack and the fill_ cost
+    # more than the fit.
     params = model._parameters if type(model).weights is BasicNN.weights else None
     bias = model.final_bias if params is None else params["final_bias"]
     if optimizer is None:
-        hyper = {"lr": lr, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
-                 "weight_decay": 0.0, "maximize": False}
+        hyper = (lr, 0.0, 0.0, False, 0.0, False)
     else:
         _check_fused_optimizer(optimizer, model)
         group = optimizer.param_groups[0]
-        hyper = {k: group[k] for k in ("lr", "momentum", "dampening", "nesterov",
-                                       "weight_decay", "maximize")}
-    # Written by the direct call only without a callback: the replay comes
-    # after the native fit, and a callback that raises leaves the bias as it was.
+        hyper = tuple(group[k] for k in ("lr", "momentum", "dampening", "nesterov",
+                                         "weight_decay", "maximize"))
+    # Written during the fit only without a callback: the replay comes after
+    # the native fit, and a callback that raises leaves the bias as it was.
     out = bias if callback is None else None
     try:
-        run = None if sharded or params is None else engine.direct_sgd(
-            inputs, labels, params, bias, *hyper.values(), epochs, tol, out=out)
-        if run is not None:
-            result = _decode_sgd(run, inputs, params, hyper["momentum"],
-                                 hyper["weight_decay"], hyper["lr"], callback)
-        else:
-            out = None
-            result = _sgd(inputs, labels, model.weights(), bias, hyper, epochs, tol,
-                          callback, sharded)
+        weights = None if params is not None else model.weights()
+        result = _sgd(inputs, labels, weights, bias, *hyper, epochs, tol, callback, sharded,
+                      params, out)
     except StalledError as e:
         with torch.no_grad():
             bias.fill_(e.result.final_bias)
@@ -314,12 +307,13 @@ def _fit_params(model, inputs, labels, optimizer, lr, epochs, tol, callback, nam
         result = _params_sharded(model, inputs, labels, params, trained, index, opts,
                                  epochs, tol, callback)
     else:
-        run = engine.params_run(inputs, labels, params, trained, opts, epochs, tol)
+        run, values, bad = engine.params_run(inputs, labels, params, trained, opts, epochs,
+                                             tol)
         with torch.no_grad():  # where the autograd engine leaves them
             for i in index:
-                getattr(model, PARAM_NAMES[i]).fill_(run.params[i])
-        result = engine.decode(run, callback)
-        result.params = {PARAM_NAMES[i]: run.params[i] for i in index}
+                getattr(model, PARAM_NAMES[i]).fill_(values[i])
+        result = engine.decode(*run[:5], callback, values, bad)
+        result.params = {PARAM_NAMES[i]: values[i] for i in index}
     if not result.params:
         result.params = _trained_values(model, names)
     return result
@@ -366,30 +360,31 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     equal to fit(..., engine="autograd") with the same SGD settings.
     """
     _, sharded = _route("fused", _BIAS_ONLY, None)
-    if not sharded and type(weights) is not dict:  # a dict: only a BasicNN's (_fit_sgd)
-        # The usual call (1-D CPU data, plain floats): read and run in C
-        # (csrc/direct/read_args.h), since at the tutorial's size checking it
-        # in Python took as long as the fit.
-        run = engine.direct_sgd(inputs, labels, weights, bias, lr, momentum, dampening,
-                                nesterov, weight_decay, maximize, epochs, tol)
-        if run is not None:
-            return _decode_sgd(run, inputs, weights, momentum, weight_decay, lr, callback)
-    hyper = {"lr": lr, "momentum": momentum, "dampening": dampening, "nesterov": nesterov,
-             "weight_decay": weight_decay, "maximize": maximize}
-    return _sgd(inputs, labels, weights, bias, hyper, epochs, tol, callback, sharded)
+    return _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
+                weight_decay, maximize, epochs, tol, callback, sharded)
 
 
-def _sgd(inputs, labels, weights, bias, hyper, epochs, tol, callback, sharded):
-    """The bias-only SGD fit (fit_fused's, and fit's fused one of
-    final_bias alone) for any arguments: checked, then one native call, or
-    under torch.distributed the epoch loop around the native step."""
-    if not sharded:
-        run = engine.direct_sgd(inputs, labels, weights, bias, *hyper.values(), epochs, tol)
+def _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weight_decay,
+         maximize, epochs, tol, callback, sharded, params=None, out=None):
+    """The "sgd" job (fit_fused's fit, and fit's fused one of final_bias
+    alone): the direct call where it can read the arguments as they are (the
+    usual call: 1-D CPU data, plain floats; at the tutorial's size checking
+    them in Python took as long as the fit), else the arguments checked,
+    then engine.sgd_run (the op), or under torch.distributed the epoch loop
+    around the native step. params: a BasicNN's _parameters, read in place
+    of weights (None); out: a one-value tensor (a model's final_bias) that
+    receives the final bias if the fit ends without an error."""
+    if not sharded and (params is not None or type(weights) is not dict):
+        run = engine.direct_sgd(inputs, labels, weights if params is None else params, bias,
+                                lr, momentum, dampening, nesterov, weight_decay, maximize,
+                                epochs, tol, out)
         if run is not None:
-            return _decode_sgd(run, inputs, weights, hyper["momentum"],
-                               hyper["weight_decay"], hyper["lr"], callback)
-    start, hyper = _checked_sgd_args(inputs, labels, weights, bias, *hyper.values(),
-                                     epochs, tol)
+            return _decode_sgd(run, inputs, weights if params is None else params,
+                               momentum, weight_decay, lr, callback)
+    if params is not None:
+        weights = engine.weights_tensor(params, inputs)
+    start, hyper = _checked_sgd_args(inputs, labels, weights, bias, lr, momentum, dampening,
+                                     nesterov, weight_decay, maximize, epochs, tol)
     epochs, tol = int(epochs), float(tol)
     if sharded:
         if weights is None:
@@ -397,17 +392,21 @@ def _sgd(inputs, labels, weights, bias, hyper, epochs, tol, callback, sharded):
         if not isinstance(bias, torch.Tensor):
             bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
         local_sums, param, sgd = engine.sgd_parts(inputs, labels, weights, bias, hyper)
-        return sharded_loop(local_sums, param, sgd, epochs, tol, callback, (inputs, labels),
-                            dict(hyper, weights=weights.tolist()))
-    run = engine.sgd_run(inputs, labels, weights, start, hyper, epochs, tol)
-    return _decode_sgd(run, inputs, weights, hyper["momentum"], hyper["weight_decay"],
-                       hyper["lr"], callback)
+        result = sharded_loop(local_sums, param, sgd, epochs, tol, callback,
+                              (inputs, labels), dict(hyper, weights=weights.tolist()))
+    else:
+        run = engine.sgd_run(inputs, labels, weights, start, hyper, epochs, tol)
+        result = _decode_sgd(run, inputs, weights, hyper["momentum"],
+                             hyper["weight_decay"], hyper["lr"], callback)
+    if out is not None:
+        with torch.no_grad():
+            out.fill_(result.final_bias)
+    return result
 
 
 def _decode_sgd(run, inputs, weights, momentum, weight_decay, lr, callback):
+    """engine.decode for a bias-only SGD fit, cut back where it stalled."""
     stall = stall_epoch(run, inputs, weights, momentum, weight_decay)
-    if stall is None:
-        return engine.decode(run, callback)
-    return engine.decode(run.stopped_at(stall), callback,
-                         engine.stall_error(len(inputs), lr))
-
+    epoch, status, final, losses, biases, _ = run
+    return engine.decode(epoch, status, final, losses, biases, callback, stall=stall,
+                         n_points=len(inputs), lr=lr)
