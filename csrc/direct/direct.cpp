@@ -93,8 +93,10 @@ ReadContext context;
 // held for the process, so their memory outlives every fit.
 void setup(py::object tensor_type, py::object parameter_type,
            py::object float32, py::object float64, py::object tutorial32,
-           py::object tutorial64, py::tuple weight_names, int64_t max_epochs) {
+           py::object tutorial64, py::tuple weight_names, int64_t max_epochs,
+           py::object num_threads) {
   ReadContext c;
+  c.num_threads = num_threads.ptr();
   c.tensor_type = tensor_type.ptr();
   c.parameter_type = parameter_type.ptr();
   c.float32 = float32.ptr();
@@ -102,7 +104,7 @@ void setup(py::object tensor_type, py::object parameter_type,
   c.max_epochs = max_epochs;
   for (auto [slot, name] : {std::pair{&c.dtype, "dtype"}, {&c.is_cpu, "is_cpu"},
                             {&c.shape, "shape"}, {&c.stride, "stride"},
-                            {&c.data_ptr, "data_ptr"}}) {
+                            {&c.numel, "numel"}, {&c.data_ptr, "data_ptr"}}) {
     *slot = PyUnicode_InternFromString(name);
   }
   if (weight_names.size() != 6) throw std::invalid_argument("six weight names");
@@ -113,8 +115,8 @@ void setup(py::object tensor_type, py::object parameter_type,
     c.weight_names[i] = name;
   }
   long long n64, n32;
-  if (!read::tensor(c, tutorial64.ptr(), c.float64, false, c.tutorial64, n64) ||
-      !read::tensor(c, tutorial32.ptr(), c.float32, false, c.tutorial32, n32) ||
+  if (!read::array(c, tutorial64.ptr(), c.float64, c.tutorial64, n64) ||
+      !read::array(c, tutorial32.ptr(), c.float32, c.tutorial32, n32) ||
       n64 != 6 || n32 != 6) {
     throw std::invalid_argument(
         "the tutorial weights must be 1-D contiguous CPU tensors of 6 values, "
@@ -122,14 +124,14 @@ void setup(py::object tensor_type, py::object parameter_type,
   }
   // Kept for the process: the reader compares with them by address.
   for (py::object* o : {&tensor_type, &parameter_type, &float32, &float64,
-                        &tutorial32, &tutorial64}) {
+                        &tutorial32, &tutorial64, &num_threads}) {
     o->inc_ref();
   }
   context = c;
 }
 
 // fit_sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
-// weight_decay, maximize, epochs, tol, threads[, out]) -> (epoch, status,
+// weight_decay, maximize, epochs, tol[, out]) -> (epoch, status,
 // final_bias, losses, biases, first_zero_grad), or None where
 // direct/read_args.h cannot read the arguments as they are. One loss (a
 // list) and bias (packed float64 bytes) per epoch evaluated, and the first
@@ -142,12 +144,15 @@ void setup(py::object tensor_type, py::object parameter_type,
 // cost about a tenth of the tutorial's fit.
 PyObject* fit_sgd(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   FitArgs a;
-  if ((nargs != kFitArgs + 1 && nargs != kFitArgs + 2) ||
-      !PyLong_CheckExact(args[kFitArgs]) ||
-      !read_fit_args(context, args, nargs == kFitArgs + 2, a)) {
+  if ((nargs != kFitArgs && nargs != kFitArgs + 1) ||
+      !read_fit_args(context, args, nargs == kFitArgs + 1, a)) {
     Py_RETURN_NONE;
   }
-  const int threads = int(PyLong_AsLong(args[kFitArgs]));
+  PyObject* count = PyObject_CallNoArgs(context.num_threads);
+  if (count == nullptr) return nullptr;
+  const int threads = int(PyLong_AsLong(count));
+  Py_DECREF(count);
+  if (threads == -1 && PyErr_Occurred()) return nullptr;
   try {
     const FitOptions opt{{a.lr, a.momentum, a.dampening, a.weight_decay,
                           a.nesterov, a.maximize},
@@ -172,7 +177,7 @@ PyMethodDef methods[] = {
      METH_FASTCALL,
      "the CPU trainer on the tensors themselves: (inputs, labels, weights (None, "
      "6 values or a module's _parameters), bias (float or one-value tensor), lr, "
-     "momentum, dampening, nesterov, weight_decay, maximize, epochs, tol, threads"
+     "momentum, dampening, nesterov, weight_decay, maximize, epochs, tol"
      "[, out: a one-value tensor to receive the final bias]) -> (epoch, status, final_bias, losses, packed float64 biases, "
      "first_zero_grad), or None where they cannot be read as they are"},
     {nullptr, nullptr, 0, nullptr}};
@@ -196,7 +201,8 @@ PYBIND11_MODULE(_direct, m) {
   m.def("setup", &biasfit::setup,
         "what fit_sgd compares with: (torch.Tensor, nn.Parameter, torch.float32, "
         "torch.float64, the tutorial's weights as float32 and float64 CPU tensors, "
-        "the six weight names, the most epochs a fit may run)");
+        "the six weight names, the most epochs a fit may run, "
+        "torch.get_num_threads: the trainer's threads)");
   if (PyModule_AddFunctions(m.ptr(), biasfit::methods) != 0) {
     throw pybind11::error_already_set();
   }

@@ -24,7 +24,8 @@ namespace biasfit {
 // What the reader compares with, handed over once at import by
 // biasfit/engine.py (_direct.setup): torch.Tensor and nn.Parameter, the two
 // dtypes, the tutorial's weights as CPU tensors (held for the process), and
-// the most epochs a fit may run (train.py's MAX_EPOCHS).
+// the most epochs a fit may run (engine.py's MAX_EPOCHS), and
+// torch.get_num_threads.
 struct ReadContext {
   PyObject* tensor_type = nullptr;
   PyObject* parameter_type = nullptr;
@@ -33,8 +34,9 @@ struct ReadContext {
   const void* tutorial32 = nullptr;
   const void* tutorial64 = nullptr;
   int64_t max_epochs = 0;
+  PyObject* num_threads = nullptr;  // torch.get_num_threads, asked every fit
   PyObject *dtype = nullptr, *is_cpu = nullptr, *shape = nullptr,
-           *stride = nullptr, *data_ptr = nullptr;
+           *stride = nullptr, *numel = nullptr, *data_ptr = nullptr;
   PyObject* weight_names[6] = {};  // model.py's WEIGHT_NAMES, interned
 };
 
@@ -99,45 +101,46 @@ inline bool call_int(PyObject* o, PyObject* name, long long& out) {
   return true;
 }
 
-// The number of values of a 1-D tensor (shape (n,)), or with `scalar` of a
-// 0-d one too (shape ()); false for any other shape.
-inline bool length(const ReadContext& c, PyObject* t, bool scalar, long long& n) {
-  PyObject* r = PyObject_GetAttr(t, c.shape);
-  if (r == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  bool ok = PyTuple_Check(r) &&
-            (PyTuple_GET_SIZE(r) == 1 || (scalar && PyTuple_GET_SIZE(r) == 0));
-  if (ok) {
-    n = PyTuple_GET_SIZE(r) == 0 ? 1 : PyLong_AsLongLong(PyTuple_GET_ITEM(r, 0));
-    ok = !(n == -1 && PyErr_Occurred());
-    if (!ok) PyErr_Clear();
-  }
-  Py_DECREF(r);
-  return ok;
-}
-
-// A CPU tensor (torch.Tensor or nn.Parameter exactly) of `dtype`, 1-D (or
-// with `scalar`, 0-d too), contiguous: its address and length. shape and
-// stride() stand in for dim(), numel() and is_contiguous(): a 1-D tensor
-// is contiguous when its stride is 1 or it has one element.
-// dtype_read: the caller has read t's dtype already.
-inline bool tensor(const ReadContext& c, PyObject* t, PyObject* dtype,
-                   bool scalar, const void*& data, long long& n,
-                   bool dtype_read = false) {
+// torch.Tensor or nn.Parameter exactly, of `dtype` (unless the caller has
+// read it: dtype_read), on the CPU.
+inline bool cpu_tensor(const ReadContext& c, PyObject* t, PyObject* dtype,
+                       bool dtype_read) {
   PyTypeObject* type = Py_TYPE(t);
   if (type != reinterpret_cast<PyTypeObject*>(c.tensor_type) &&
       type != reinterpret_cast<PyTypeObject*>(c.parameter_type)) {
     return false;
   }
+  return (dtype_read || is(t, c.dtype, dtype)) && is(t, c.is_cpu, Py_True);
+}
+
+inline bool address(const ReadContext& c, PyObject* t, const void*& data) {
   long long ptr;
-  if ((!dtype_read && !is(t, c.dtype, dtype)) || !is(t, c.is_cpu, Py_True) ||
-      !length(c, t, scalar, n)) {
+  if (!call_int(t, c.data_ptr, ptr)) return false;
+  data = reinterpret_cast<const void*>(uintptr_t(ptr));
+  return true;
+}
+
+// A 1-D contiguous CPU tensor of `dtype`: its address and length. shape
+// and stride() stand in for dim(), numel() and is_contiguous(): a 1-D
+// tensor is contiguous when its stride is 1 or it has one element.
+inline bool array(const ReadContext& c, PyObject* t, PyObject* dtype,
+                  const void*& data, long long& n, bool dtype_read = false) {
+  if (!cpu_tensor(c, t, dtype, dtype_read)) return false;
+  PyObject* r = PyObject_GetAttr(t, c.shape);
+  if (r == nullptr) {
+    PyErr_Clear();
     return false;
   }
+  bool ok = PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 1;
+  if (ok) {
+    n = PyLong_AsLongLong(PyTuple_GET_ITEM(r, 0));
+    ok = !(n == -1 && PyErr_Occurred());
+    if (!ok) PyErr_Clear();
+  }
+  Py_DECREF(r);
+  if (!ok) return false;
   if (n > 1) {
-    PyObject* r = PyObject_CallMethodNoArgs(t, c.stride);
+    r = PyObject_CallMethodNoArgs(t, c.stride);
     if (r == nullptr) {
       PyErr_Clear();
       return false;
@@ -148,15 +151,21 @@ inline bool tensor(const ReadContext& c, PyObject* t, PyObject* dtype,
     Py_DECREF(r);
     if (!unit) return false;
   }
-  if (!call_int(t, c.data_ptr, ptr)) return false;
-  data = reinterpret_cast<const void*>(uintptr_t(ptr));
-  return true;
+  return address(c, t, data);
+}
+
+// A CPU tensor of `dtype` holding one value (any shape): its address.
+// numel() rather than shape: no torch.Size is built.
+inline bool one(const ReadContext& c, PyObject* t, PyObject* dtype,
+                const void*& data, bool dtype_read = false) {
+  long long n;
+  return cpu_tensor(c, t, dtype, dtype_read) && call_int(t, c.numel, n) && n == 1 &&
+         address(c, t, data);
 }
 
 // The address of a one-value tensor of float32 or float64, and which.
 inline bool one_value(const ReadContext& c, PyObject* t, const void*& data,
                       bool& is_double) {
-  long long n;
   PyObject* dtype = PyObject_GetAttr(t, c.dtype);
   if (dtype == nullptr) {
     PyErr_Clear();
@@ -165,7 +174,7 @@ inline bool one_value(const ReadContext& c, PyObject* t, const void*& data,
   Py_DECREF(dtype);  // compared by address only: c holds both dtypes
   if (dtype != c.float32 && dtype != c.float64) return false;
   is_double = dtype == c.float64;
-  return tensor(c, t, dtype, true, data, n, true) && n == 1;
+  return one(c, t, dtype, data, true);
 }
 
 // The six weights: None (the tutorial's), a tensor of six values, or a
@@ -187,12 +196,12 @@ inline bool weights(const ReadContext& c, PyObject* w, PyObject* dtype,
         PyErr_Clear();
         return false;
       }
-      if (!tensor(c, t, dtype, true, out[i], n) || n != 1) return false;
+      if (!one(c, t, dtype, out[i])) return false;
     }
     return true;
   }
   const void* data;
-  if (!tensor(c, w, dtype, false, data, n) || n != 6) return false;
+  if (!array(c, w, dtype, data, n) || n != 6) return false;
   for (int i = 0; i < 6; ++i) out[i] = static_cast<const char*>(data) + i * size;
   return true;
 }
@@ -236,8 +245,7 @@ inline bool read_fit_args(const ReadContext& c, PyObject* const* a, bool has_out
   if (dtype != c.float32 && dtype != c.float64) return false;
   out.is_double = dtype == c.float64;
   long long n, m;
-  if (!tensor(c, a[0], dtype, false, out.x, n, true) ||
-      !tensor(c, a[1], dtype, false, out.y, m) ||
+  if (!array(c, a[0], dtype, out.x, n, true) || !array(c, a[1], dtype, out.y, m) ||
       n == 0 || n != m || !weights(c, a[2], dtype, out.is_double, out.weights)) {
     return false;
   }
@@ -250,11 +258,11 @@ inline bool read_fit_args(const ReadContext& c, PyObject* const* a, bool has_out
     out.bias = bias_double ? *static_cast<const double*>(bias_data)
                            : double(*static_cast<const float*>(bias_data));
   }
-  if (has_out && a[kFitArgs + 1] != Py_None) {
+  if (has_out && a[kFitArgs] != Py_None) {
     const void* target = bias_data;  // read already where it is the bias
     out.out_double = bias_double;
-    if (a[kFitArgs + 1] != a[3] &&
-        !one_value(c, a[kFitArgs + 1], target, out.out_double)) {
+    if (a[kFitArgs] != a[3] &&
+        !one_value(c, a[kFitArgs], target, out.out_double)) {
       return false;
     }
     out.out = const_cast<void*>(target);
