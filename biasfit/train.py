@@ -23,7 +23,7 @@ import numbers
 import torch
 
 from . import distributed, engine
-from .engine import MAX_EPOCHS, OPTIMIZER_KINDS, tutorial_weights  # noqa: F401
+from .engine import EXHAUSTED, MAX_EPOCHS, OPTIMIZER_KINDS, tutorial_weights  # noqa: F401
 from .loop import epoch_loop, sharded_loop
 from .model import PARAM_NAMES, BasicNN
 from .result import DivergedError, FitResult, StalledError  # noqa: F401
@@ -375,12 +375,12 @@ def _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weigh
     of weights (None); out: a one-value tensor (a model's final_bias) that
     receives the final bias if the fit ends without an error."""
     if not sharded and (params is not None or type(weights) is not dict):
-        run = engine.direct_sgd(inputs, labels, weights if params is None else params, bias,
-                                lr, momentum, dampening, nesterov, weight_decay, maximize,
-                                epochs, tol, out)
+        if params is not None:
+            weights = params
+        run = engine.direct_sgd(inputs, labels, weights, bias, lr, momentum, dampening,
+                                nesterov, weight_decay, maximize, epochs, tol, out)
         if run is not None:
-            return _decode_sgd(run, inputs, weights if params is None else params,
-                               momentum, weight_decay, lr, callback)
+            return _decode_sgd(run, inputs, weights, momentum, weight_decay, lr, callback)
     if params is not None:
         weights = engine.weights_tensor(params, inputs)
     start, hyper = _checked_sgd_args(inputs, labels, weights, bias, lr, momentum, dampening,
@@ -406,7 +406,11 @@ def _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weigh
 
 def _decode_sgd(run, inputs, weights, momentum, weight_decay, lr, callback):
     """engine.decode for a bias-only SGD fit, cut back where it stalled."""
-    stall = stall_epoch(run, inputs, weights, momentum, weight_decay)
     epoch, status, final, losses, biases, _ = run
-    return engine.decode(epoch, status, final, losses, biases, callback, stall=stall,
-                         n_points=len(inputs), lr=lr)
+    # (only a fit that ran out of epochs can have: stall_epoch's first test,
+    # asked here too to spare converged fits the call)
+    stall = (None if status != EXHAUSTED
+             else stall_epoch(run, inputs, weights, momentum, weight_decay))
+    # len(tensor) is a Python method of torch's: asked only for the error.
+    return engine.decode(epoch, status, final, losses, biases, callback, None, 6, stall,
+                         0 if stall is None else len(inputs), lr)
