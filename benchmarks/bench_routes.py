@@ -61,28 +61,53 @@ def interleaved(threads: int, rounds: int, repeat: int) -> dict:
     for run in ROUTES.values():
         _check(run(x, y, biasfit.BasicNN(dtype=x.dtype)))
     times = {name: [] for name in ROUTES}
+    clock = time.perf_counter
     for _ in range(rounds):
         for name, run in ROUTES.items():
-            models = [biasfit.BasicNN(dtype=x.dtype) for _ in range(repeat)]
-            # As timeit does: the garbage collector's passes over the fresh
-            # models would fall on whichever route allocates when they come.
+            # Each fit timed alone, its model built just before, untimed (a
+            # thousand models built ahead would leave each one's parameters
+            # out of cache, a cost no real fit pays). The garbage collector
+            # is off while timing, as timeit has it.
+            total = 0.0
             gc.collect()
             gc.disable()
-            start = time.perf_counter()
-            for model in models:
+            for _ in range(repeat):
+                model = biasfit.BasicNN(dtype=x.dtype)
+                start = clock()
                 run(x, y, model)
-            times[name].append((time.perf_counter() - start) / repeat)
+                total += clock() - start
             gc.enable()
+            times[name].append(total / repeat)
     return times
+
+
+def summary(paths):
+    """The median over runs of each run's median, per build (the biasfit
+    folder a run imported), threads and route, from --json files."""
+    runs = {}
+    for path in paths:
+        with open(path) as f:
+            run = json.load(f)
+        for key, us in run["medians_us"].items():
+            runs.setdefault(run["biasfit"], {}).setdefault(key, []).append(us)
+    for build, keys in runs.items():
+        print(build)
+        for key, values in sorted(keys.items()):
+            print(f"  {key:30s} median {statistics.median(values):8.2f} us  runs {values}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summary", nargs="+", metavar="JSON",
+                        help="print the medians over these runs instead of running")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeat", type=int, default=2000)
     parser.add_argument("--json", help="write every round's times here")
     args = parser.parse_args()
+    if args.summary:
+        summary(args.summary)
+        return
     out = {"biasfit": biasfit.__file__, "torch": torch.__version__,
            "load_start": round(os.getloadavg()[0], 2), "medians_us": {}, "rounds_s": {}}
     for threads in (int(t) for t in args.threads.split(",")):
