@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from biasfit import distributed
+from biasfit import distributed, engine
 from biasfit.train import tutorial_weights
 
 OPS = ("compute", "reduce", "epoch", "whole")
@@ -43,7 +43,7 @@ def make_op(op, n, rank):
         rows = distributed.shard_rows(n, rank, 2)
         x, y = x[rows], y[rows]
     bias = torch.tensor(-3.0, dtype=torch.float64)
-    local_sums, param, _ = distributed.fused_parts(x, y, tutorial_weights(x), bias, SGD)
+    local_sums, param, _ = engine.sgd_parts(x, y, tutorial_weights(x), bias, SGD)
     if op in ("compute", "whole"):
         return local_sums
     if op == "reduce":

@@ -15,10 +15,10 @@ import warnings
 
 import torch
 
-from .model import WEIGHT_NAMES, BasicNN
+from .model import PARAM_NAMES, BasicNN
 
 FORMAT = "biasfit-model-1"
-_PARAMETERS = (*WEIGHT_NAMES, "final_bias")
+_PARAMETERS = PARAM_NAMES
 _DTYPES = (torch.float32, torch.float64)
 # A temporary named .biasfit-<pid>-*.tmp belongs to a save in progress while
 # that process lives; one without a pid (older biasfit) is stale after this.

@@ -1,6 +1,8 @@
 """Data-parallel fitting: every process of a torch.distributed group holds a
 shard of the data, and all of them train one model (final_bias, or any of
-the seven parameters).
+the seven parameters). This module holds only the collectives: the epoch
+loop is biasfit/loop.py's, each engine's sums and step are its own
+(model.loss and torch.optim; biasfit/engine.py's native ones).
 
 When a process group is initialized (for example under `torchrun`),
 biasfit.fit treats each rank's inputs and labels as its shard. Every epoch
@@ -69,20 +71,15 @@ class DistributedFitError(RuntimeError):
         super().__init__(message)
 
 
-# Asked by every fit, the tutorial's 3-point one too: looked up once.
-_initialized = dist.is_initialized if dist.is_available() else (lambda: False)
+def _never() -> bool:
+    return False
 
 
-def initialized_check():
-    """torch.distributed.is_initialized, or None where torch has no
-    torch.distributed: what the C fast path of fit_fused asks."""
-    return dist.is_initialized if dist.is_available() else None
-
-
-def is_distributed() -> bool:
-    """True when a torch.distributed process group is initialized: fit then
-    trains on the union of every rank's data."""
-    return _initialized()
+# is_distributed() -> True when a torch.distributed process group is
+# initialized: fit then trains on the union of every rank's data. Asked by
+# every fit, the tutorial's 3-point one too: torch's own function, with no
+# call around it.
+is_distributed = dist.is_initialized if dist.is_available() else _never
 
 
 def init_from_env(backend=None, timeout=DEFAULT_TIMEOUT) -> bool:
@@ -358,106 +355,3 @@ def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, width: int = 1
     as_data = {"dtype": like.dtype, "device": like.device}
     return (torch.tensor(total[0], **as_data),
             torch.tensor(total[1] if width == 1 else total[1:], **as_data))
-
-
-class NativeSGD:
-    """torch.optim.SGD's update of one parameter, computed by csrc/core/sgd.h as
-    the native trainer (fit_sgd) computes it, so an epoch loop driven from
-    Python steps with fit_sgd's bits. torch.optim.SGD itself can differ in
-    the last bit: its add_(grad, alpha=-lr) is a fused multiply-add on CPUs
-    that have one, and core/sgd.h rounds the product first as eager code does.
-    """
-
-    def __init__(self, param, *, lr, momentum, dampening, nesterov,
-                 weight_decay, maximize):
-        self.param = param
-        self.hyper = (float(lr), float(momentum), float(dampening), bool(nesterov),
-                      float(weight_decay), bool(maximize))
-        self.momentum_buffer = None
-
-    def zero_grad(self):
-        self.param.grad = None
-
-    def step(self):
-        cpu = torch.device("cpu")
-        new, buf = torch.ops.biasfit.sgd_step(
-            self.param.detach().to(cpu), self.param.grad.to(cpu),
-            self.momentum_buffer, *self.hyper)
-        if self.hyper[1] != 0:  # momentum: torch keeps a buffer from step 1
-            self.momentum_buffer = buf
-        with torch.no_grad():
-            self.param.copy_(new)
-
-
-def fused_parts(inputs, labels, weights, bias, hyper: dict):
-    """The fused engine's epoch in Python for a sharded fit: (local_sums,
-    param, optimizer) for train._run_epochs, around the native one-pass op
-    (fit_sgd runs every epoch natively and cannot all-gather between them)."""
-    param = bias.detach().clone()
-
-    def local_sums():
-        # The float64 sums, so float32 shards add up as float32 data does in
-        # one process: rounded once, after the sum.
-        return torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, param).unbind()
-
-    return shard_sums(local_sums, inputs, param), param, NativeSGD(param, **hyper)
-
-
-# csrc/core/network.h's parameter order, as fit_params and params_step take them.
-PARAM_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
-
-
-class NativeParams:
-    """fit_params's optimizer step (csrc/core/sgd.h, core/adam.h) of the seven
-    parameters, through the params_step op, so an epoch loop driven from
-    Python steps with the native trainer's bits (torch.optim's own step can
-    differ in the last bit: see NativeSGD).
-
-    `params` holds the seven values (w00 ... final_bias), stepped in place;
-    `grads` the trained ones' gradients for the next step. options:
-    fit_params's (kind 0 SGD, 1 Adam, 2 AdamW, lr, momentum, dampening,
-    nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad).
-    """
-
-    def __init__(self, params, trained: int, options: dict):
-        self.params = params.detach().clone().cpu()
-        self.grads = torch.zeros_like(self.params)
-        self.trained = int(trained)
-        o = options
-        self.options = (int(o["kind"]), float(o["lr"]), float(o["momentum"]),
-                        float(o["dampening"]), bool(o["nesterov"]), float(o["weight_decay"]),
-                        bool(o["maximize"]), float(o["beta1"]), float(o["beta2"]),
-                        float(o["eps"]), bool(o["amsgrad"]))
-        self.state = torch.zeros(len(PARAM_NAMES), 4, dtype=torch.float64)
-
-    def zero_grad(self):
-        self.grads.zero_()
-
-    def step(self):
-        new, self.state = torch.ops.biasfit.params_step(
-            self.params, self.grads, self.state, self.trained, *self.options)
-        self.params.copy_(new)  # in place: views of params see the step
-
-
-def fused_params_parts(inputs, labels, params, trained: int, options: dict):
-    """The fused engine's epoch in Python for a sharded fit of any subset of
-    the seven parameters: (local_sums, optimizer) for train._run_epochs.
-    local_sums() -> this shard's float64 loss and trained gradients at the
-    optimizer's current params, from the native one-pass op that fit_params
-    runs (fit_params runs every epoch natively and cannot all-gather between
-    them); the optimizer is a NativeParams."""
-    native = NativeParams(params, trained, options)
-    index = [i for i in range(len(PARAM_NAMES)) if (trained >> i) & 1]
-    weights, bias = native.params[:6], native.params[6]  # views: they follow each step
-
-    def local_sums():
-        # fit_params's passes: the bias-only sums unless a weight trains (the
-        # same bits as its own), float64 so float32 shards add up as float32
-        # data does in one process: rounded once, after the sum.
-        if index and index[0] < 6:
-            sums = torch.ops.biasfit.fused_loss_grads_sums(inputs, labels, weights, bias)
-            return sums[0], sums[1:][index]
-        sums = torch.ops.biasfit.fused_loss_sums(inputs, labels, weights, bias)
-        return sums[0], sums[1:1 + len(index)]  # final_bias's gradient, or none
-
-    return shard_sums(local_sums, inputs, native.params, len(index)), native

@@ -4,8 +4,11 @@ from torch import nn
 
 from . import ops
 
-# The tutorial's frozen weights, in the order of the native ops' `weights`.
+# The tutorial's frozen weights, in the order of the native ops' `weights`,
+# and the seven parameters in core/network.h's order (fit_params's `params`):
+# the one definition of these names, imported everywhere else.
 WEIGHT_NAMES = ("w00", "b00", "w01", "w10", "b10", "w11")
+PARAM_NAMES = WEIGHT_NAMES + ("final_bias",)
 TUTORIAL_WEIGHTS = (1.7, -0.85, -40.8, 12.6, 0.0, 2.7)
 
 
@@ -38,8 +41,8 @@ class BasicNN(nn.Module):
     def trainable_names(self) -> tuple:
         """The names of the parameters that require grad, in the native ops'
         order (w00, b00, w01, w10, b10, w11, final_bias)."""
-        return tuple(n for n in WEIGHT_NAMES + ("final_bias",)
-                     if getattr(self, n).requires_grad)
+        params = self._parameters  # not getattr: see _live_weights
+        return tuple([n for n in PARAM_NAMES if params[n].requires_grad])
 
     def _live_weights(self) -> torch.Tensor:
         # Stacked without detaching, so the weights that require grad get

@@ -17,6 +17,7 @@ import torch
 
 import biasfit
 from biasfit import distributed
+from biasfit.model import PARAM_NAMES
 
 
 def make_data(spec):
@@ -49,7 +50,7 @@ def make_optimizer(spec, model):
     return getattr(torch.optim, name)(model.parameters(), **kwargs)
 
 
-PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+PARAMS = PARAM_NAMES
 
 
 def run_fit(spec, x, y, model=None, callback=None):

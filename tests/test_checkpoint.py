@@ -4,6 +4,7 @@ import torch
 
 import biasfit
 from biasfit.checkpoint import CheckpointError, load_model, save_model
+from biasfit.model import PARAM_NAMES
 from helpers import CHILD_CWD
 
 
@@ -68,7 +69,7 @@ def write_payload(path, **changes):
 @pytest.mark.parametrize("changes, message", [
     (dict(state={"final_bias": -16.0}), "parameter final_bias is a float, not a tensor"),
     (dict(state={"final_bias": lambda t: t.int()}), "parameter final_bias is int32"),
-    (dict(state={n: (lambda t: t.half()) for n in biasfit.WEIGHT_NAMES + ("final_bias",)}),
+    (dict(state={n: (lambda t: t.half()) for n in PARAM_NAMES}),
      "parameter w00 is float16; a biasfit model holds float32 or float64"),
     (dict(state={"w01": lambda t: t.double()}), "parameters mix float32 and float64"),
     (dict(state={"final_bias": torch.zeros(3)}), r"final_bias has shape \(3,\)"),

@@ -22,6 +22,7 @@ import torch
 
 import _dist_worker as worker
 from biasfit import cli, distributed
+from biasfit.model import PARAM_NAMES
 from tolerances import SHARDED, SHARDED_FUSED_BIAS
 
 WORKER = Path(__file__).with_name("_dist_worker.py")
@@ -68,7 +69,7 @@ def sharded_rtol(spec):
     return SHARDED_RTOL[spec["dtype"], spec["engine"]]
 
 
-PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+PARAMS = PARAM_NAMES
 ALL, WEIGHTS, BIAS = PARAMS, PARAMS[:6], ("final_bias",)
 # Uneven shards, one of them cut inside a native chunk.
 UNEVEN = {"2": [N // 4, N - N // 4], "3": [1000, 2**14 + 7, N - 1007 - 2**14]}

@@ -1,7 +1,7 @@
-"""fit_fused's three routes give one result: the plain call recognized in C
-(csrc/direct/plain_call.h: 1-D CPU data, the tutorial's weights, plain floats),
-the general path's direct call (any argument types, given weights), and the
-op (views, other devices)."""
+"""fit_fused's one route gives one result whichever way it reaches the
+trainer: the direct call on the arguments as given (csrc/direct/read_args.h:
+1-D CPU data, weights None or a tensor, plain floats), the direct call after
+Python's checks (other number types), and the op (views, other devices)."""
 import numpy as np
 import pytest
 import torch

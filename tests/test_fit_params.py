@@ -7,10 +7,11 @@ import torch
 
 import biasfit
 from biasfit import reference
+from biasfit.model import PARAM_NAMES
 from helpers import random_problem
 from tolerances import ENGINES
 
-PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+PARAMS = PARAM_NAMES
 SUBSETS = {"bias": ("final_bias",), "weights": PARAMS[:6], "hidden": ("w00", "b00", "w10"),
            "all": PARAMS}
 # The engines' agreement, per dtype (tests/tolerances.py's ENGINES): the same

@@ -6,14 +6,14 @@ import torch
 
 import biasfit
 from biasfit import ops, reference
-from biasfit.model import WEIGHT_NAMES
+from biasfit.model import PARAM_NAMES, WEIGHT_NAMES
 from helpers import random_problem
 from tolerances import GRAD_POINTS, GRAD_SUMS
 
 CHUNK = 1 << 14  # csrc/cpu/reduce.h's kChunk
 SIZES = [1, 2, 3, 7, 1001, CHUNK - 1, CHUNK + 1, 3 * CHUNK + 5, 1_000_000]
 DTYPES = [torch.float32, torch.float64]
-PARAMS = WEIGHT_NAMES + ("final_bias",)
+PARAMS = PARAM_NAMES
 # Sums (GRAD_SUMS): float64 accumulation on both sides, so 1e-10 as REFERENCE.
 # float32: the reference rounds every per-point derivative and sums in
 # float32, the fused pass forms them in float64; measured worst 1.1e-7 over

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import biasfit
-from biasfit.distributed import NativeSGD, fused_params_parts
+from biasfit.engine import NativeSGD, params_parts
+from biasfit.model import PARAM_NAMES
 from helpers import random_problem
 
 SGD_SETTINGS = [
@@ -78,7 +79,7 @@ def test_opcheck(device):
                           (b, b * 0.5, b * 0.1, 0.1, 0.9, 0.0, False, 0.0, False))
 
 
-PARAMS = ("w00", "b00", "w01", "w10", "b10", "w11", "final_bias")
+PARAMS = PARAM_NAMES
 # fit_params's options (kind 0 SGD, 1 Adam, 2 AdamW) and their defaults.
 FIT_OPTIONS = {"kind": 0, "lr": 1e-4, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
                "weight_decay": 0.0, "maximize": False, "beta1": 0.9, "beta2": 0.999,
@@ -113,7 +114,7 @@ def test_native_params_step_as_fit_params(dtype, trained, settings):
     bits, options, epochs = TRAINED[trained], dict(FIT_OPTIONS, **STEP_SETTINGS[settings]), 40
     final, want_losses, _, info = fit_params(x, y, params, bits, options, epochs)
     assert info.tolist() == [epochs, 2, -1]  # ran out its epochs (csrc/core/fit.h)
-    local_sums, native = fused_params_parts(x, y, params, bits, options)
+    local_sums, native = params_parts(x, y, params, bits, options)
     index = [i for i in range(7) if bits >> i & 1]
     losses = []
     for _ in range(epochs):

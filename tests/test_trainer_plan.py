@@ -199,8 +199,7 @@ def test_an_exact_zero_gradient_with_units_on_is_no_stall(monkeypatch):
     x, y, w = dense_problem(1000, torch.float64)
     monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "closed")
     epoch, status, final, losses, biases, first_zero_grad = _direct.fit_sgd(
-        x.data_ptr(), y.data_ptr(), x.numel(), w.data_ptr(), True, 4.0,
-        0.5 / 1000, 0.0, 0.0, False, 0.0, False, 200, 0.0, 1)
+        x, y, w, 4.0, 0.5 / 1000, 0.0, 0.0, False, 0.0, False, 200, 0.0)
     steps = memoryview(biases).cast("d").tolist() + [final]
     assert steps[-1] == steps[-2]  # it reached a zero gradient
     assert first_zero_grad == -1

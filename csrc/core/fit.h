@@ -17,7 +17,8 @@
 
 namespace biasfit {
 
-// Values of the status the trainers report; biasfit/train.py mirrors them.
+// Values of the status the trainers report; biasfit._direct exports them
+// (direct/direct.cpp) for Python to read.
 enum FitStatus : int64_t {
   kRunning = 0,
   kConverged = 1,     // loss < tol at epoch `epoch`, no step taken there

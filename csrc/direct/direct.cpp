@@ -1,12 +1,14 @@
-// The Python module biasfit._direct: fit_fused's direct call into the CPU
-// trainer (cpu/trainer.h), bypassing the dispatcher.
+// The Python module biasfit._direct: the direct call into the CPU trainer
+// (cpu/trainer.h) for the bias-only SGD fit, bypassing the dispatcher, and
+// core/fit.h's FitStatus values as module constants, which Python reads.
 //
 // For the tutorial's three points the op's route (argument boxing, four
-// result tensors, .tolist()) would cost more than the whole fit, so Python
-// hands over raw pointers to contiguous CPU data it has checked the shape
-// of (biasfit/train.py decides when this path applies; everything else goes
-// through torch.ops.biasfit.fit_sgd and torch_ops/checks.cpp). It uses no torch type,
-// so one build serves every torch; pybind11 ties it to this CPython only.
+// result tensors, .tolist()) would cost more than the whole fit, so the
+// trainer is called here on the tensors themselves, read and checked by
+// direct/read_args.h; whatever it cannot read as it is goes to
+// torch.ops.biasfit.fit_sgd (biasfit/engine.py decides nothing more). It
+// uses no torch type, so one build serves every torch; pybind11 ties it to
+// this CPython only.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -14,9 +16,9 @@
 #include <utility>
 
 #include "core/check_options.h"
-#include "direct/plain_call.h"
+#include "core/fit.h"
+#include "direct/read_args.h"
 #include "cpu/trainer.h"
-
 namespace biasfit {
 namespace {
 
@@ -48,27 +50,34 @@ py::bytes packed_values(const std::vector<T>& values, size_t count) {
 }
 
 template <typename T>
-py::tuple fit(uintptr_t x, uintptr_t y, int64_t n, uintptr_t weights,
-              double bias, const FitOptions& opt, int threads) {
+py::tuple fit(const FitArgs& a, const FitOptions& opt, int threads) {
   cpu::History<T> history;
   FitState<T> state;
+  T w[6];
+  for (int i = 0; i < 6; ++i) w[i] = *static_cast<const T*>(a.weights[i]);
   auto run = [&] {
-    state = cpu::train(reinterpret_cast<const T*>(x),
-                       reinterpret_cast<const T*>(y), n,
-                       Weights<T>::load(reinterpret_cast<const T*>(weights)),
-                       T(bias), opt, threads, history,
+    state = cpu::train(static_cast<const T*>(a.x), static_cast<const T*>(a.y), a.n,
+                       Weights<T>::load(w), T(a.bias), opt, threads, history,
                        {&python_signal_pending, nullptr});
   };
   // A large fit takes seconds: other Python threads run meanwhile. A small
   // one (the tutorial's: microseconds) keeps the GIL, whose release and
   // retaking would cost a tenth of it.
-  if (double(n) * double(opt.epochs) > 1e5) {
+  if (double(a.n) * double(opt.epochs) > 1e5) {
     py::gil_scoped_release no_gil;
     run();
   } else {
     run();
   }
   if (state.status == kInterrupted) throw py::error_already_set();
+  // As `out.data.fill_(final_bias)` would: rounded to out's dtype, nearest.
+  if (a.out != nullptr && (state.status == kConverged || state.status == kExhausted)) {
+    if (a.out_double) {
+      *static_cast<double*>(a.out) = double(state.bias);
+    } else {
+      *static_cast<float*>(a.out) = float(state.bias);
+    }
+  }
   // core/fit.h: a run that stopped at `epoch` evaluated epoch `epoch` too.
   const size_t seen = size_t(state.epoch) + (state.status != kExhausted);
   return py::make_tuple(state.epoch, state.status, double(state.bias),
@@ -77,64 +86,81 @@ py::tuple fit(uintptr_t x, uintptr_t y, int64_t n, uintptr_t weights,
                         history.first_zero_grad);
 }
 
-// Returns (epoch, status, final_bias, losses, biases, first_zero_grad), one
-// loss (a list) and bias (packed float64 bytes) per epoch evaluated, and the first epoch whose gradient sum
-// was exactly 0 (-1: none). x, y (n values) and weights (6) are addresses of
-// contiguous CPU arrays of float64 if is_double, else float32; bias is
-// rounded to that type as torch.tensor(bias, dtype=...) rounds it.
-py::tuple fit_sgd(uintptr_t x, uintptr_t y, int64_t n, uintptr_t weights,
-                  bool is_double, double bias, double lr, double momentum,
-                  double dampening, bool nesterov, double weight_decay,
-                  bool maximize, int64_t epochs, double tol, int threads) {
-  const FitOptions opt{
-      {lr, momentum, dampening, weight_decay, nesterov, maximize}, epochs, tol};
-  check_fit_options(opt);  // the op's own checks (torch_ops/checks.cpp)
-  return is_double ? fit<double>(x, y, n, weights, bias, opt, threads)
-                   : fit<float>(x, y, n, weights, bias, opt, threads);
-}
+ReadContext context;
 
-PlainContext plain_context;
-
-// Hands over what parse_plain compares with (direct/plain_call.h); once, at import.
-void setup_plain(py::object tensor_type, py::object float32, py::object float64,
-                 uintptr_t weights32, uintptr_t weights64,
-                 py::object is_initialized, int64_t max_epochs) {
-  PlainContext& c = plain_context;
+// Hands over what read_fit_args compares with (direct/read_args.h); once,
+// at import. The tutorial's weights are read like any weights argument, and
+// held for the process, so their memory outlives every fit.
+void setup(py::object tensor_type, py::object parameter_type,
+           py::object float32, py::object float64, py::object tutorial32,
+           py::object tutorial64, py::tuple weight_names, int64_t max_epochs,
+           py::object num_threads) {
+  ReadContext c;
+  c.num_threads = num_threads.ptr();
+  c.tensor_type = tensor_type.ptr();
+  c.parameter_type = parameter_type.ptr();
+  c.float32 = float32.ptr();
+  c.float64 = float64.ptr();
   c.max_epochs = max_epochs;
-  c.tensor_type = tensor_type.release().ptr();  // kept for the process
-  c.float32 = float32.release().ptr();
-  c.float64 = float64.release().ptr();
-  c.weights32 = weights32;
-  c.weights64 = weights64;
-  c.is_initialized = is_initialized.release().ptr();
   for (auto [slot, name] : {std::pair{&c.dtype, "dtype"}, {&c.is_cpu, "is_cpu"},
                             {&c.shape, "shape"}, {&c.stride, "stride"},
-                            {&c.data_ptr, "data_ptr"}}) {
+                            {&c.numel, "numel"}, {&c.data_ptr, "data_ptr"}}) {
     *slot = PyUnicode_InternFromString(name);
   }
+  if (weight_names.size() != 6) throw std::invalid_argument("six weight names");
+  for (int i = 0; i < 6; ++i) {
+    PyObject* name = weight_names[i].ptr();
+    Py_INCREF(name);
+    PyUnicode_InternInPlace(&name);
+    c.weight_names[i] = name;
+  }
+  long long n64, n32;
+  if (!read::array(c, tutorial64.ptr(), c.float64, c.tutorial64, n64) ||
+      !read::array(c, tutorial32.ptr(), c.float32, c.tutorial32, n32) ||
+      n64 != 6 || n32 != 6) {
+    throw std::invalid_argument(
+        "the tutorial weights must be 1-D contiguous CPU tensors of 6 values, "
+        "float64 then float32");
+  }
+  // Kept for the process: the reader compares with them by address.
+  for (py::object* o : {&tensor_type, &parameter_type, &float32, &float64,
+                        &tutorial32, &tutorial64, &num_threads}) {
+    o->inc_ref();
+  }
+  context = c;
 }
 
-// fit_fused(inputs, labels, weights, bias, lr, momentum, dampening,
-// nesterov, weight_decay, maximize, epochs, tol, threads) for a plain call
-// (direct/plain_call.h): fit_sgd's tuple, or None for any other call. A raw
-// METH_FASTCALL function: pybind11's casting of 13 arguments alone cost
-// about a tenth of the tutorial's fit.
-PyObject* fit_plain(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  PlainArgs a;
-  if (nargs != kPlainArgs + 1 || !PyLong_CheckExact(args[kPlainArgs]) ||
-      !parse_plain(plain_context, args, a)) {
+// fit_sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
+// weight_decay, maximize, epochs, tol[, out]) -> (epoch, status,
+// final_bias, losses, biases, first_zero_grad), or None where
+// direct/read_args.h cannot read the arguments as they are. One loss (a
+// list) and bias (packed float64 bytes) per epoch evaluated, and the first
+// epoch whose gradient sum was exactly 0 with no unit known on (-1: none).
+// out (None or a one-value float tensor: a model's final_bias) receives the
+// final bias when the fit ends converged or exhausted, written in place as
+// `out.data.fill_(final_bias)` would (a stall is decided later, in Python,
+// which then writes the bias it stopped at).
+// A raw METH_FASTCALL function: pybind11's casting of 13 arguments alone
+// cost about a tenth of the tutorial's fit.
+PyObject* fit_sgd(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  FitArgs a;
+  if ((nargs != kFitArgs && nargs != kFitArgs + 1) ||
+      !read_fit_args(context, args, nargs == kFitArgs + 1, a)) {
     Py_RETURN_NONE;
   }
-  const int threads = int(PyLong_AsLong(args[kPlainArgs]));
+  PyObject* count = PyObject_CallNoArgs(context.num_threads);
+  if (count == nullptr) return nullptr;
+  const int threads = int(PyLong_AsLong(count));
+  Py_DECREF(count);
+  if (threads == -1 && PyErr_Occurred()) return nullptr;
   try {
     const FitOptions opt{{a.lr, a.momentum, a.dampening, a.weight_decay,
                           a.nesterov, a.maximize},
                          a.epochs,
                          a.tol};
-    check_fit_options(opt);  // nesterov's conditions, as fit_sgd
-    py::tuple out = a.is_double
-                        ? fit<double>(a.x, a.y, a.n, a.weights, a.bias, opt, threads)
-                        : fit<float>(a.x, a.y, a.n, a.weights, a.bias, opt, threads);
+    check_fit_options(opt);  // the op's own checks (torch_ops/checks.cpp)
+    py::tuple out = a.is_double ? fit<double>(a, opt, threads)
+                                : fit<float>(a, opt, threads);
     return out.release().ptr();
   } catch (py::error_already_set& e) {
     e.restore();
@@ -146,12 +172,14 @@ PyObject* fit_plain(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   return nullptr;
 }
 
-PyMethodDef plain_methods[] = {
-    {"fit_plain", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fit_plain)),
+PyMethodDef methods[] = {
+    {"fit_sgd", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&fit_sgd)),
      METH_FASTCALL,
-     "fit_fused's plain call (direct/plain_call.h): (inputs, labels, weights, bias, "
-     "lr, momentum, dampening, nesterov, weight_decay, maximize, epochs, tol, "
-     "threads) -> fit_sgd's tuple, or None"},
+     "the CPU trainer on the tensors themselves: (inputs, labels, weights (None, "
+     "6 values or a module's _parameters), bias (float or one-value tensor), lr, "
+     "momentum, dampening, nesterov, weight_decay, maximize, epochs, tol"
+     "[, out: a one-value tensor to receive the final bias]) -> (epoch, status, final_bias, losses, packed float64 biases, "
+     "first_zero_grad), or None where they cannot be read as they are"},
     {nullptr, nullptr, 0, nullptr}};
 
 // The CPU trainer's plan for a fit (cpu/plan.h's choose_plan): what the
@@ -194,19 +222,22 @@ const char* trainer_plan_of(py::buffer x, py::buffer weights, double bias,
 }  // namespace biasfit
 
 PYBIND11_MODULE(_direct, m) {
-  m.def("fit_sgd", &biasfit::fit_sgd,
-        "the CPU trainer over raw contiguous arrays: (x, y, n, weights, "
-        "is_double, bias, lr, momentum, dampening, nesterov, weight_decay, "
-        "maximize, epochs, tol, threads) -> (epoch, status, final_bias, "
-        "losses, biases, first_zero_grad)");
-  m.def("setup_plain", &biasfit::setup_plain,
-        "what fit_plain compares with: (torch.Tensor, torch.float32, "
-        "torch.float64, tutorial weights' addresses (float32, float64), "
-        "torch.distributed.is_initialized or None, the most epochs a fit may "
-        "run)");
-  if (PyModule_AddFunctions(m.ptr(), biasfit::plain_methods) != 0) {
+  m.def("setup", &biasfit::setup,
+        "what fit_sgd compares with: (torch.Tensor, nn.Parameter, torch.float32, "
+        "torch.float64, the tutorial's weights as float32 and float64 CPU tensors, "
+        "the six weight names, the most epochs a fit may run, "
+        "torch.get_num_threads: the trainer's threads)");
+  if (PyModule_AddFunctions(m.ptr(), biasfit::methods) != 0) {
     throw pybind11::error_already_set();
   }
+  // core/fit.h's FitStatus, the one definition of the codes every trainer
+  // (the direct call, the ops) reports.
+  m.attr("RUNNING") = int64_t(biasfit::kRunning);
+  m.attr("CONVERGED") = int64_t(biasfit::kConverged);
+  m.attr("EXHAUSTED") = int64_t(biasfit::kExhausted);
+  m.attr("LOSS_NONFINITE") = int64_t(biasfit::kLossNonFinite);
+  m.attr("BIAS_NONFINITE") = int64_t(biasfit::kBiasNonFinite);
+  m.attr("INTERRUPTED") = int64_t(biasfit::kInterrupted);
   m.def("trainer_plan", &biasfit::trainer_plan,
         "the CPU trainer's plan (stream, once, regroup, closed) for (n, bytes "
         "per point, epochs, share of units off at the start, float64 points "
