@@ -76,8 +76,8 @@ def table(folder):
                      f"| {b * 1e9:.3g} ns | {a * 1e9:.3g} ns | {ratio:.3f}{flag} "
                      f"| {rb * 1e9:.3g}, {ra * 1e9:.3g} ns |")
     ratios = [median("after", k, "fused") / median("before", k, "fused") for k in keys]
-    head = [f"# fit_fused before and after, {len(runs['before'])} + {len(runs['after'])} "
-            f"runs interleaved", "",
+    head = [f"# fit_fused before and after: {len(runs['before'])} grid runs of each build "
+            f"(every thread count), alternating", "",
             f"Time per epoch: each build's median over its runs of the fastest round. "
             f"{len(keys)} cells; after / before: median {statistics.median(ratios):.3f}, "
             f"range {min(ratios):.3f}-{max(ratios):.3f}; {len(slower)} cells slower than "
