@@ -96,7 +96,10 @@ def bias_list(biases) -> list:
 def sgd_run(inputs, labels, weights, start, hyper, epochs, tol):
     """The bias-only SGD fit for checked arguments (start: the bias as a
     float, hyper: SGD's settings as floats and bools): the direct call where
-    it may read the tensors as they are, else the op."""
+    it may read the tensors as they are, else the op. (train._sgd tries the
+    direct call on the caller's own arguments first; this second try serves
+    the calls it refused only for their numbers' types, an int lr say, now
+    plain floats.)"""
     options = (hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["nesterov"],
                hyper["weight_decay"], hyper["maximize"], epochs, tol)
     run = direct_sgd(inputs, labels, weights, start, *options)

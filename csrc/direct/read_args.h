@@ -74,7 +74,7 @@ inline bool flag(PyObject* o, bool& out) {
   return true;
 }
 
-// o.name (an attribute) or o.name() (a method), compared by identity.
+// o.name (an attribute), compared by identity.
 inline bool is(PyObject* o, PyObject* name, PyObject* expected) {
   PyObject* r = PyObject_GetAttr(o, name);
   if (r == nullptr) {
@@ -163,10 +163,10 @@ inline bool one(const ReadContext& c, PyObject* t, PyObject* dtype,
          address(c, t, data);
 }
 
-// The address of a one-value tensor of float32 or float64, and which.
-inline bool one_value(const ReadContext& c, PyObject* t, const void*& data,
-                      bool& is_double) {
-  PyObject* dtype = PyObject_GetAttr(t, c.dtype);
+// t's dtype where it is float32 or float64, and which.
+inline bool float_dtype(const ReadContext& c, PyObject* t, PyObject*& dtype,
+                        bool& is_double) {
+  dtype = PyObject_GetAttr(t, c.dtype);
   if (dtype == nullptr) {
     PyErr_Clear();
     return false;
@@ -174,7 +174,14 @@ inline bool one_value(const ReadContext& c, PyObject* t, const void*& data,
   Py_DECREF(dtype);  // compared by address only: c holds both dtypes
   if (dtype != c.float32 && dtype != c.float64) return false;
   is_double = dtype == c.float64;
-  return one(c, t, dtype, data, true);
+  return true;
+}
+
+// The address of a one-value tensor of float32 or float64, and which.
+inline bool one_value(const ReadContext& c, PyObject* t, const void*& data,
+                      bool& is_double) {
+  PyObject* dtype;
+  return float_dtype(c, t, dtype, is_double) && one(c, t, dtype, data, true);
 }
 
 // The six weights: None (the tutorial's), a tensor of six values, or a
@@ -188,7 +195,6 @@ inline bool weights(const ReadContext& c, PyObject* w, PyObject* dtype,
     for (int i = 0; i < 6; ++i) out[i] = base + i * size;
     return true;
   }
-  long long n;
   if (PyDict_CheckExact(w)) {
     for (int i = 0; i < 6; ++i) {
       PyObject* t = PyDict_GetItemWithError(w, c.weight_names[i]);  // borrowed
@@ -201,6 +207,7 @@ inline bool weights(const ReadContext& c, PyObject* w, PyObject* dtype,
     return true;
   }
   const void* data;
+  long long n;
   if (!array(c, w, dtype, data, n) || n != 6) return false;
   for (int i = 0; i < 6; ++i) out[i] = static_cast<const char*>(data) + i * size;
   return true;
@@ -236,14 +243,8 @@ inline bool read_fit_args(const ReadContext& c, PyObject* const* a, bool has_out
     return false;
   }
   // The dtype is the inputs', float32 or float64; read once.
-  PyObject* dtype = PyObject_GetAttr(a[0], c.dtype);
-  if (dtype == nullptr) {
-    PyErr_Clear();
-    return false;
-  }
-  Py_DECREF(dtype);  // compared by address only: c holds both dtypes
-  if (dtype != c.float32 && dtype != c.float64) return false;
-  out.is_double = dtype == c.float64;
+  PyObject* dtype;
+  if (!float_dtype(c, a[0], dtype, out.is_double)) return false;
   long long n, m;
   if (!array(c, a[0], dtype, out.x, n, true) || !array(c, a[1], dtype, out.y, m) ||
       n == 0 || n != m || !weights(c, a[2], dtype, out.is_double, out.weights)) {
