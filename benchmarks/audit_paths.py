@@ -49,8 +49,13 @@ workloads = None  # benchmarks/workloads.py, imported once the builds are done
 CSRC = ROOT / "csrc"
 RESULTS = HERE / "results" / "audit"
 BUILDS = Path(os.environ.get("BIASFIT_AUDIT_BUILD_DIR", "/tmp/biasfit-audit-builds"))
-FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off",
-         "-fno-trapping-math", "-fvisibility=hidden", "-Wno-psabi"]
+sys.path.insert(0, str(ROOT / "tools"))
+import check_cuda_compile  # noqa: E402  (its load_setup: setup.py as a module)
+
+# setup.py's own C++ flags for the OpenMP build, so that every variant is
+# compiled as the extension is; then a shared module of _direct alone.
+FLAGS = [*check_cuda_compile.load_setup().cxx_flags(["-O3"], ["-fopenmp"]),
+         "-shared", "-fPIC", "-fvisibility=hidden", "-Wno-psabi"]
 
 # name -> (macros, environment at load, what is removed, where). A variant
 # whose path runs only on AVX-512 is built and checked but cannot be timed

@@ -15,15 +15,18 @@ g++-aarch64-linux-gnu, qemu-user); BIASFIT_REQUIRE_AARCH64=1 (CI) makes
 that a failure.
 """
 import concurrent.futures
-import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import check_cuda_compile  # noqa: E402  (its load_setup: setup.py as a module)
+
 CSRC = ROOT / "csrc"
 SOURCE = ROOT / "tests" / "native" / "core_fits.cpp"
 REQUIRE_AARCH64 = os.environ.get("BIASFIT_REQUIRE_AARCH64") == "1"
@@ -34,15 +37,7 @@ CROSS = shutil.which("aarch64-linux-gnu-g++")
 QEMU = shutil.which("qemu-aarch64")
 
 
-def load_setup():
-    """setup.py as a module (its setup() call only runs as __main__)."""
-    spec = importlib.util.spec_from_file_location("biasfit_setup", ROOT / "setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-setup = load_setup()
+setup = check_cuda_compile.load_setup()
 OPENMP = ["-fopenmp"]
 NO_OPENMP = ["-fopenmp-simd", "-pthread"]  # setup.openmp_flags() without OpenMP
 
