@@ -27,12 +27,6 @@ namespace cpu {
 
 constexpr int64_t kElementwiseGrain = int64_t(1) << 15;
 
-template <typename Point>
-LossGrad chunk_baseline(const Point& p, int64_t begin, int64_t end,
-                        const double* start_loss) {
-  return chunk_sum(p, begin, end, start_loss);
-}
-
 // One chunk's sum on the best instruction set, from start_loss's lanes if
 // given (chunk_sum). A chunk of fewer points than lanes (the tutorial's
 // three) is only the lanes' tail and tree: small_chunk_sum, without the
@@ -48,7 +42,7 @@ LossGrad sum_chunk(const Point& p, int64_t begin, int64_t end,
 #if BIASFIT_X86
   if (kIsa != Isa::kBaseline) return x86::sum_chunk(kIsa, p, begin, end, start_loss);
 #endif
-  return chunk_baseline(p, begin, end, start_loss);
+  return chunk_sum(p, begin, end, start_loss);
 }
 
 template <typename Point>
