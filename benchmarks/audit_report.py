@@ -14,6 +14,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KEEP_GAIN = 1.10
+# The variants whose missing path runs only on AVX-512 (audit_paths.py's
+# VARIANTS): built and checked everywhere, timed only on a CPU that has it.
+AVX512_ONLY = {"no_hand_avx512", "no_fma_add", "no_negated", "no_all_on", "no_prefetch"}
 # A cell counts for a verdict only where the control (the baseline loaded
 # twice) came out within this of 1: elsewhere load swamped the cell.
 QUIET = 0.05
@@ -112,14 +115,12 @@ def main(path):
                 gains.append((c["cell"], ratio(c, v)))
         removes = data["variants"][v]["removes"]
         if not gains:
-            why = "not timed: AVX-512 only, this CPU has none" if v in (
-                "no_hand_avx512", "no_fma_add", "no_negated", "no_all_on",
-                "no_prefetch") else "no data"
+            why = ("not timed: AVX-512 only, this CPU has none" if v in AVX512_ONLY
+                   else "no data")
             out.append(f"| {removes} | {LINES.get(v, '?')} | {why} | | | unmeasured |")
             continue
         reach = {c["cell"] for c in cells if reaches(v, c, data["avx512"])}
         quiet_gains = [g for g in gains if g[0] in quiet and g[0] in reach] or [("-", 0.0)]
-        noise = [g for _, g in gains if _ not in reach]
         best = max(quiet_gains, key=lambda g: g[1])
         wins = [g for g in quiet_gains if g[1] >= KEEP_GAIN]
         listing = ", ".join(f"{short(c)} {g:.2f}{'' if c in reach else ' (n/r)'}"
