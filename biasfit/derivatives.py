@@ -11,7 +11,7 @@ derivative is 0, as in PyTorch. The masks are PyTorch's relu backward, "0
 where relu's output <= 0, else pass": a NaN passes, as plain PyTorch's does.
 
 Values here round as torch's ops do; ops.py returns the native pass's
-first-order values and takes only the graph from these (ops._exact).
+values and takes only the graph from these (ops._with_graph).
 """
 import torch
 
@@ -22,6 +22,16 @@ def _forward(x, w, b):
     h1 = (x * w10 + b10).relu()
     z = (h0 * w01 + h1 * w11) + b.reshape(())
     return h0, h1, z
+
+
+def predict(x, w, b):
+    """The network's output in torch ops."""
+    return _forward(x, w, b)[2].relu()
+
+
+def loss(x, y, w, b):
+    """sum((predict(x, w, b) - y)^2) in torch ops."""
+    return ((predict(x, w, b) - y) ** 2).sum()
 
 
 def _pass(mask_of, g):

@@ -147,31 +147,16 @@ def _building_graph(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-class _Exact(torch.autograd.Function):
-    """value's numbers with graph's derivatives: a backward that builds a
-    graph returns the native pass's gradients (the same bits as without a
-    graph) and differentiates them as derivatives.py's ops."""
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(value, graph):
-        return value.clone()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, grad
-
-    @staticmethod
-    def jvp(ctx, value_tangent, graph_tangent):
-        return graph_tangent
+def _values(graph, *tensors):
+    return tuple(t.detach() for t in tensors) if graph else tensors
 
 
 def _with_graph(native, graph):
-    return tuple(None if n is None else _Exact.apply(n.detach(), g)
+    """native's values, exactly, with graph's derivatives: a backward that
+    builds a graph returns the native pass's gradients (the same bits as
+    without a graph), differentiable as derivatives.py's ops. g.detach() - g
+    is exactly +0 for finite g, and v - (+0) is v, -0 included."""
+    return tuple(None if n is None else n.detach() - (g.detach() - g)
                  for n, g in zip(native, graph))
 
 
@@ -179,9 +164,13 @@ def _loss_grads_backward(ctx, grad_loss, grads):
     """(inputs, labels, weights, bias) grads of a loss from the pass's
     gradients `grads` = (weights_grad, bias_grad, labels_grad, inputs_grad)."""
     x, y, w, b = ctx.saved_tensors[:4]
+    graph = _building_graph(grad_loss, x, y, w, b)
     missing = _bits(ctx.needs_input_grad[:4]) & ~ctx.computed & ~NEED_BIAS
     if missing:
-        _, wg, bg, yg, xg = _ops.fused_loss_grads(x, y, w, b, missing | ctx.computed)
+        # Values only (a graph comes from derivatives.py): detached, the op
+        # runs under torch.func too.
+        _, wg, bg, yg, xg = _ops.fused_loss_grads(*_values(graph, x, y, w, b),
+                                                  missing | ctx.computed)
         grads = (wg, bg, yg, xg)
     wg, bg, yg, xg = grads
     need = ctx.needs_input_grad
@@ -191,7 +180,7 @@ def _loss_grads_backward(ctx, grad_loss, grads):
         (grad_loss * wg).reshape(w.shape) if need[2] else None,
         (grad_loss * bg).reshape(b.shape) if need[3] else None,
     )
-    if _building_graph(grad_loss, x, y, w, b):
+    if graph:
         return _with_graph(native, derivatives.loss_vjp(grad_loss, x, y, w, b))
     return native
 
@@ -251,16 +240,17 @@ def _predict_backward(ctx, grad_out):
     need_x, need_w, need_b = ctx.needs_input_grad
     if not (need_x or need_w or need_b):
         return None, None, None
+    graph = _building_graph(grad_out, x, weights, bias)
+    args = _values(graph, grad_out, x, weights, bias)
     if need_b and not (need_x or need_w):  # the bias alone: today's sum
-        native = (None, None,
-                  _ops.predict_bias_grad(grad_out, x, weights, bias).reshape(bias.shape))
+        native = (None, None, _ops.predict_bias_grad(*args).reshape(bias.shape))
     else:
         needs = (NEED_INPUTS if need_x else 0) | (NEED_WEIGHTS if need_w else 0) | NEED_BIAS
-        wg, bg, xg = _ops.predict_grads(grad_out, x, weights, bias, needs)
+        wg, bg, xg = _ops.predict_grads(*args, needs)
         native = (xg.reshape(x.shape) if need_x else None,
                   wg.reshape(weights.shape) if need_w else None,
                   bg.reshape(bias.shape) if need_b else None)
-    if _building_graph(grad_out, x, weights, bias):
+    if graph:
         return _with_graph(native, derivatives.predict_vjp(grad_out, x, weights, bias))
     return native
 
@@ -298,9 +288,12 @@ for _name in ("fused_loss_sums", "fused_loss_grads_sums", "predict_bias_grad",
 class _FusedLossFn(torch.autograd.Function):
     generate_vmap_rule = True
 
+    # The ops see detached tensors: under torch.compile, Dynamo traces
+    # forward with the transform's tensors, and an op's register_autograd
+    # kernel refuses those (pytorch/pytorch#168393).
     @staticmethod
     def forward(inputs, labels, weights, bias, needs):
-        return _ops.fused_loss_grads(inputs, labels, weights, bias, needs)
+        return _ops.fused_loss_grads(*_values(True, inputs, labels, weights, bias), needs)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -322,7 +315,7 @@ class _PredictFn(torch.autograd.Function):
 
     @staticmethod
     def forward(inputs, weights, bias):
-        return _ops.predict(inputs, weights, bias)
+        return _ops.predict(*_values(True, inputs, weights, bias))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -338,8 +331,45 @@ class _PredictFn(torch.autograd.Function):
 
 
 def _under_transform() -> bool:
-    return (torch._C._are_functorch_transforms_active()
-            or forward_ad._current_level >= 0)
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+# torch.compile of a torch.func transform: Dynamo inlines an
+# autograd.Function's forward there and differentiates what it calls, so the
+# forward itself must be differentiable: the op's values (detached: its
+# register_autograd kernel refuses the transform's tensors,
+# pytorch/pytorch#168393) with derivatives.py's graph.
+
+def _compiled_predict(inputs, weights, bias):
+    value = _ops.predict(*_values(True, inputs, weights, bias))
+    return _with_graph((value,), (derivatives.predict(inputs, weights, bias),))[0]
+
+
+def _compiled_loss(inputs, labels, weights, bias):
+    value = _ops.fused_loss(*_values(True, inputs, labels, weights, bias))[0]
+    return _with_graph((value,), (derivatives.loss(inputs, labels, weights, bias),))[0]
+
+
+# -- autocast and low precision ----------------------------------------------------
+#
+# The kernels compute in float32 or float64 (sums in float64). Under autocast
+# the ops run in float32, as autocast runs mse_loss: a bfloat16 or float16
+# producer (an nn.Linear under torch.autocast) feeds them upcast. Outside
+# autocast, float16/bfloat16 inputs are computed in float32 and the outputs
+# returned in inputs' dtype (the functional forms and BasicNN; the raw ops
+# take float32 and float64 only).
+
+for _name in ("predict", "fused_loss", "fused_loss_grads", "fused_loss_sums",
+              "fused_loss_grads_sums", "predict_bias_grad", "predict_grads"):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"biasfit::{_name}", _device, torch.float32)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(fn, inputs, *rest):
+    out = fn(inputs.float(), *(t.float() for t in rest))
+    return out.to(inputs.dtype) if inputs.dtype in _LOW_PRECISION else out
 
 
 # -- functional API ---------------------------------------------------------------
@@ -350,7 +380,11 @@ def predict(inputs, weights, bias):
     `weights` holds w00, b00, w01, w10, b10, w11; `bias` is a 0-d tensor.
     Differentiable with respect to every argument, also under torch.func.
     """
+    if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
+        return _in_float32(predict, inputs, weights, bias)
     if _under_transform():
+        if torch.compiler.is_compiling():
+            return _compiled_predict(inputs, weights, bias)
         return _PredictFn.apply(inputs, weights, bias)
     return _ops.predict(inputs, weights, bias)
 
@@ -363,8 +397,12 @@ def fused_loss(inputs, labels, weights, bias):
     autograd; sums run in float64 and in a fixed order (same bits for any
     thread count).
     """
+    if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
+        return _in_float32(fused_loss, inputs, labels, weights, bias)
     needs = needs_of(inputs, labels, weights, bias)
     if _under_transform():  # torch.func.grad and friends
+        if torch.compiler.is_compiling():
+            return _compiled_loss(inputs, labels, weights, bias)
         return _FusedLossFn.apply(inputs, labels, weights, bias, needs)[0]
     if needs == NEED_BIAS:  # the tutorial's case: the bias-only pass, as fast as ever
         return _ops.fused_loss(inputs, labels, weights, bias)[0]
