@@ -49,12 +49,13 @@ class BasicNN(nn.Module):
         # their gradients through the stack; frozen ones stay out of the graph.
         # Read from _parameters, not getattr: nn.Module's __getattr__ would
         # add microseconds to every epoch of the tutorial's 3-point fit.
-        # Under torch.func they stay live too: there the transform decides
-        # what is differentiated (and under torch.compile a transform's
-        # tensors may read requires_grad=False).
+        # Under torch.func and forward-mode AD they stay live too: there the
+        # transform decides what is differentiated (a dual weight need not
+        # require grad, and under torch.compile a transform's tensors may
+        # read requires_grad=False).
         params = self._parameters
         live = [params[n] for n in WEIGHT_NAMES]
-        if any(p.requires_grad for p in live) or torch._C._are_functorch_transforms_active():
+        if any(p.requires_grad for p in live) or ops.under_transform():
             return torch.stack(live)
         return torch.stack([p.detach() for p in live])
 

@@ -330,7 +330,8 @@ class _PredictFn(torch.autograd.Function):
         return derivatives.predict_jvp(*ctx.saved_tensors, tx, tw, tb)
 
 
-def _under_transform() -> bool:
+def under_transform() -> bool:
+    """Whether a torch.func transform or forward-mode AD is active."""
     return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
 
 
@@ -382,7 +383,7 @@ def predict(inputs, weights, bias):
     """
     if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
         return _in_float32(predict, inputs, weights, bias)
-    if _under_transform():
+    if under_transform():
         if torch.compiler.is_compiling():
             return _compiled_predict(inputs, weights, bias)
         return _PredictFn.apply(inputs, weights, bias)
@@ -400,7 +401,7 @@ def fused_loss(inputs, labels, weights, bias):
     if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
         return _in_float32(fused_loss, inputs, labels, weights, bias)
     needs = needs_of(inputs, labels, weights, bias)
-    if _under_transform():  # torch.func.grad and friends
+    if under_transform():  # torch.func.grad and friends
         if torch.compiler.is_compiling():
             return _compiled_loss(inputs, labels, weights, bias)
         return _FusedLossFn.apply(inputs, labels, weights, bias, needs)[0]

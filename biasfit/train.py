@@ -233,6 +233,8 @@ def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, n
         loss.backward()
         return loss.detach(), None
 
+    if not sharded and inputs.numel() == 0:  # as the fused engine's op says it
+        raise ValueError("biasfit: inputs is empty: a fit needs at least one point")
     if _step_needs_closure(optimizer):
         if sharded:
             raise ValueError(f"optimizer {type(optimizer).__name__} re-evaluates the loss "
