@@ -39,32 +39,45 @@ def _pass(mask_of, g):
     return torch.where(mask_of <= 0, torch.zeros_like(g), g)
 
 
-def _predict_vjp_from(x, w, h0, h1, z, g_out):
-    """(d/dx, d/dweights [6], d/dbias) of sum(g_out * y_hat)."""
-    w00, _, w01, w10, _, w11 = w.reshape(6).unbind()
+def _predict_vjp_from(x, w, h0, h1, z, g_out, need):
+    """(d/dx, d/dweights [6], d/dbias) of sum(g_out * y_hat), each only if
+    need (inputs, weights, bias) asks for it, else None."""
+    need_x, need_w, need_b = need
     g = _pass(z, g_out)
-    d0 = _pass(h0, g * w01)
-    d1 = _pass(h1, g * w11)
-    weights_grad = torch.stack([(d0 * x).sum(), d0.sum(), (g * h0).sum(),
-                                (d1 * x).sum(), d1.sum(), (g * h1).sum()])
-    return d0 * w00 + d1 * w10, weights_grad, g.sum()
+    xg = wg = None
+    if need_x or need_w:
+        w00, _, w01, w10, _, w11 = w.reshape(6).unbind()
+        d0 = _pass(h0, g * w01)
+        d1 = _pass(h1, g * w11)
+        if need_x:
+            xg = d0 * w00 + d1 * w10
+        if need_w:
+            wg = torch.stack([(d0 * x).sum(), d0.sum(), (g * h0).sum(),
+                              (d1 * x).sum(), d1.sum(), (g * h1).sum()])
+    return xg, wg, g.sum() if need_b else None
 
 
-def predict_vjp(grad_out, x, w, b):
+def _shaped(t, like):
+    return None if t is None else t.reshape(like.shape)
+
+
+def predict_vjp(grad_out, x, w, b, need=(True, True, True)):
     """predict's backward: (inputs, weights, bias) gradients of
-    sum(grad_out * predict(x, w, b)), in the arguments' shapes."""
+    sum(grad_out * predict(x, w, b)), in the arguments' shapes; None where
+    need (the same three) does not ask."""
     h0, h1, z = _forward(x, w, b)
-    xg, wg, bg = _predict_vjp_from(x, w, h0, h1, z, grad_out)
-    return xg, wg.reshape(w.shape), bg.reshape(b.shape)
+    xg, wg, bg = _predict_vjp_from(x, w, h0, h1, z, grad_out, need)
+    return xg, _shaped(wg, w), _shaped(bg, b)
 
 
-def loss_vjp(grad_loss, x, y, w, b):
+def loss_vjp(grad_loss, x, y, w, b, need=(True, True, True, True)):
     """fused_loss's backward: (inputs, labels, weights, bias) gradients of
-    grad_loss * sum((predict(x, w, b) - y)^2), in the arguments' shapes."""
+    grad_loss * sum((predict(x, w, b) - y)^2), in the arguments' shapes;
+    None where need (the same four) does not ask."""
     h0, h1, z = _forward(x, w, b)
     two_r = 2 * (z.relu() - y) * grad_loss
-    xg, wg, bg = _predict_vjp_from(x, w, h0, h1, z, two_r)
-    return xg, -two_r, wg.reshape(w.shape), bg.reshape(b.shape)
+    xg, wg, bg = _predict_vjp_from(x, w, h0, h1, z, two_r, (need[0], need[2], need[3]))
+    return xg, -two_r if need[1] else None, _shaped(wg, w), _shaped(bg, b)
 
 
 def _zero_or(t, like):

@@ -155,8 +155,9 @@ def _with_graph(native, graph):
     """native's values, exactly, with graph's derivatives: a backward that
     builds a graph returns the native pass's gradients (the same bits as
     without a graph), differentiable as derivatives.py's ops. g.detach() - g
-    is exactly +0 for finite g, and v - (+0) is v, -0 included."""
-    return tuple(None if n is None else n.detach() - (g.detach() - g)
+    is exactly +0 for finite g (and made 0 where g is inf or NaN), and
+    v - (+0) is v, -0 included."""
+    return tuple(None if n is None else n.detach() - (g.detach() - g).nan_to_num(0.0, 0.0, 0.0)
                  for n, g in zip(native, graph))
 
 
@@ -181,7 +182,7 @@ def _loss_grads_backward(ctx, grad_loss, grads):
         (grad_loss * bg).reshape(b.shape) if need[3] else None,
     )
     if graph:
-        return _with_graph(native, derivatives.loss_vjp(grad_loss, x, y, w, b))
+        return _with_graph(native, derivatives.loss_vjp(grad_loss, x, y, w, b, need[:4]))
     return native
 
 
@@ -251,7 +252,8 @@ def _predict_backward(ctx, grad_out):
                   wg.reshape(weights.shape) if need_w else None,
                   bg.reshape(bias.shape) if need_b else None)
     if graph:
-        return _with_graph(native, derivatives.predict_vjp(grad_out, x, weights, bias))
+        return _with_graph(native, derivatives.predict_vjp(grad_out, x, weights, bias,
+                                                              ctx.needs_input_grad))
     return native
 
 
