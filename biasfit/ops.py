@@ -219,6 +219,8 @@ torch.library.register_autograd(
 # and scale the same one-pass gradients.
 
 class _FusedLossFn(torch.autograd.Function):
+    generate_vmap_rule = True  # vmap: biasfit/vmap_rules.py's rules of the ops inside
+
     @staticmethod
     def forward(inputs, labels, weights, bias, needs):
         return _ops.fused_loss_grads(inputs, labels, weights, bias, needs)
@@ -233,6 +235,8 @@ class _FusedLossFn(torch.autograd.Function):
 
 
 class _PredictFn(torch.autograd.Function):
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(inputs, weights, bias):
         return _ops.predict(inputs, weights, bias)
@@ -277,3 +281,6 @@ def fused_loss(inputs, labels, weights, bias):
     if needs == NEED_BIAS:  # the tutorial's case: the bias-only pass, as fast as ever
         return _ops.fused_loss(inputs, labels, weights, bias)[0]
     return _ops.fused_loss_grads(inputs, labels, weights, bias, needs)[0]
+
+
+from . import vmap_rules  # noqa: E402,F401  (torch.func.vmap of the ops)
