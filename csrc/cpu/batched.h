@@ -80,6 +80,9 @@ void batched_sums(int64_t fits, int64_t n, int threads, const Group& group,
     return;
   }
   const int64_t chunks = num_chunks(n);
+  // Under two chunks' points in all, a parallel region costs more than the
+  // work (as the unbatched ops' single chunk runs on the calling thread).
+  if (fits * n < 2 * kChunk) threads = 1;
   const int64_t per_item = fits_per_item(fits, chunks, threads);
   const int64_t groups = (fits + per_item - 1) / per_item;
   std::vector<Sum> partials(size_t(fits * chunks));
@@ -90,11 +93,14 @@ void batched_sums(int64_t fits, int64_t n, int threads, const Group& group,
     group(k0, std::min(fits, k0 + per_item), begin, std::min(n, begin + kChunk),
           [&](int64_t k, const Sum& s) { partials[size_t(k * chunks + c)] = s; });
   });
-  parallel_items(fits, threads, [&](int64_t k) {
-    std::vector<Sum> mine(partials.begin() + k * chunks,
-                          partials.begin() + (k + 1) * chunks);
+  // Each fit's chunk sums in the unbatched op's tree: little work, on the
+  // calling thread.
+  std::vector<Sum> mine(static_cast<size_t>(chunks));
+  for (int64_t k = 0; k < fits; ++k) {
+    std::copy(partials.begin() + k * chunks, partials.begin() + (k + 1) * chunks,
+              mine.begin());
     out[k] = pairwise_total(mine);
-  });
+  }
 }
 
 // fused_loss's sums (loss, bias gradient) of every fit.
