@@ -278,3 +278,12 @@ def test_opcheck():
     torch.library.opcheck(ops.predict_bias_grad_batched.default, (ys, x1, w1, bs))
     for needs in (2, 11):
         torch.library.opcheck(ops.predict_grads_batched.default, (y1, xs, ws, b1, needs))
+
+
+def test_torch_compile_of_vmap_is_eager():
+    (x, y, w, b), (xs, ys, ws, bs) = batch(1000, torch.float32)
+    for f, in_dims, args in ((ops.fused_loss, (None, None, None, 0), (x, y, w, bs)),
+                             (biasfit.fused_loss, (0, 0, 0, None), (xs, ys, ws, b)),
+                             (biasfit.predict, (None, 0, 0), (x, ws, bs))):
+        eager = vmap(f, in_dims)
+        assert same(torch.compile(eager, fullgraph=True)(*args), eager(*args))
