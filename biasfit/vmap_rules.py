@@ -182,6 +182,60 @@ for _name, _outputs in (("predict_batched", 1), ("fused_loss_batched", 2),
                                 _batched_rule(getattr(_ops, _name), _outputs))
 
 
+# -- autograd of the batched ops ----------------------------------------------------
+#
+# A vmap of the ops themselves over tensors that require grad (plain autograd
+# outside the vmap) reaches these: the unbatched ops' backward for each fit,
+# summed over the fits where an argument's one row is shared by them all.
+# (The public functions under vmap go through ops.py's autograd.Functions.)
+
+def _to_rows(g, like):
+    """Per-fit gradients [K, ...] as like's rows: summed where like is one
+    row shared by every fit."""
+    return g.sum(0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
+
+
+def _loss_batched_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.save_for_backward(*inputs[:4])
+    ctx.has_needs = len(inputs) > 4
+
+
+def _loss_batched_backward(ctx, grad_loss, *_):
+    x, y, w, b = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    bits = ((_NEED_INPUTS if need[0] else 0) | (_NEED_LABELS if need[1] else 0)
+            | (_NEED_WEIGHTS if need[2] else 0))
+    _, wg, bg, yg, xg = _ops.fused_loss_grads_batched(x, y, w, b, bits)
+    g = grad_loss[:, None]
+    grads = (_to_rows(g * xg, x) if need[0] else None, _to_rows(g * yg, y) if need[1] else None,
+             _to_rows(g * wg, w) if need[2] else None,
+             _to_rows(grad_loss * bg, b) if need[3] else None)
+    return grads + (None,) if ctx.has_needs else grads
+
+
+for _name in ("fused_loss_batched", "fused_loss_grads_batched"):
+    torch.library.register_autograd(f"biasfit::{_name}", _loss_batched_backward,
+                                    setup_context=_loss_batched_setup)
+
+
+def _predict_batched_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _predict_batched_backward(ctx, grad_out):
+    x, w, b = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad
+    bits = (_NEED_INPUTS if need_x else 0) | (_NEED_WEIGHTS if need_w else 0)
+    wg, bg, xg = _ops.predict_grads_batched(grad_out, x, w, b, bits)
+    return (_to_rows(xg, x) if need_x else None, _to_rows(wg, w) if need_w else None,
+            _to_rows(bg, b) if need_b else None)
+
+
+torch.library.register_autograd("biasfit::predict_batched", _predict_batched_backward,
+                                setup_context=_predict_batched_setup)
+
+
 # -- fake (meta) kernels of the batched ops ------------------------------------------
 
 def _batch(*tensors):

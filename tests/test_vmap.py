@@ -4,9 +4,11 @@ Each case is checked twice: against a Python loop over the unbatched op, bit
 for bit (the batched op sums each fit as the unbatched op does), and against
 plain PyTorch's vmap of the reference network within tests/tolerances.py.
 """
+import copy
+
 import pytest
 import torch
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, stack_module_state, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import biasfit
@@ -287,3 +289,58 @@ def test_torch_compile_of_vmap_is_eager():
                              (biasfit.predict, (None, 0, 0), (x, ws, bs))):
         eager = vmap(f, in_dims)
         assert same(torch.compile(eager, fullgraph=True)(*args), eager(*args))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_autograd_through_a_vmap_of_the_ops(dtype):
+    """Plain autograd outside a vmap of the ops themselves: each argument's
+    gradient is the loop's, bit for bit where each fit has its own row,
+    summed over the fits where the row is shared."""
+    (x, y, w, b), (xs, ys, ws, bs) = batch(20_000, dtype)
+    cases = [(lambda *a: ops.fused_loss(*a)[0], (0, None, 0, 0), (xs, y, ws, bs)),
+             (lambda *a: ops.fused_loss_grads(*a, 2)[0], (None, 0, None, 0), (x, ys, w, bs)),
+             (lambda *a: ops.predict(*a).sum(), (0, 0, None), (xs, ws, b))]
+    for f, in_dims, args in cases:
+        leaves = [a.clone().requires_grad_() for a in args]
+        got = torch.autograd.grad(vmap(f, in_dims)(*leaves).sum(), leaves)
+        looped = torch.autograd.grad(loop(f, in_dims, *leaves).sum(), leaves)
+        for d, g, e in zip(in_dims, got, looped):
+            if d is not None:
+                assert same(g, e), in_dims
+            else:
+                # K terms each, added in another order: bounded by their size.
+                scale = K * e.abs().max()
+                assert torch.allclose(g, e, rtol=0, atol=GRAD_SUMS[dtype] * scale), in_dims
+                assert g.abs().sum() > 0
+
+
+def test_opcheck_with_gradients():
+    (x, y, w, b), (xs, ys, ws, bs) = batch(100, torch.float64)
+    req = lambda t: t.clone().requires_grad_()
+    args = (req(xs), req(y[None]), req(w[None]), req(bs))
+    torch.library.opcheck(ops.fused_loss_batched.default, args)
+    torch.library.opcheck(ops.fused_loss_grads_batched.default, (*args, 15))
+    torch.library.opcheck(ops.predict_batched.default, (req(x[None]), req(ws), req(bs)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_model_ensembling_matches_plain(dtype):
+    """stack_module_state over BasicNNs and over the reference module: the
+    same outputs and parameter gradients."""
+    x, y, _, _ = random_problem(500, dtype, "cpu")
+    ensembles = []
+    for make in (lambda b: biasfit.BasicNN(dtype=dtype), lambda b: TutorialNN(b, dtype=dtype)):
+        models = [make(-2.0 + k) for k in range(K)]
+        for k, m in enumerate(models):
+            with torch.no_grad():
+                m.final_bias.fill_(-2.0 + k)
+        params, buffers = stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta")
+        loss = lambda p, b: ((functional_call(base, (p, b), (x,)) - y) ** 2).sum()
+        out = vmap(lambda p, b: functional_call(base, (p, b), (x,)))(params, buffers)
+        ensembles.append((out, vmap(grad(loss))(params, buffers)))
+    (out, grads), (plain_out, plain_grads) = ensembles
+    tol = GRAD_SUMS[dtype]
+    assert torch.allclose(out, plain_out, rtol=REFERENCE[dtype], atol=REFERENCE[dtype])
+    for name in plain_grads:
+        assert torch.allclose(grads[name], plain_grads[name], rtol=tol, atol=tol), name
