@@ -5,6 +5,9 @@ for bit (the batched op sums each fit as the unbatched op does), and against
 plain PyTorch's vmap of the reference network within tests/tolerances.py.
 """
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -344,3 +347,28 @@ def test_model_ensembling_matches_plain(dtype):
     assert torch.allclose(out, plain_out, rtol=REFERENCE[dtype], atol=REFERENCE[dtype])
     for name in plain_grads:
         assert torch.allclose(grads[name], plain_grads[name], rtol=tol, atol=tol), name
+
+
+def _batched_equals_loop(n):
+    """In this process's instruction set: whether every batched sum equals
+    the loop over the unbatched op (printed by a child below)."""
+    ok = True
+    for dtype in DTYPES:
+        (x, y, w, b), (xs, ys, ws, bs) = batch(n, dtype)
+        for in_dims, args in (((None, None, None, 0), (x, y, w, bs)),
+                              ((0, 0, 0, 0), (xs, ys, ws, bs))):
+            for f in (ops.fused_loss, lambda *a: ops.fused_loss_grads(*a, 15)):
+                ok &= same(vmap(f, in_dims)(*args), loop(f, in_dims, *args))
+    return ok
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_instruction_set_gives_the_loops_bits(isa):
+    """cpu/isa.h's lower sets (BIASFIT_CPU_KERNEL) in a child: the shared
+    hidden buffer's path and the others equal the unbatched op there too."""
+    code = "import test_vmap as t; print(t._batched_equals_loop(3 * 16384 + 21))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, BIASFIT_CPU_KERNEL=isa), timeout=300,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"]
