@@ -240,6 +240,12 @@ def test_empty(dtype):
         expected = vmap(plain_loss, (0, 0, None, None))(xs[:0], ys[:0], w, b)
         assert (got[0] if f is ops.fused_loss else got).shape == expected.shape == (0,)
     assert vmap(ops.predict, (0, None, None))(xs[:0], w, b).shape == (0, 10)
+    # A batch of 0 biases: plain PyTorch's vmap raises (IndexError in
+    # select, torch 2.13); the ops give the empty batch's shapes.
+    with pytest.raises(IndexError):
+        vmap(plain_loss, (None, None, None, 0))(x, y, w, bs[:0])
+    assert vmap(biasfit.fused_loss, (None, None, None, 0))(x, y, w, bs[:0]).shape == (0,)
+    assert vmap(ops.predict, (None, None, 0))(x, w, bs[:0]).shape == (0, 10)
     # No points: the loss and its gradient are sums over nothing.
     loss, grad_b = vmap(ops.fused_loss, (None, None, None, 0))(x[:0], y[:0], w, bs)
     assert same(loss, vmap(plain_loss, (None, None, None, 0))(x[:0], y[:0], w, bs))
