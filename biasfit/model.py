@@ -49,9 +49,13 @@ class BasicNN(nn.Module):
         # their gradients through the stack; frozen ones stay out of the graph.
         # Read from _parameters, not getattr: nn.Module's __getattr__ would
         # add microseconds to every epoch of the tutorial's 3-point fit.
+        # Under torch.func and forward-mode AD they stay live too: there the
+        # transform decides what is differentiated (a dual weight need not
+        # require grad, and under torch.compile a transform's tensors may
+        # read requires_grad=False).
         params = self._parameters
         live = [params[n] for n in WEIGHT_NAMES]
-        if any(p.requires_grad for p in live):
+        if any(p.requires_grad for p in live) or ops.under_transform():
             return torch.stack(live)
         return torch.stack([p.detach() for p in live])
 
@@ -62,3 +66,30 @@ class BasicNN(nn.Module):
         """sum((model(inputs) - labels)^2), 0-d, differentiable in every
         parameter that requires grad."""
         return ops.fused_loss(inputs, labels, self._live_weights(), self.final_bias)
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script(BasicNN()) scripts this twin: the same Parameter
+        # objects, calling the registered ops, which TorchScript knows.
+        return ScriptableBasicNN(self)
+
+
+class ScriptableBasicNN(nn.Module):
+    """BasicNN as TorchScript takes it: what torch.jit.script(BasicNN())
+    returns, sharing the model's parameters. Its forward and loss run the
+    same native ops, with their autograd, in float32 or float64."""
+
+    def __init__(self, model: BasicNN):
+        super().__init__()
+        for name in PARAM_NAMES:
+            setattr(self, name, getattr(model, name))
+
+    def _weights(self) -> torch.Tensor:
+        return torch.stack([self.w00, self.b00, self.w01, self.w10, self.b10, self.w11])
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.ops.biasfit.predict(inputs, self._weights(), self.final_bias)
+
+    @torch.jit.export
+    def loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.ops.biasfit.fused_loss(inputs, labels, self._weights(),
+                                            self.final_bias)[0]

@@ -5,8 +5,10 @@ torch.compile and autograd need, registered with torch.library so compiled
 graphs see them as single nodes with no graph break.
 """
 import torch
+from torch.autograd import forward_ad
 
 from . import _native  # noqa: F401  (loads torch.ops.biasfit)
+from . import derivatives
 
 _ops = torch.ops.biasfit
 
@@ -132,30 +134,69 @@ def _bits(needs_input_grad):
     return sum(bit for bit, need in zip(_INPUT_BITS, needs_input_grad) if need)
 
 
+def _savable(t):
+    """t, or a copy of it if it is an inference tensor, which autograd may
+    not save: inference-mode data trains as in plain PyTorch."""
+    return t.clone() if t.is_inference() else t
+
+
+def _building_graph(*tensors) -> bool:
+    """Whether a backward must build a graph (create_graph=True, or under
+    torch.func.grad, which always does): grad mode is on and something it
+    differentiates requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _values(graph, *tensors):
+    return tuple(t.detach() for t in tensors) if graph else tensors
+
+
+def _with_graph(native, graph):
+    """native's values, exactly, with graph's derivatives: a backward that
+    builds a graph returns the native pass's gradients (the same bits as
+    without a graph), differentiable as derivatives.py's ops. g.detach() - g
+    is exactly +0 for finite g, and v - (+0) is v, -0 included."""
+    return tuple(None if n is None else n.detach() - (g.detach() - g)
+                 for n, g in zip(native, graph))
+
+
 def _loss_grads_backward(ctx, grad_loss, grads):
     """(inputs, labels, weights, bias) grads of a loss from the pass's
     gradients `grads` = (weights_grad, bias_grad, labels_grad, inputs_grad)."""
     x, y, w, b = ctx.saved_tensors[:4]
+    graph = _building_graph(grad_loss, x, y, w, b)
     missing = _bits(ctx.needs_input_grad[:4]) & ~ctx.computed & ~NEED_BIAS
     if missing:
-        _, wg, bg, yg, xg = _ops.fused_loss_grads(x, y, w, b, missing | ctx.computed)
+        # Values only (a graph comes from derivatives.py): detached, the op
+        # runs under torch.func too.
+        _, wg, bg, yg, xg = _ops.fused_loss_grads(*_values(graph, x, y, w, b),
+                                                  missing | ctx.computed)
         grads = (wg, bg, yg, xg)
     wg, bg, yg, xg = grads
     need = ctx.needs_input_grad
-    return (
+    native = (
         (grad_loss * xg).reshape(x.shape) if need[0] else None,
         (grad_loss * yg).reshape(y.shape) if need[1] else None,
         (grad_loss * wg).reshape(w.shape) if need[2] else None,
         (grad_loss * bg).reshape(b.shape) if need[3] else None,
     )
+    if graph:
+        return _with_graph(native, derivatives.loss_vjp(grad_loss, x, y, w, b))
+    return native
+
+
+def _save_loss_inputs(ctx, x, y, w, b, *more):
+    ctx.save_for_backward(_savable(x), _savable(y), _savable(w), _savable(b), *more)
+    ctx.save_for_forward(x, y, w, b)
 
 
 def _fused_loss_grads_setup(ctx, inputs, output):
     x, y, w, b, needs = inputs
     ctx.computed = needs | NEED_BIAS
-    # The gradients are by-products, not functions autograd can see.
+    # The gradients are by-products: differentiate fused_loss's loss (with
+    # create_graph=True) for their derivatives.
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(x, y, w, b, *output[1:])
+    _save_loss_inputs(ctx, x, y, w, b, *output[1:])
 
 
 def _fused_loss_grads_backward(ctx, grad_loss, *_):
@@ -172,14 +213,15 @@ def _fused_loss_setup(ctx, inputs, output):
     ctx.computed = NEED_BIAS
     ctx.bias_shape = b.shape
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(x, y, w, b, output[1])
+    _save_loss_inputs(ctx, x, y, w, b, output[1])
 
 
 def _fused_loss_backward(ctx, grad_loss, grad_bias_grad):
     # Only the bias gradient came from the pass; the others, if wanted, from
     # _loss_grads_backward's second pass.
     bias_grad = ctx.saved_tensors[4]
-    if not any(ctx.needs_input_grad[:3]):  # the tutorial's case, every epoch: keep it short
+    if not any(ctx.needs_input_grad[:3]) and not torch.is_grad_enabled():
+        # the tutorial's case, every epoch: keep it short
         return None, None, None, (grad_loss * bias_grad).reshape(ctx.bias_shape)
     return _loss_grads_backward(ctx, grad_loss, (None, bias_grad, None, None))
 
@@ -189,7 +231,8 @@ torch.library.register_autograd(
 
 
 def _predict_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*map(_savable, inputs))
+    ctx.save_for_forward(*inputs)
 
 
 def _predict_backward(ctx, grad_out):
@@ -197,33 +240,61 @@ def _predict_backward(ctx, grad_out):
     need_x, need_w, need_b = ctx.needs_input_grad
     if not (need_x or need_w or need_b):
         return None, None, None
+    graph = _building_graph(grad_out, x, weights, bias)
+    args = _values(graph, grad_out, x, weights, bias)
     if need_b and not (need_x or need_w):  # the bias alone: today's sum
-        grad_bias = _ops.predict_bias_grad(grad_out, x, weights, bias)
-        return None, None, grad_bias.reshape(bias.shape)
-    needs = (NEED_INPUTS if need_x else 0) | (NEED_WEIGHTS if need_w else 0) | NEED_BIAS
-    wg, bg, xg = _ops.predict_grads(grad_out, x, weights, bias, needs)
-    return (xg.reshape(x.shape) if need_x else None,
-            wg.reshape(weights.shape) if need_w else None,
-            bg.reshape(bias.shape) if need_b else None)
+        native = (None, None, _ops.predict_bias_grad(*args).reshape(bias.shape))
+    else:
+        needs = (NEED_INPUTS if need_x else 0) | (NEED_WEIGHTS if need_w else 0) | NEED_BIAS
+        wg, bg, xg = _ops.predict_grads(*args, needs)
+        native = (xg.reshape(x.shape) if need_x else None,
+                  wg.reshape(weights.shape) if need_w else None,
+                  bg.reshape(bias.shape) if need_b else None)
+    if graph:
+        return _with_graph(native, derivatives.predict_vjp(grad_out, x, weights, bias))
+    return native
 
 
 torch.library.register_autograd(
     "biasfit::predict", _predict_backward, setup_context=_predict_setup)
 
 
-# -- under torch.func transforms --------------------------------------------------
+# The other ops are backward passes, sums for other processes and whole
+# fits: numbers, not functions autograd differentiates. Their outputs never
+# require grad (differentiate predict or fused_loss instead), rather than
+# carry PyTorch's "no autograd kernel" warning.
+def _outputs_not_differentiable(ctx, inputs, output):
+    ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
+
+
+def _never_called(ctx, *grads):
+    raise RuntimeError("biasfit: this op's outputs are not differentiable")
+
+
+for _name in ("fused_loss_sums", "fused_loss_grads_sums", "predict_bias_grad",
+              "predict_grads", "fit_sgd", "fit_params"):
+    torch.library.register_autograd(f"biasfit::{_name}", _never_called,
+                                    setup_context=_outputs_not_differentiable)
+
+
+# -- under torch.func transforms and forward-mode AD -------------------------------
 #
-# torch.func (grad, vjp, ...) does not run register_autograd formulas of a
-# custom op; an autograd.Function with setup_context it does. So under a
-# transform the functional forms go through these, which call the same ops
-# and scale the same one-pass gradients.
+# torch.func (grad, vjp, jvp, vmap, ...) does not run register_autograd
+# formulas of a custom op, nor does forward-mode AD; an autograd.Function
+# with setup_context they do. So under a transform the functional forms go
+# through these, which call the same ops and scale the same one-pass
+# gradients; jvp is derivatives.py's, and vmap runs the ops' vmap rules.
 
 class _FusedLossFn(torch.autograd.Function):
-    generate_vmap_rule = True  # vmap: biasfit/vmap_rules.py's rules of the ops inside
+    # vmap: biasfit/vmap_rules.py's rules of the ops inside.
+    generate_vmap_rule = True
 
+    # The ops see detached tensors: under torch.compile, Dynamo traces
+    # forward with the transform's tensors, and an op's register_autograd
+    # kernel refuses those (pytorch/pytorch#168393).
     @staticmethod
     def forward(inputs, labels, weights, bias, needs):
-        return _ops.fused_loss_grads(inputs, labels, weights, bias, needs)
+        return _ops.fused_loss_grads(*_values(True, inputs, labels, weights, bias), needs)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -233,13 +304,19 @@ class _FusedLossFn(torch.autograd.Function):
     def backward(ctx, grad_loss, *_):
         return _fused_loss_grads_backward(ctx, grad_loss)
 
+    @staticmethod
+    def jvp(ctx, tx, ty, tw, tb, _):
+        x, y, w, b = ctx.saved_tensors[:4]
+        return (derivatives.loss_jvp(x, y, w, b, tx, ty, tw, tb),
+                None, None, None, None)
+
 
 class _PredictFn(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(inputs, weights, bias):
-        return _ops.predict(inputs, weights, bias)
+        return _ops.predict(*_values(True, inputs, weights, bias))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -249,9 +326,52 @@ class _PredictFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         return _predict_backward(ctx, grad_out)
 
+    @staticmethod
+    def jvp(ctx, tx, tw, tb):
+        return derivatives.predict_jvp(*ctx.saved_tensors, tx, tw, tb)
 
-def _under_func_transform() -> bool:
-    return torch._C._are_functorch_transforms_active()
+
+def under_transform() -> bool:
+    """Whether a torch.func transform or forward-mode AD is active."""
+    return torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0
+
+
+# torch.compile of a torch.func transform: Dynamo inlines an
+# autograd.Function's forward there and differentiates what it calls, so the
+# forward itself must be differentiable: the op's values (detached: its
+# register_autograd kernel refuses the transform's tensors,
+# pytorch/pytorch#168393) with derivatives.py's graph.
+
+def _compiled_predict(inputs, weights, bias):
+    value = _ops.predict(*_values(True, inputs, weights, bias))
+    return _with_graph((value,), (derivatives.predict(inputs, weights, bias),))[0]
+
+
+def _compiled_loss(inputs, labels, weights, bias):
+    value = _ops.fused_loss(*_values(True, inputs, labels, weights, bias))[0]
+    return _with_graph((value,), (derivatives.loss(inputs, labels, weights, bias),))[0]
+
+
+# -- autocast and low precision ----------------------------------------------------
+#
+# The kernels compute in float32 or float64 (sums in float64). Under autocast
+# the ops run in float32, as autocast runs mse_loss: a bfloat16 or float16
+# producer (an nn.Linear under torch.autocast) feeds them upcast. Outside
+# autocast, float16/bfloat16 inputs are computed in float32 and the outputs
+# returned in inputs' dtype (the functional forms and BasicNN; the raw ops
+# take float32 and float64 only).
+
+for _name in ("predict", "fused_loss", "fused_loss_grads", "fused_loss_sums",
+              "fused_loss_grads_sums", "predict_bias_grad", "predict_grads"):
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast(f"biasfit::{_name}", _device, torch.float32)
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(fn, inputs, *rest):
+    out = fn(inputs.float(), *(t.float() for t in rest))
+    return out.to(inputs.dtype) if inputs.dtype in _LOW_PRECISION else out
 
 
 # -- functional API ---------------------------------------------------------------
@@ -262,7 +382,11 @@ def predict(inputs, weights, bias):
     `weights` holds w00, b00, w01, w10, b10, w11; `bias` is a 0-d tensor.
     Differentiable with respect to every argument, also under torch.func.
     """
-    if _under_func_transform():
+    if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
+        return _in_float32(predict, inputs, weights, bias)
+    if under_transform():
+        if torch.compiler.is_compiling():
+            return _compiled_predict(inputs, weights, bias)
         return _PredictFn.apply(inputs, weights, bias)
     return _ops.predict(inputs, weights, bias)
 
@@ -275,8 +399,12 @@ def fused_loss(inputs, labels, weights, bias):
     autograd; sums run in float64 and in a fixed order (same bits for any
     thread count).
     """
+    if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
+        return _in_float32(fused_loss, inputs, labels, weights, bias)
     needs = needs_of(inputs, labels, weights, bias)
-    if _under_func_transform():  # torch.func.grad and friends
+    if under_transform():  # torch.func.grad and friends
+        if torch.compiler.is_compiling():
+            return _compiled_loss(inputs, labels, weights, bias)
         return _FusedLossFn.apply(inputs, labels, weights, bias, needs)[0]
     if needs == NEED_BIAS:  # the tutorial's case: the bias-only pass, as fast as ever
         return _ops.fused_loss(inputs, labels, weights, bias)[0]

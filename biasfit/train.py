@@ -17,6 +17,7 @@ trained parameters' gradients each epoch (loop.sharded_loop, with
 biasfit/distributed.py's collectives around engine.py's native steps for
 the fused engine).
 """
+import inspect
 import math
 import numbers
 
@@ -183,6 +184,30 @@ def _trained_values(model, names) -> dict:
     return {} if names is None else {name: getattr(model, name).item() for name in names}
 
 
+def _step_needs_closure(optimizer) -> bool:
+    """Whether optimizer.step must be given a closure (torch.optim.LBFGS)."""
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+class _ClosureDriven:
+    """An optimizer whose step takes a closure (LBFGS), stepped by the epoch
+    loop's plain step(): the closure re-evaluates the loss and every gradient
+    at the current parameters, as plain PyTorch's LBFGS loop writes it."""
+
+    def __init__(self, optimizer, sums):
+        self.optimizer, self.param_groups, self._sums = optimizer, optimizer.param_groups, sums
+
+    def zero_grad(self):
+        self.optimizer.zero_grad()
+
+    def step(self):
+        def closure():
+            self.optimizer.zero_grad()
+            return self._sums()[0]
+        self.optimizer.step(closure)
+
+
 def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
                   sharded):
     """The tutorial's loop over every trained parameter: the fused op's one
@@ -207,6 +232,15 @@ def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, n
         loss = model.loss(inputs, labels)
         loss.backward()
         return loss.detach(), None
+
+    if not sharded and inputs.numel() == 0:  # as the fused engine's op says it
+        raise ValueError("biasfit: inputs is empty: a fit needs at least one point")
+    if _step_needs_closure(optimizer):
+        if sharded:
+            raise ValueError(f"optimizer {type(optimizer).__name__} re-evaluates the loss "
+                             f"inside its step, which a sharded fit cannot do in lockstep; "
+                             f"use it in a single process")
+        optimizer = _ClosureDriven(optimizer, sums)
 
     if not sharded:
         # A stall (biasfit/stall.py) stops a fit of final_bias alone by SGD.

@@ -55,11 +55,11 @@ def point_loss_grad(x, y, w, bias):
     z = hidden(x, w) + x.dtype.type(bias)
     r = relu(z) - y
     rd = r.astype(np.float64)
-    return rd * rd, 2.0 * np.where(z > 0, r, x.dtype.type(0)).astype(np.float64)
+    return rd * rd, 2.0 * np.where(z <= 0, x.dtype.type(0), r).astype(np.float64)
 
 
 def point_bias_grad(x, g, w, bias):
-    return np.where(hidden(x, w) + x.dtype.type(bias) > 0, g, 0).astype(np.float64)
+    return np.where(hidden(x, w) + x.dtype.type(bias) <= 0, 0, g).astype(np.float64)
 
 
 def warp_tree(v):
@@ -116,7 +116,8 @@ def fused_loss_sums(x, y, w, bias):
 # Per point, the forward in the data's dtype T: a0 = x w00 + b00,
 # a1 = x w10 + b10, h0 = relu(a0), h1 = relu(a1), z = (h0 w01 + h1 w11) + bias.
 # The derivatives in float64 from those values, with g = d(out)/dz (0 where
-# z <= 0): d0 = g w01 where a0 > 0 (else 0), d1 = g w11 where a1 > 0;
+# z <= 0, PyTorch's relu backward: a NaN z passes): d0 = g w01 (0 where
+# a0 <= 0), d1 = g w11 (0 where a1 <= 0);
 # parameters [d0 x, d0, g h0, d1 x, d1, g h1, g]; d/dx = d0 w00 + d1 w10,
 # rounded to T. For the loss, r = relu(z) - y in T, g = 2 r, d/dy = -2 r in T.
 # A sum of several values (the loss and the seven parameter gradients) adds
@@ -133,8 +134,8 @@ def _forward(x, w, bias):
 def _backward(x, w, a0, a1, h0, h1, g):
     """(7 parameter derivatives as rows, d/dx in float64) from g = d(out)/dz."""
     w00, b00, w01, w10, b10, w11 = (float(x.dtype.type(v)) for v in w)
-    d0 = np.where(a0 > 0, g * w01, 0.0)
-    d1 = np.where(a1 > 0, g * w11, 0.0)
+    d0 = np.where(a0 <= 0, 0.0, g * w01)
+    d1 = np.where(a1 <= 0, 0.0, g * w11)
     xd = x.astype(np.float64)
     params = np.stack([d0 * xd, d0, g * h0.astype(np.float64), d1 * xd, d1,
                        g * h1.astype(np.float64), g])
@@ -146,7 +147,7 @@ def point_loss_all_grads(x, y, w, bias):
     derivatives in float64, dy and dx in the data's dtype."""
     a0, a1, h0, h1, z = _forward(x, w, bias)
     rd = (relu(z) - y).astype(np.float64)
-    g = np.where(z > 0, 2.0 * rd, 0.0)
+    g = np.where(z <= 0, 0.0, 2.0 * rd)
     params, dx = _backward(x, w, a0, a1, h0, h1, g)
     return rd * rd, params, (-2.0 * rd).astype(x.dtype), dx.astype(x.dtype)
 
@@ -154,7 +155,7 @@ def point_loss_all_grads(x, y, w, bias):
 def point_predict_all_grads(x, grad_out, w, bias):
     """(params[7, n], dx) of grad_out * y_hat per point."""
     a0, a1, h0, h1, z = _forward(x, w, bias)
-    g = np.where(z > 0, grad_out.astype(np.float64), 0.0)
+    g = np.where(z <= 0, 0.0, grad_out.astype(np.float64))
     params, dx = _backward(x, w, a0, a1, h0, h1, g)
     return params, dx.astype(x.dtype)
 

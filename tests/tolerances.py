@@ -54,4 +54,9 @@ SHARDED_FUSED_BIAS = per_dtype(1e-12, 1e-12)
 # another order; closed: see csrc/cpu/closed_form.h).
 PLANS = per_dtype(1e-13, 1e-6)
 
+# The ops under transforms (second derivatives, jvp, torch.func, compile)
+# against autograd over the plain network: derivatives past the first are
+# torch ops on both sides, summed in the data's dtype.
+TRANSFORMS = per_dtype(1e-10, 1e-5)
+
 TABLE = {name: value for name, value in globals().items() if isinstance(value, PerDtype)}

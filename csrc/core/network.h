@@ -83,10 +83,12 @@ struct LossGrad {
 };
 
 // r * relu'(z), the residual where the output unit is active, else 0: half
-// the bias gradient of a point's squared error.
+// the bias gradient of a point's squared error. Every relu' here is PyTorch's
+// relu backward, "0 where z <= 0, else pass": a NaN z passes its (NaN)
+// gradient on, as in plain PyTorch, rather than hiding it.
 template <typename T>
 BIASFIT_HD T active_residual(T z, T r) {
-  return z > T{} ? r : T{};
+  return z <= T{} ? T{} : r;
 }
 
 // From h = hidden(x): trainers may compute h once per fit, since only the
@@ -189,17 +191,17 @@ struct ToDouble {
 // unit is on, else 0.
 template <typename D>
 BIASFIT_HD D loss_output_grad(D z, D r) {
-  return z > D{} ? mul_rn(splat<D>(2.0), r) : D{};
+  return z <= D{} ? D{} : mul_rn(splat<D>(2.0), r);
 }
 
 // backward_point's arithmetic, every value widened to D. relu'(a) tested as
-// relu(a) > 0, which is a > 0 for every a (NaN and -0 included): the SIMD
-// kernels then never widen a0 and a1.
+// relu(a) <= 0 (PyTorch's test, on relu's output), which is a <= 0 for every
+// a (NaN and -0 included): the SIMD kernels then never widen a0 and a1.
 template <typename D>
 BIASFIT_HD void backward_wide(const Forward<D>& f, D x, const Weights<D>& w,
                               D g, D* dparams, D* dx) {
-  const D d0 = f.h0 > D{} ? mul_rn(g, w.w01) : D{};
-  const D d1 = f.h1 > D{} ? mul_rn(g, w.w11) : D{};
+  const D d0 = f.h0 <= D{} ? D{} : mul_rn(g, w.w01);
+  const D d1 = f.h1 <= D{} ? D{} : mul_rn(g, w.w11);
   if (dparams != nullptr) {
     dparams[W00] = mul_rn(d0, x);
     dparams[B00] = d0;
@@ -256,7 +258,7 @@ template <typename T>
 BIASFIT_HD void point_predict_all_grads(T x, T grad_out, const Weights<T>& w,
                                         T bias, double* dparams, T* dx) {
   const Forward<T> f = forward(x, w, bias);
-  const double g = f.z > T(0) ? double(grad_out) : 0.0;
+  const double g = f.z <= T(0) ? 0.0 : double(grad_out);
   double dxd = 0.0;
   backward_point(f, x, w, g, dparams, dx != nullptr ? &dxd : nullptr);
   if (dx != nullptr) *dx = T(dxd);
@@ -266,7 +268,7 @@ BIASFIT_HD void point_predict_all_grads(T x, T grad_out, const Weights<T>& w,
 template <typename T>
 BIASFIT_HD double point_bias_grad(T x, T grad_out, const Weights<T>& w,
                                   T bias) {
-  return add_rn(hidden(x, w), bias) > T(0) ? double(grad_out) : 0.0;
+  return add_rn(hidden(x, w), bias) <= T(0) ? 0.0 : double(grad_out);
 }
 
 }  // namespace biasfit

@@ -69,7 +69,7 @@ struct PointPredictGrads {
   T* dx;
   BIASFIT_HD double operator()(int64_t i, double* dp) const {
     const Forward<T> f = forward(x[i], w, bias);
-    const double g = f.z > T(0) ? double(grad_out[i]) : 0.0;
+    const double g = f.z <= T(0) ? 0.0 : double(grad_out[i]);
     double dxd = 0.0;
     backward_point(f, x[i], w, g, dp, dx != nullptr ? &dxd : nullptr);
     if (dx != nullptr) dx[i] = T(dxd);

@@ -145,7 +145,7 @@ auto deterministic_sum(int64_t n, int threads, const ChunkFn& chunk)
     -> decltype(chunk(int64_t(0), int64_t(0))) {
   using Sum = decltype(chunk(int64_t(0), int64_t(0)));
   const int64_t chunks = num_chunks(n);
-  if (chunks == 1) return chunk(0, n);
+  if (chunks <= 1) return chunk(0, n);  // n = 0 too: an empty chunk
   std::vector<Sum> partials(chunks);
   parallel_items(chunks, threads, [&](int64_t c) {
     const int64_t begin = c * kChunk;

@@ -61,8 +61,9 @@ Tensor new_tensor(const Tensor& like, IntHeaderOnlyArrayRef sizes,
 
 void check_predict_args(const Tensor& inputs, const Tensor& weights,
                         const Tensor& bias) {
+  // Empty inputs are fine, as for any torch op: an empty prediction, a loss
+  // and gradients of 0. Only a fit needs data (check_fit_data).
   check_tensor(inputs, "inputs");
-  if (inputs.numel() == 0) fail("inputs is empty");
   check_same(weights, "weights", inputs, "inputs");
   check_same(bias, "bias", inputs, "inputs");
   if (weights.numel() != kNumWeights) {
@@ -70,6 +71,10 @@ void check_predict_args(const Tensor& inputs, const Tensor& weights,
          weights.numel());
   }
   if (bias.numel() != 1) fail("bias must hold one value, got ", bias.numel());
+}
+
+void check_fit_data(const Tensor& inputs) {
+  if (inputs.numel() == 0) fail("inputs is empty: a fit needs at least one point");
 }
 
 void check_bias_grad_args(const Tensor& grad_out, const Tensor& inputs,
@@ -142,6 +147,7 @@ void check_fit_params_args(const Tensor& inputs, const Tensor& labels,
   Tensor all = params;  // narrow takes a non-const reference
   check_loss_args(inputs, labels, torch::stable::narrow(all, 0, 0, kNumWeights),
                   torch::stable::narrow(all, 0, kBiasIndex, 1));
+  check_fit_data(inputs);
   check_trained_optimizer(trained, optimizer);
 }
 
@@ -240,6 +246,7 @@ FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
                     double weight_decay, bool maximize, int64_t epochs,
                     double tol) {
   check_loss_args(inputs, labels, weights, bias);
+  check_fit_data(inputs);
   const FitOptions opt{
       {lr, momentum, dampening, weight_decay, nesterov, maximize}, epochs, tol};
   check_fit_options(opt);

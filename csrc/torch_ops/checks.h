@@ -37,6 +37,8 @@ void check_bias_grad_args(const Tensor& grad_out, const Tensor& inputs,
                           const Tensor& weights, const Tensor& bias);
 void check_loss_args(const Tensor& inputs, const Tensor& labels,
                      const Tensor& weights, const Tensor& bias);
+// A fit's data: at least one point (the ops above take empty inputs).
+void check_fit_data(const Tensor& inputs);
 void check_sgd_step_args(const Tensor& param, const Tensor& grad,
                          const std::optional<Tensor>& momentum_buffer);
 

@@ -167,7 +167,7 @@ BIASFIT_AVX512 inline void add_half(__m512d z, __m512d y, __mmask8 lanes,
   constexpr bool kAllOn = kKnown == Known::kAllOn;
   constexpr bool kNegated = kKnown == Known::kNoNaN;
   const __mmask8 active =
-      kAllOn ? lanes : _mm512_mask_cmp_pd_mask(lanes, z, __m512d{}, _CMP_GT_OQ);
+      kAllOn ? lanes : _mm512_mask_cmp_pd_mask(lanes, z, __m512d{}, _CMP_NLE_UQ);
   // r, or s = -r where no z is NaN
   const __m512d r = kNegated ? _mm512_mask_sub_pd(y, active, y, z)
                              : sub_rn(kAllOn ? z : relu(z), y);
@@ -185,7 +185,7 @@ BIASFIT_AVX512 inline void step_avx512(const Z& zs, const float* y, int64_t i,
   const __m512 z = zs.from(_mm512_maskz_loadu_ps(lanes, zs.source() + i));
   const __m512 yv = _mm512_maskz_loadu_ps(lanes, y + i);
   const __mmask16 active =
-      kAllOn ? lanes : _mm512_mask_cmp_ps_mask(lanes, z, __m512{}, _CMP_GT_OQ);
+      kAllOn ? lanes : _mm512_mask_cmp_ps_mask(lanes, z, __m512{}, _CMP_NLE_UQ);
   const __m512 r = kNegated ? _mm512_mask_sub_ps(yv, active, yv, z)
                             : sub_rn(kAllOn ? z : relu(z), yv);
   const __m512d r_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(r));

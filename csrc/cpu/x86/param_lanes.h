@@ -97,14 +97,14 @@ struct WidenLanes {
 // The per-ISA pieces the loop below needs beyond core/network.h's operators, as
 // GCC builtins for the reason cpu/x86/simd.h gives for its relu (they expand
 // in the instruction set of the kernel they are inlined into).
-//   positive_part<P>(v): per lane v > 0 (false for NaN), for v of the
+//   positive_part<P>(v): per lane !(v <= 0) (true for NaN, PyTorch's relu'), for v of the
 //                     data's type before any widening, in the lanes of
 //                     part P of the forward's vector: a mask for mul_where.
 //   active_part<P>(a, h): relu'(a) as such a mask, given h = relu(a)
-//                     widened (h > 0 is a > 0 for every a, core/network.h's
+//                     widened (h <= 0 is a <= 0 for every a, core/network.h's
 //                     test): from whichever is cheaper.
 //   mul_where(m,a,b): a * b where m, else +0.0: core/network.h's
-//                     `c ? mul_rn(a, b) : D{}`.
+//                     `c ? D{} : mul_rn(a, b)` with m = !c.
 //   fma(a, b, c):     a * b + c rounded once.
 // AVX-512 keeps the masks in mask registers, so a test costs one compare of
 // floats and no widening, and the zeroing rides on the multiply. AVX2 has no
@@ -117,12 +117,12 @@ struct Lanewise<64> {
   using D = __m512d;
   using Mask = __mmask8;
   BIASFIT_HD static __mmask16 positive(__m512 v) {
-    return __builtin_ia32_cmpps512_mask(__v16sf(v), __v16sf{}, _CMP_GT_OQ,
+    return __builtin_ia32_cmpps512_mask(__v16sf(v), __v16sf{}, _CMP_NLE_UQ,
                                         __mmask16(-1),
                                         _MM_FROUND_CUR_DIRECTION);
   }
   BIASFIT_HD static Mask positive(__m512d v) {
-    return __builtin_ia32_cmppd512_mask(__v8df(v), __v8df{}, _CMP_GT_OQ,
+    return __builtin_ia32_cmppd512_mask(__v8df(v), __v8df{}, _CMP_NLE_UQ,
                                         Mask(-1), _MM_FROUND_CUR_DIRECTION);
   }
   // Part P's lanes of a test on the forward's (wider) vectors.
@@ -152,9 +152,9 @@ struct Lanewise<32> {
   using D = __m256d;
   using Mask = __v4di;
   BIASFIT_HD static Mask positive(__m128 v) {
-    return __builtin_convertvector(v > __m128{}, __v4di);
+    return __builtin_convertvector(~(v <= __m128{}), __v4di);
   }
-  BIASFIT_HD static Mask positive(__m256d v) { return v > __m256d{}; }
+  BIASFIT_HD static Mask positive(__m256d v) { return ~(v <= __m256d{}); }
   template <int P, typename V>
   BIASFIT_HD static Mask positive_part(V v) {
     static_assert(P == 0, "AVX2's forward is one part");
