@@ -12,6 +12,9 @@ fold the outer batch into the rows.
 import torch
 
 from . import _native  # noqa: F401  (loads torch.ops.biasfit)
+from . import derivatives
+from .ops import (_building_graph, _never_called, _outputs_not_differentiable, _values,
+                  _with_graph)
 
 _ops = torch.ops.biasfit
 
@@ -195,6 +198,16 @@ def _to_rows(g, like):
     return g.sum(0, keepdim=True) if like.shape[0] == 1 and g.shape[0] != 1 else g
 
 
+def _graph_of(vjp, need, grad, *rows):
+    """Where a backward builds a graph (create_graph=True, torch.func.grad):
+    the unbatched backward's torch-op form (biasfit/derivatives.py) mapped
+    over the fits, as the rows' gradients, for ops._with_graph."""
+    k = grad.shape[0]
+    full = [r.expand(k, *r.shape[1:]) for r in rows]
+    grads = torch.func.vmap(vjp)(grad, *full)
+    return tuple(_to_rows(g, r) if n else None for g, r, n in zip(grads, rows, need))
+
+
 def _loss_batched_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
     ctx.save_for_backward(*inputs[:4])
@@ -203,14 +216,17 @@ def _loss_batched_setup(ctx, inputs, output):
 
 def _loss_batched_backward(ctx, grad_loss, *_):
     x, y, w, b = ctx.saved_tensors
-    need = ctx.needs_input_grad
+    need = ctx.needs_input_grad[:4]
+    graph = _building_graph(grad_loss, x, y, w, b)
     bits = ((_NEED_INPUTS if need[0] else 0) | (_NEED_LABELS if need[1] else 0)
             | (_NEED_WEIGHTS if need[2] else 0))
-    _, wg, bg, yg, xg = _ops.fused_loss_grads_batched(x, y, w, b, bits)
+    _, wg, bg, yg, xg = _ops.fused_loss_grads_batched(*_values(graph, x, y, w, b), bits)
     g = grad_loss[:, None]
     grads = (_to_rows(g * xg, x) if need[0] else None, _to_rows(g * yg, y) if need[1] else None,
              _to_rows(g * wg, w) if need[2] else None,
              _to_rows(grad_loss * bg, b) if need[3] else None)
+    if graph:
+        grads = _with_graph(grads, _graph_of(derivatives.loss_vjp, need, grad_loss, x, y, w, b))
     return grads + (None,) if ctx.has_needs else grads
 
 
@@ -225,15 +241,26 @@ def _predict_batched_setup(ctx, inputs, output):
 
 def _predict_batched_backward(ctx, grad_out):
     x, w, b = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad
+    need_x, need_w, need_b = need = ctx.needs_input_grad
+    graph = _building_graph(grad_out, x, w, b)
     bits = (_NEED_INPUTS if need_x else 0) | (_NEED_WEIGHTS if need_w else 0)
-    wg, bg, xg = _ops.predict_grads_batched(grad_out, x, w, b, bits)
-    return (_to_rows(xg, x) if need_x else None, _to_rows(wg, w) if need_w else None,
-            _to_rows(bg, b) if need_b else None)
+    wg, bg, xg = _ops.predict_grads_batched(*_values(graph, grad_out, x, w, b), bits)
+    grads = (_to_rows(xg, x) if need_x else None, _to_rows(wg, w) if need_w else None,
+             _to_rows(bg, b) if need_b else None)
+    if graph:
+        grads = _with_graph(grads, _graph_of(derivatives.predict_vjp, need, grad_out, x, w, b))
+    return grads
 
 
 torch.library.register_autograd("biasfit::predict_batched", _predict_batched_backward,
                                 setup_context=_predict_batched_setup)
+
+# The other batched ops are backward passes and sums, as their unbatched
+# forms (biasfit/ops.py): outputs that never require grad.
+for _name in ("fused_loss_sums_batched", "fused_loss_grads_sums_batched",
+              "predict_bias_grad_batched", "predict_grads_batched"):
+    torch.library.register_autograd(f"biasfit::{_name}", _never_called,
+                                    setup_context=_outputs_not_differentiable)
 
 
 # -- fake (meta) kernels of the batched ops ------------------------------------------

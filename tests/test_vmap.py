@@ -18,7 +18,7 @@ import biasfit
 from biasfit.model import WEIGHT_NAMES
 from biasfit.reference import TutorialNN
 from helpers import random_problem
-from tolerances import GRAD_SUMS, REFERENCE
+from tolerances import GRAD_SUMS, REFERENCE, TRANSFORMS
 
 ops = torch.ops.biasfit
 DTYPES = [torch.float32, torch.float64]
@@ -378,3 +378,24 @@ def test_every_instruction_set_gives_the_loops_bits(isa):
                           cwd=os.path.dirname(os.path.abspath(__file__)))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True"]
+
+
+def test_second_derivatives_through_a_vmap_of_the_ops():
+    """create_graph=True through a vmap of the ops themselves: the second
+    derivatives are plain PyTorch's (never a silent 0)."""
+    (x, y, w, b), (xs, ys, ws, bs) = batch(300, torch.float64)
+    for f, plain, in_dims, args in (
+            (lambda *a: ops.fused_loss(*a)[0], plain_loss, (None, None, 0, 0), (x, y, ws, bs)),
+            (lambda *a: ops.predict(*a).pow(2).sum(), lambda *a: plain_predict(*a).pow(2).sum(),
+             (0, 0, None), (xs, ws, b))):
+        results = []
+        for fn in (f, plain):
+            leaves = [a.clone().requires_grad_() for a in args]
+            first = torch.autograd.grad(vmap(fn, in_dims)(*leaves).sum(), leaves,
+                                        create_graph=True)
+            second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), leaves)
+            results.append(second)
+        for got, expected in zip(*results):
+            tol = TRANSFORMS[torch.float64]
+            assert torch.allclose(got, expected, rtol=tol, atol=tol * expected.abs().max())
+        assert any(g.abs().sum() > 0 for g in results[0])
