@@ -288,6 +288,7 @@ for _name in ("fused_loss_sums", "fused_loss_grads_sums", "predict_bias_grad",
 # gradients; jvp is derivatives.py's, and vmap runs the ops' vmap rules.
 
 class _FusedLossFn(torch.autograd.Function):
+    # vmap: biasfit/vmap_rules.py's rules of the ops inside.
     generate_vmap_rule = True
 
     # The ops see detached tensors: under torch.compile, Dynamo traces
@@ -410,3 +411,6 @@ def fused_loss(inputs, labels, weights, bias):
     if needs == NEED_BIAS:  # the tutorial's case: the bias-only pass, as fast as ever
         return _ops.fused_loss(inputs, labels, weights, bias)[0]
     return _ops.fused_loss_grads(inputs, labels, weights, bias, needs)[0]
+
+
+from . import vmap_rules  # noqa: E402,F401  (torch.func.vmap of the ops)

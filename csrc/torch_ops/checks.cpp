@@ -179,6 +179,62 @@ void check_needs(int64_t needs) {
   }
 }
 
+int64_t check_batched_args(const Tensor& inputs, const Tensor* labels,
+                           const Tensor* grad_out, const Tensor& weights,
+                           const Tensor& bias) {
+  check_tensor(inputs, "inputs");
+  if (inputs.dim() != 2) {
+    fail("inputs must be 2-D [batch, points], got shape ", shape_of(inputs.sizes()));
+  }
+  const int64_t n = inputs.size(1);
+  auto rows = [&](const Tensor& t, const char* name) {
+    if (t.dim() != 2 || t.size(1) != n) {
+      fail(name, " must be 2-D [batch, ", n, "] as inputs, got shape ",
+           shape_of(t.sizes()));
+    }
+  };
+  if (labels != nullptr) {
+    check_same(*labels, "labels", inputs, "inputs");
+    rows(*labels, "labels");
+  }
+  if (grad_out != nullptr) {
+    if (!grad_out->defined()) fail("grad_out is undefined");
+    if (grad_out->device() != inputs.device()) {
+      fail("grad_out is on ", device_name(*grad_out), " but inputs is on ",
+           device_name(inputs), "; move both to one device");
+    }
+    rows(*grad_out, "grad_out");
+  }
+  check_same(weights, "weights", inputs, "inputs");
+  if (weights.dim() != 2 || weights.size(1) != kNumWeights) {
+    fail("weights must be 2-D [batch, 6] (w00, b00, w01, w10, b10, w11), got "
+         "shape ", shape_of(weights.sizes()));
+  }
+  check_same(bias, "bias", inputs, "inputs");
+  if (bias.dim() != 1) {
+    fail("bias must be 1-D [batch], got shape ", shape_of(bias.sizes()));
+  }
+  // Broadcasting's rule: every batch size 1 or the one other size.
+  int64_t batch = 1;
+  const char* batch_name = nullptr;
+  auto take = [&](int64_t size, const char* name) {
+    if (size == 1) return;
+    if (batch_name == nullptr) {
+      batch = size;
+      batch_name = name;
+    } else if (size != batch) {
+      fail(name, " has batch size ", size, " but ", batch_name, " has ", batch,
+           "; each must be 1 or the same");
+    }
+  };
+  take(inputs.size(0), "inputs");
+  if (labels != nullptr) take(labels->size(0), "labels");
+  if (grad_out != nullptr) take(grad_out->size(0), "grad_out");
+  take(weights.size(0), "weights");
+  take(bias.size(0), "bias");
+  return batch;
+}
+
 bool read_as_views(const Tensor& inputs, const Tensor& labels) {
   return inputs.dim() == 1 &&
          !(inputs.is_contiguous() && labels.is_contiguous());

@@ -105,6 +105,14 @@ ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
                                 double beta1, double beta2, double eps,
                                 bool amsgrad, int64_t epochs, double tol);
 
+// The batched ops' arguments (torch_ops/batched_cpu.cpp, batched_cuda.cu):
+// inputs [Kx, N], labels and grad_out (null where the op has none) [K*, N],
+// weights [Kw, 6], bias [Kb], each batch size 1 (shared by every fit) or the
+// batch's; N and the batch may be 0. Returns the batch's size.
+int64_t check_batched_args(const Tensor& inputs, const Tensor* labels,
+                           const Tensor* grad_out, const Tensor& weights,
+                           const Tensor& bias);
+
 // f(float{}) or f(double{}) by the (checked) dtype: the ops' one dispatch.
 template <typename F>
 decltype(auto) dispatch_float(ScalarType dtype, const F& f) {

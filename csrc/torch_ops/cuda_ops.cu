@@ -26,6 +26,7 @@
 #include "torch_ops/checks.h"
 #include "core/fit.h"
 #include "cuda/launch.h"
+#include "cuda/launch_batched.h"
 #include "core/network.h"
 
 namespace biasfit {
@@ -400,6 +401,193 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("fused_loss_grads_sums", TORCH_BOX(&cuda::fused_loss_grads_sums_cuda));
   m.impl("predict_grads", TORCH_BOX(&cuda::predict_grads_cuda));
   m.impl("fit_params", TORCH_BOX(&cuda::fit_params_cuda));
+}
+
+// ---- batched: torch.func.vmap's ops (cuda/launch_batched.h) ----------------
+
+namespace cuda {
+namespace {
+
+// The batched ops' arguments, checked (torch_ops/checks.cpp, as the CPU's),
+// contiguous, on inputs' device: b is labels, or grad_out in the data's dtype.
+struct CudaBatch {
+  int64_t k, n;
+  Tensor x, y, w, b;
+
+  template <typename T>
+  BatchInputs<T> rows() const {
+    const auto row = [](const Tensor& t, int64_t width) {
+      return t.size(0) == 1 ? int64_t(0) : width;
+    };
+    return {data_of<T>(x), data_of<T>(y), row(x, n), row(y, n), n,
+            data_of<T>(w), row(w, kNumWeights), data_of<T>(b), row(b, 1)};
+  }
+  Tensor out(std::initializer_list<int64_t> sizes,
+             std::optional<ScalarType> dtype = std::nullopt) const {
+    return new_tensor(x, torch::headeronly::IntHeaderOnlyArrayRef(sizes), dtype);
+  }
+};
+
+// The checks, before the device guard (as the unbatched ops'): the batch's size.
+int64_t checked_batch(const Tensor& inputs, const Tensor* labels,
+                      const Tensor* grad_out, const Tensor& weights,
+                      const Tensor& bias) {
+  const int64_t k = check_batched_args(inputs, labels, grad_out, weights, bias);
+  check_on_cuda(inputs);
+  return k;
+}
+
+CudaBatch cuda_batch(int64_t k, const Tensor& inputs, const Tensor* labels,
+                     const Tensor* grad_out, const Tensor& weights,
+                     const Tensor& bias) {
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor y = labels != nullptr
+                       ? torch::stable::contiguous(*labels)
+                       : grad_out != nullptr
+                             ? torch::stable::contiguous(
+                                   torch::stable::to(*grad_out, x.scalar_type()))
+                             : x;
+  return {k, inputs.size(1), x, y, torch::stable::contiguous(weights),
+          torch::stable::contiguous(bias)};
+}
+
+Tensor predict_batched_cuda(const Tensor& inputs, const Tensor& weights,
+                            const Tensor& bias) {
+  const int64_t k = checked_batch(inputs, nullptr, nullptr, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, nullptr, nullptr, weights, bias);
+  Tensor out = t.out({t.k, t.n});
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    batched_predict<T>(launcher, t.rows<T>(), t.k, data_of<T>(out));
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> fused_loss_batched_cuda(const Tensor& inputs,
+                                                   const Tensor& labels,
+                                                   const Tensor& weights,
+                                                   const Tensor& bias) {
+  const int64_t k = checked_batch(inputs, &labels, nullptr, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, &labels, nullptr, weights, bias);
+  Tensor loss = t.out({t.k}), grad = t.out({t.k});
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    batched_sum_points<LossPoint<T>>(launcher, t.rows<T>(), t.k,
+                                     LossRows<T>{data_of<T>(loss), data_of<T>(grad), 1});
+  });
+  return {loss, grad};
+}
+
+Tensor fused_loss_sums_batched_cuda(const Tensor& inputs, const Tensor& labels,
+                                    const Tensor& weights, const Tensor& bias) {
+  const int64_t k = checked_batch(inputs, &labels, nullptr, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, &labels, nullptr, weights, bias);
+  Tensor sums = t.out({t.k, 2}, ScalarType::Double);
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    double* out = data_of<double>(sums);
+    batched_sum_points<LossPoint<T>>(launcher, t.rows<T>(), t.k,
+                                     LossRows<double>{out, out + 1, 2});
+  });
+  return sums;
+}
+
+Tensor predict_bias_grad_batched_cuda(const Tensor& grad_out, const Tensor& inputs,
+                                      const Tensor& weights, const Tensor& bias) {
+  const int64_t k = checked_batch(inputs, nullptr, &grad_out, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, nullptr, &grad_out, weights, bias);
+  Tensor grad = t.out({t.k});
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    batched_sum_points<BiasGradPoint<T>>(launcher, t.rows<T>(), t.k,
+                                         GradRows<T>{data_of<T>(grad)});
+  });
+  return grad;
+}
+
+LossGradsOutputs fused_loss_grads_batched_cuda(const Tensor& inputs,
+                                               const Tensor& labels,
+                                               const Tensor& weights,
+                                               const Tensor& bias, int64_t needs) {
+  check_needs(needs);
+  const int64_t k = checked_batch(inputs, &labels, nullptr, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, &labels, nullptr, weights, bias);
+  const bool want_w = needs & kNeedWeights, want_y = needs & kNeedLabels,
+             want_x = needs & kNeedInputs;
+  Tensor loss = t.out({t.k}), bias_grad = t.out({t.k});
+  Tensor weights_grad = t.out({t.k, want_w ? kNumWeights : 0});
+  Tensor dy = t.out({t.k, want_y ? t.n : 0}), dx = t.out({t.k, want_x ? t.n : 0});
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    batched_loss_grads<T>(launcher, t.rows<T>(), t.k, data_of<T>(loss),
+                          want_w ? data_of<T>(weights_grad) : nullptr,
+                          data_of<T>(bias_grad), want_y ? data_of<T>(dy) : nullptr,
+                          want_x ? data_of<T>(dx) : nullptr);
+  });
+  return {loss, weights_grad, bias_grad, dy, dx};
+}
+
+Tensor fused_loss_grads_sums_batched_cuda(const Tensor& inputs, const Tensor& labels,
+                                          const Tensor& weights, const Tensor& bias) {
+  const int64_t k = checked_batch(inputs, &labels, nullptr, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, &labels, nullptr, weights, bias);
+  Tensor sums = t.out({t.k, 1 + kNumParams}, ScalarType::Double);
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    batched_sum_points<LossGradsPoint<T>>(launcher, t.rows<T>(), t.k,
+                                          ParamSumsRows{data_of<double>(sums)},
+                                          PointGrads<T>{nullptr, nullptr});
+  });
+  return sums;
+}
+
+PredictGradsOutputs predict_grads_batched_cuda(const Tensor& grad_out,
+                                               const Tensor& inputs,
+                                               const Tensor& weights,
+                                               const Tensor& bias, int64_t needs) {
+  check_needs(needs);
+  const int64_t k = checked_batch(inputs, nullptr, &grad_out, weights, bias);
+  const DeviceGuard guard(inputs.get_device_index());
+  const CudaBatch t = cuda_batch(k, inputs, nullptr, &grad_out, weights, bias);
+  const bool want_w = needs & kNeedWeights, want_x = needs & kNeedInputs;
+  Tensor weights_grad = t.out({t.k, want_w ? kNumWeights : 0});
+  Tensor bias_grad = t.out({t.k}), dx = t.out({t.k, want_x ? t.n : 0});
+  CudaLauncher launcher(t.x);
+  dispatch_float(t.x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    batched_sum_points<PredictGradsPoint<T>>(
+        launcher, t.rows<T>(), t.k,
+        ParamGradsRows<T>{nullptr, want_w ? data_of<T>(weights_grad) : nullptr,
+                          data_of<T>(bias_grad)},
+        PointGrads<T>{nullptr, want_x ? data_of<T>(dx) : nullptr});
+  });
+  return {weights_grad, bias_grad, dx};
+}
+
+}  // namespace
+}  // namespace cuda
+
+STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+  m.impl("predict_batched", TORCH_BOX(&cuda::predict_batched_cuda));
+  m.impl("fused_loss_batched", TORCH_BOX(&cuda::fused_loss_batched_cuda));
+  m.impl("fused_loss_sums_batched", TORCH_BOX(&cuda::fused_loss_sums_batched_cuda));
+  m.impl("predict_bias_grad_batched", TORCH_BOX(&cuda::predict_bias_grad_batched_cuda));
+  m.impl("fused_loss_grads_batched", TORCH_BOX(&cuda::fused_loss_grads_batched_cuda));
+  m.impl("fused_loss_grads_sums_batched",
+         TORCH_BOX(&cuda::fused_loss_grads_sums_batched_cuda));
+  m.impl("predict_grads_batched", TORCH_BOX(&cuda::predict_grads_batched_cuda));
 }
 
 }  // namespace biasfit

@@ -84,6 +84,27 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
         "int optimizer, float lr, float momentum, float dampening, "
         "bool nesterov, float weight_decay, bool maximize, float beta1, "
         "float beta2, float eps, bool amsgrad) -> (Tensor params, Tensor state)");
+
+  // ---- batched: torch.func.vmap's work (biasfit/vmap_rules.py) ----
+  // K fits at once, fit k's results bit for bit the unbatched op's on its
+  // rows. inputs, labels, grad_out [batch, N]; weights [batch, 6]; bias
+  // [batch]; each batch 1 (shared by every fit) or K, the batch's size. The
+  // outputs gain a leading K; gradients not asked for are [K, 0].
+  m.def("predict_batched(Tensor inputs, Tensor weights, Tensor bias) -> Tensor");
+  m.def("fused_loss_batched(Tensor inputs, Tensor labels, Tensor weights, "
+        "Tensor bias) -> (Tensor loss, Tensor bias_grad)");
+  m.def("fused_loss_sums_batched(Tensor inputs, Tensor labels, Tensor weights, "
+        "Tensor bias) -> Tensor");
+  m.def("predict_bias_grad_batched(Tensor grad_out, Tensor inputs, "
+        "Tensor weights, Tensor bias) -> Tensor");
+  m.def("fused_loss_grads_batched(Tensor inputs, Tensor labels, Tensor weights, "
+        "Tensor bias, int needs) -> (Tensor loss, Tensor weights_grad, "
+        "Tensor bias_grad, Tensor labels_grad, Tensor inputs_grad)");
+  m.def("fused_loss_grads_sums_batched(Tensor inputs, Tensor labels, "
+        "Tensor weights, Tensor bias) -> Tensor");
+  m.def("predict_grads_batched(Tensor grad_out, Tensor inputs, Tensor weights, "
+        "Tensor bias, int needs) -> (Tensor weights_grad, Tensor bias_grad, "
+        "Tensor inputs_grad)");
 }
 
 namespace {
@@ -109,6 +130,14 @@ constexpr char kFusedLossGradsSums[] = "biasfit::fused_loss_grads_sums";
 constexpr char kPredictGrads[] = "biasfit::predict_grads";
 constexpr char kFitParams[] = "biasfit::fit_params";
 constexpr char kParamsStep[] = "biasfit::params_step";
+constexpr char kPredictBatched[] = "biasfit::predict_batched";
+constexpr char kFusedLossBatched[] = "biasfit::fused_loss_batched";
+constexpr char kFusedLossSumsBatched[] = "biasfit::fused_loss_sums_batched";
+constexpr char kPredictBiasGradBatched[] = "biasfit::predict_bias_grad_batched";
+constexpr char kFusedLossGradsBatched[] = "biasfit::fused_loss_grads_batched";
+constexpr char kFusedLossGradsSumsBatched[] =
+    "biasfit::fused_loss_grads_sums_batched";
+constexpr char kPredictGradsBatched[] = "biasfit::predict_grads_batched";
 }  // namespace
 
 #ifndef BIASFIT_WITH_CUDA
@@ -147,6 +176,31 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
                                   std::tuple<Tensor, Tensor>, Tensor, Tensor, Tensor,
                                   int64_t, int64_t, double, double, double, bool,
                                   double, bool, double, double, double, bool>)));
+  // The batched ops (biasfit/vmap_rules.py).
+  m.impl("predict_batched",
+         TORCH_BOX((&cuda_refused<kPredictBatched, kNotBuilt, Tensor, Tensor,
+                                  Tensor, Tensor>)));
+  m.impl("fused_loss_batched",
+         TORCH_BOX((&cuda_refused<kFusedLossBatched, kNotBuilt,
+                                  std::tuple<Tensor, Tensor>, Tensor, Tensor,
+                                  Tensor, Tensor>)));
+  m.impl("fused_loss_sums_batched",
+         TORCH_BOX((&cuda_refused<kFusedLossSumsBatched, kNotBuilt, Tensor,
+                                  Tensor, Tensor, Tensor, Tensor>)));
+  m.impl("predict_bias_grad_batched",
+         TORCH_BOX((&cuda_refused<kPredictBiasGradBatched, kNotBuilt, Tensor,
+                                  Tensor, Tensor, Tensor, Tensor>)));
+  m.impl("fused_loss_grads_batched",
+         TORCH_BOX((&cuda_refused<kFusedLossGradsBatched, kNotBuilt,
+                                  LossGradsOutputs, Tensor, Tensor, Tensor,
+                                  Tensor, int64_t>)));
+  m.impl("fused_loss_grads_sums_batched",
+         TORCH_BOX((&cuda_refused<kFusedLossGradsSumsBatched, kNotBuilt, Tensor,
+                                  Tensor, Tensor, Tensor, Tensor>)));
+  m.impl("predict_grads_batched",
+         TORCH_BOX((&cuda_refused<kPredictGradsBatched, kNotBuilt,
+                                  PredictGradsOutputs, Tensor, Tensor, Tensor,
+                                  Tensor, int64_t>)));
 }
 #else
 namespace {

@@ -1,8 +1,9 @@
-// Instantiates every kernel of csrc/cuda/kernels.cuh for both dtypes, for
+// Instantiates every kernel of csrc/cuda/kernels*.cuh for both dtypes, for
 // tests/test_cuda_build.py: compiled to PTX with FMA contraction ON
 // (--fmad=true), their math must still contain no fused multiply-add,
 // because csrc/core/rounding.h rounds each multiply and add on its own.
 #include "cuda/launch.h"
+#include "cuda/launch_batched.h"
 
 namespace bc = biasfit::cuda;
 
@@ -27,6 +28,13 @@ void* probe() {
       reinterpret_cast<void*>(bc::fit_epoch_kernel<true, T, bc::ParamFitDeviceState<T>>),
       reinterpret_cast<void*>(bc::fit_params_start_kernel<T>),
       reinterpret_cast<void*>(bc::fit_params_publish_kernel<T>),
+      // The batched ops (vmap's).
+      reinterpret_cast<void*>(bc::batched_predict_kernel<T>),
+      reinterpret_cast<void*>(bc::batched_partial_sums_kernel<true, bc::LossPoint<T>, T>),
+      reinterpret_cast<void*>(bc::batched_partial_sums_kernel<false, bc::LossGradsPoint<T>, T>),
+      reinterpret_cast<void*>(bc::batched_partial_sums_kernel<true, bc::PredictGradsPoint<T>, T>),
+      reinterpret_cast<void*>(bc::batched_finish_kernel<bc::LossRows<T>>),
+      reinterpret_cast<void*>(bc::batched_finish_kernel<bc::ParamGradsRows<T>>),
   };
   return kernels[0];
 }

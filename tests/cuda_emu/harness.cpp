@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda/launch.h"
+#include "cuda/launch_batched.h"
 
 namespace {
 
@@ -154,8 +155,92 @@ void run_fit_params(const Args& a, EmuLauncher& l) {
   write_file(dir + "/out_info.bin", info, sizeof info);
 }
 
+// The batched ops (cuda/launch_batched.h): a.bin [*, n], b.bin [*, n],
+// w.bin [*, 6], bias.bin [*] in T, row k of each at k * its *_row elements
+// (0: shared); `fits` fits. out.bin: predict [fits, n]; loss and
+// predict_bias_grad [fits, 2] (loss, grad) in T; loss_sums [fits, 2] and
+// loss_grads_sums [fits, 8] in float64; loss_grads [fits, 8] (loss, 6
+// weight grads, bias grad) and predict_grads [fits, 7] in T, 0 where not
+// asked; out_dy.bin, out_dx.bin [fits, n] where asked (needs).
+template <typename T>
+void run_batched(const std::string& op, const Args& a, EmuLauncher& l) {
+  const std::string dir = a.get("dir");
+  auto file = [&](const char* name) {
+    return reinterpret_cast<const T*>(read_file(dir + "/" + name));
+  };
+  const int64_t fits = a.i("fits"), n = a.i("n");
+  const size_t K = size_t(fits), KN = size_t(fits * n);
+  const bc::BatchInputs<T> in{file("a.bin"), file("b.bin"), a.i("a_row"), a.i("b_row"),
+                              n, file("w.bin"), a.i("w_row"), file("bias.bin"),
+                              a.i("bias_row")};
+  const int64_t needs = a.i("needs", biasfit::kNeedAll);
+  std::vector<T> dy(KN), dx(KN);
+  T* want_dy = needs & biasfit::kNeedLabels ? dy.data() : nullptr;
+  T* want_dx = needs & biasfit::kNeedInputs ? dx.data() : nullptr;
+  auto write = [&](const char* name, const auto& v) {
+    write_file(dir + "/" + name, v.data(), sizeof(v[0]) * v.size());
+  };
+  if (op == "batched_predict") {
+    std::vector<T> out(KN);
+    bc::batched_predict<T>(l, in, fits, out.data());
+    write("out.bin", out);
+  } else if (op == "batched_loss" || op == "batched_predict_bias_grad") {
+    std::vector<T> out(2 * K, T(0));
+    if (op == "batched_loss") {
+      bc::batched_sum_points<bc::LossPoint<T>>(
+          l, in, fits, bc::LossRows<T>{out.data(), out.data() + 1, 2});
+    } else {
+      std::vector<T> grad(K);
+      bc::batched_sum_points<bc::BiasGradPoint<T>>(l, in, fits,
+                                                   bc::GradRows<T>{grad.data()});
+      for (size_t k = 0; k < K; ++k) out[2 * k + 1] = grad[k];  // (0, grad)
+    }
+    write("out.bin", out);
+  } else if (op == "batched_loss_sums" || op == "batched_loss_grads_sums") {
+    const bool all = op == "batched_loss_grads_sums";
+    std::vector<double> out((all ? 8 : 2) * K);
+    if (all) {
+      bc::batched_sum_points<bc::LossGradsPoint<T>>(l, in, fits,
+                                                    bc::ParamSumsRows{out.data()},
+                                                    bc::PointGrads<T>{nullptr, nullptr});
+    } else {
+      bc::batched_sum_points<bc::LossPoint<T>>(
+          l, in, fits, bc::LossRows<double>{out.data(), out.data() + 1, 2});
+    }
+    write("out.bin", out);
+  } else if (op == "batched_loss_grads") {
+    std::vector<T> loss(K), wg(6 * K, T(0)), bg(K), out;
+    bc::batched_loss_grads<T>(l, in, fits, loss.data(),
+                              needs & biasfit::kNeedWeights ? wg.data() : nullptr,
+                              bg.data(), want_dy, want_dx);
+    for (int64_t k = 0; k < fits; ++k) {
+      out.push_back(loss[size_t(k)]);
+      out.insert(out.end(), wg.begin() + 6 * k, wg.begin() + 6 * k + 6);
+      out.push_back(bg[size_t(k)]);
+    }
+    write("out.bin", out);
+  } else if (op == "batched_predict_grads") {
+    std::vector<T> wg(6 * K, T(0)), bg(K), out;
+    bc::batched_sum_points<bc::PredictGradsPoint<T>>(
+        l, in, fits,
+        bc::ParamGradsRows<T>{nullptr, needs & biasfit::kNeedWeights ? wg.data() : nullptr,
+                              bg.data()},
+        bc::PointGrads<T>{nullptr, want_dx});
+    for (int64_t k = 0; k < fits; ++k) {
+      out.insert(out.end(), wg.begin() + 6 * k, wg.begin() + 6 * k + 6);
+      out.push_back(bg[size_t(k)]);
+    }
+    write("out.bin", out);
+  } else {
+    fail("harness: unknown op %s", op.c_str());
+  }
+  if (want_dy != nullptr) write("out_dy.bin", dy);
+  if (want_dx != nullptr) write("out_dx.bin", dx);
+}
+
 template <typename T>
 void run_op(const std::string& op, const Args& a, EmuLauncher& l) {
+  if (op.rfind("batched_", 0) == 0) return run_batched<T>(op, a, l);
   const std::string dir = a.get("dir");
   T w[6], bias;
   weights_and_bias(a, w, &bias);
