@@ -141,14 +141,17 @@ def _savable(t):
 
 
 def _building_graph(*tensors) -> bool:
-    """Whether a backward must build a graph (create_graph=True, or under
-    torch.func.grad, which always does): grad mode is on and something it
-    differentiates requires grad."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    """Whether a backward must be differentiable: grad mode is on and
+    something it differentiates requires grad (create_graph=True, or under
+    torch.func.grad, which always builds a graph), or a transform may carry
+    tangents through it (forward-over-reverse: jacfwd of jacrev, hessian)."""
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or under_transform()
 
 
-def _values(graph, *tensors):
-    return tuple(t.detach() for t in tensors) if graph else tensors
+def _detached(*tensors):
+    """The tensors' values for a native call: an op's register_autograd
+    kernel refuses torch.func's tensors, and the values are all it needs."""
+    return tuple(t.detach() for t in tensors)
 
 
 def _with_graph(native, graph):
@@ -166,11 +169,11 @@ def _loss_grads_backward(ctx, grad_loss, grads):
     gradients `grads` = (weights_grad, bias_grad, labels_grad, inputs_grad)."""
     x, y, w, b = ctx.saved_tensors[:4]
     graph = _building_graph(grad_loss, x, y, w, b)
-    missing = _bits(ctx.needs_input_grad[:4]) & ~ctx.computed & ~NEED_BIAS
+    missing = _bits(ctx.needs_input_grad[:4]) & ~ctx.computed
     if missing:
         # Values only (a graph comes from derivatives.py): detached, the op
         # runs under torch.func too.
-        _, wg, bg, yg, xg = _ops.fused_loss_grads(*_values(graph, x, y, w, b),
+        _, wg, bg, yg, xg = _ops.fused_loss_grads(*_detached(x, y, w, b),
                                                   missing | ctx.computed)
         grads = (wg, bg, yg, xg)
     wg, bg, yg, xg = grads
@@ -242,7 +245,7 @@ def _predict_backward(ctx, grad_out):
     if not (need_x or need_w or need_b):
         return None, None, None
     graph = _building_graph(grad_out, x, weights, bias)
-    args = _values(graph, grad_out, x, weights, bias)
+    args = _detached(grad_out, x, weights, bias)
     if need_b and not (need_x or need_w):  # the bias alone: today's sum
         native = (None, None, _ops.predict_bias_grad(*args).reshape(bias.shape))
     else:
@@ -288,29 +291,32 @@ for _name in ("fused_loss_sums", "fused_loss_grads_sums", "predict_bias_grad",
 # gradients; jvp is derivatives.py's, and vmap runs the ops' vmap rules.
 
 class _FusedLossFn(torch.autograd.Function):
-    # vmap: biasfit/vmap_rules.py's rules of the ops inside.
+    """The loss alone: one output, so torch.func's generated vmap rule holds
+    also under grad of vmap (it cannot take the None gradients of the
+    by-products fused_loss_grads returns). Its backward makes the one pass
+    of the gradients asked for; vmap runs the ops' rules
+    (biasfit/vmap_rules.py)."""
     generate_vmap_rule = True
 
     # The ops see detached tensors: under torch.compile, Dynamo traces
     # forward with the transform's tensors, and an op's register_autograd
     # kernel refuses those (pytorch/pytorch#168393).
     @staticmethod
-    def forward(inputs, labels, weights, bias, needs):
-        return _ops.fused_loss_grads(*_values(True, inputs, labels, weights, bias), needs)
+    def forward(inputs, labels, weights, bias):
+        return _ops.fused_loss(*_detached(inputs, labels, weights, bias))[0]
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _fused_loss_grads_setup(ctx, inputs, output)
+        ctx.computed = 0
+        _save_loss_inputs(ctx, *inputs)
 
     @staticmethod
-    def backward(ctx, grad_loss, *_):
-        return _fused_loss_grads_backward(ctx, grad_loss)
+    def backward(ctx, grad_loss):
+        return _loss_grads_backward(ctx, grad_loss, (None,) * 4)
 
     @staticmethod
-    def jvp(ctx, tx, ty, tw, tb, _):
-        x, y, w, b = ctx.saved_tensors[:4]
-        return (derivatives.loss_jvp(x, y, w, b, tx, ty, tw, tb),
-                None, None, None, None)
+    def jvp(ctx, tx, ty, tw, tb):
+        return derivatives.loss_jvp(*ctx.saved_tensors[:4], tx, ty, tw, tb)
 
 
 class _PredictFn(torch.autograd.Function):
@@ -318,7 +324,7 @@ class _PredictFn(torch.autograd.Function):
 
     @staticmethod
     def forward(inputs, weights, bias):
-        return _ops.predict(*_values(True, inputs, weights, bias))
+        return _ops.predict(*_detached(inputs, weights, bias))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -345,12 +351,12 @@ def under_transform() -> bool:
 # pytorch/pytorch#168393) with derivatives.py's graph.
 
 def _compiled_predict(inputs, weights, bias):
-    value = _ops.predict(*_values(True, inputs, weights, bias))
+    value = _ops.predict(*_detached(inputs, weights, bias))
     return _with_graph((value,), (derivatives.predict(inputs, weights, bias),))[0]
 
 
 def _compiled_loss(inputs, labels, weights, bias):
-    value = _ops.fused_loss(*_values(True, inputs, labels, weights, bias))[0]
+    value = _ops.fused_loss(*_detached(inputs, labels, weights, bias))[0]
     return _with_graph((value,), (derivatives.loss(inputs, labels, weights, bias),))[0]
 
 
@@ -403,11 +409,11 @@ def fused_loss(inputs, labels, weights, bias):
     """
     if inputs.dtype in _LOW_PRECISION or bias.dtype in _LOW_PRECISION:
         return _in_float32(fused_loss, inputs, labels, weights, bias)
-    needs = needs_of(inputs, labels, weights, bias)
     if under_transform():  # torch.func.grad and friends
         if torch.compiler.is_compiling():
             return _compiled_loss(inputs, labels, weights, bias)
-        return _FusedLossFn.apply(inputs, labels, weights, bias, needs)[0]
+        return _FusedLossFn.apply(inputs, labels, weights, bias)
+    needs = needs_of(inputs, labels, weights, bias)
     if needs == NEED_BIAS:  # the tutorial's case: the bias-only pass, as fast as ever
         return _ops.fused_loss(inputs, labels, weights, bias)[0]
     return _ops.fused_loss_grads(inputs, labels, weights, bias, needs)[0]

@@ -13,7 +13,7 @@ import torch
 
 from . import _native  # noqa: F401  (loads torch.ops.biasfit)
 from . import derivatives
-from .ops import (_building_graph, _never_called, _outputs_not_differentiable, _values,
+from .ops import (_building_graph, _never_called, _outputs_not_differentiable, _detached,
                   _with_graph)
 
 _ops = torch.ops.biasfit
@@ -220,7 +220,7 @@ def _loss_batched_backward(ctx, grad_loss, *_):
     graph = _building_graph(grad_loss, x, y, w, b)
     bits = ((_NEED_INPUTS if need[0] else 0) | (_NEED_LABELS if need[1] else 0)
             | (_NEED_WEIGHTS if need[2] else 0))
-    _, wg, bg, yg, xg = _ops.fused_loss_grads_batched(*_values(graph, x, y, w, b), bits)
+    _, wg, bg, yg, xg = _ops.fused_loss_grads_batched(*_detached(x, y, w, b), bits)
     g = grad_loss[:, None]
     grads = (_to_rows(g * xg, x) if need[0] else None, _to_rows(g * yg, y) if need[1] else None,
              _to_rows(g * wg, w) if need[2] else None,
@@ -244,7 +244,7 @@ def _predict_batched_backward(ctx, grad_out):
     need_x, need_w, need_b = need = ctx.needs_input_grad
     graph = _building_graph(grad_out, x, w, b)
     bits = (_NEED_INPUTS if need_x else 0) | (_NEED_WEIGHTS if need_w else 0)
-    wg, bg, xg = _ops.predict_grads_batched(*_values(graph, grad_out, x, w, b), bits)
+    wg, bg, xg = _ops.predict_grads_batched(*_detached(grad_out, x, w, b), bits)
     grads = (_to_rows(xg, x) if need_x else None, _to_rows(wg, w) if need_w else None,
              _to_rows(bg, b) if need_b else None)
     if graph:

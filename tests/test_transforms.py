@@ -401,3 +401,30 @@ def test_torchscript_basicnn_matches_eager(tmp_path):
     assert model.final_bias.grad.item() != 0  # the scripted module shares the parameters
     scripted.save(tmp_path / "m.pt")
     assert torch.equal(torch.jit.load(tmp_path / "m.pt")(x), model(x))
+
+
+# -- transforms composed with vmap ----------------------------------------------------
+
+def _compositions(loss):
+    """name -> f(biases): every way a batch of biases meets a derivative."""
+    batched = vmap(loss)
+    one = torch.ones(())
+    return {
+        "grad of vmap": lambda bs: grad(lambda bs: batched(bs).sum())(bs),
+        "vmap of grad": lambda bs: vmap(grad(loss))(bs),
+        "jacrev of vmap": lambda bs: jacrev(batched)(bs),
+        "jacfwd of vmap": lambda bs: jacfwd(batched)(bs),
+        "hessian of vmap": lambda bs: hessian(lambda bs: batched(bs).sum())(bs),
+        "vmap of hessian": lambda bs: vmap(hessian(loss))(bs),
+        "vmap of jvp": lambda bs: vmap(lambda b: jvp(loss, (b,), (one,))[1])(bs),
+    }
+
+
+@pytest.mark.parametrize("name", list(_compositions(None)))
+def test_transforms_composed_with_vmap_equal_plain(name):
+    x, y, w, _ = problem(torch.float64, n=40)
+    biases = torch.tensor([-3.0, -2.0, -0.5, 1.0], dtype=torch.float64)
+    ours = _compositions(lambda b: ours_loss(x, y, w, b))[name](biases)
+    plain = _compositions(lambda b: plain_loss(x, y, w, b))[name](biases)
+    close(ours, plain, torch.float64)
+    assert (plain != 0).any() and torch.equal(ours != 0, plain != 0)
