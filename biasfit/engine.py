@@ -14,6 +14,7 @@ they return, and the native steps an epoch loop driven from Python takes.
 
 The status codes are core/fit.h's FitStatus, exported by biasfit._direct.
 """
+import contextlib
 import functools
 
 import torch
@@ -91,6 +92,18 @@ def _seen(epoch, status) -> int:
 # place if the fit converges or runs out of epochs. Threads:
 # torch.get_num_threads().
 direct_sgd = _direct.fit_sgd
+
+
+@contextlib.contextmanager
+def reporting(progress):
+    """Inside the block, the direct call's fits report progress(epoch, loss,
+    bias) of their last recorded epoch about every 0.1 s, as they run (the
+    op's route and fit_params report nothing); progress None: no reports."""
+    _direct.set_progress(progress)
+    try:
+        yield
+    finally:
+        _direct.set_progress(None)
 
 
 def bias_list(biases) -> list:

@@ -24,11 +24,32 @@ namespace {
 
 namespace py = pybind11;
 
-// Ctrl-C during a long fit: the Python signal handler runs here, on the
-// calling thread, and leaves KeyboardInterrupt set for the caller to raise.
-bool python_signal_pending(void*) {
+// set_progress's callable, or null: progress(epoch, loss, bias) of the last
+// epoch recorded, about every 100 ms of a fit (the command line's bar).
+PyObject* progress_hook = nullptr;
+
+// Every ~100 ms of a fit (cpu/trainer.h's InterruptPoll), on the calling
+// thread: the progress report, then Ctrl-C: the Python signal handler runs
+// here and leaves KeyboardInterrupt set for the caller to raise (as does an
+// exception in the report). context: the fit's History<T>.
+template <typename T>
+bool poll_python(void* context) {
   py::gil_scoped_acquire gil;
+  const auto& history = *static_cast<const cpu::History<T>*>(context);
+  if (progress_hook != nullptr && history.evaluated > 0) {
+    const size_t e = size_t(history.evaluated - 1);
+    PyObject* r = PyObject_CallFunction(progress_hook, "Ldd", static_cast<long long>(e),
+                                        double(history.losses[e]),
+                                        double(history.biases[e]));
+    if (r == nullptr) return true;
+    Py_DECREF(r);
+  }
   return PyErr_CheckSignals() != 0;
+}
+
+void set_progress(py::object hook) {
+  Py_XDECREF(progress_hook);
+  progress_hook = hook.is_none() ? nullptr : hook.inc_ref().ptr();
 }
 
 template <typename T>
@@ -58,7 +79,7 @@ py::tuple fit(const FitArgs& a, const FitOptions& opt, int threads) {
   auto run = [&] {
     state = cpu::train(static_cast<const T*>(a.x), static_cast<const T*>(a.y), a.n,
                        Weights<T>::load(w), T(a.bias), opt, threads, history,
-                       {&python_signal_pending, nullptr});
+                       {&poll_python<T>, &history});
   };
   // A large fit takes seconds: other Python threads run meanwhile. A small
   // one (the tutorial's: microseconds) keeps the GIL, whose release and
@@ -245,6 +266,9 @@ PYBIND11_MODULE(_direct, m) {
   m.attr("BIAS_NONFINITE") = int64_t(biasfit::kBiasNonFinite);
   m.attr("INTERRUPTED") = int64_t(biasfit::kInterrupted);
   m.attr("PLATEAU") = int64_t(biasfit::kPlateau);
+  m.def("set_progress", &biasfit::set_progress,
+        "progress(epoch, loss, bias), called about every 0.1 s of a fit_sgd call "
+        "with the last epoch recorded; None: no reports");
   m.def("trainer_plan", &biasfit::trainer_plan,
         "the CPU trainer's plan (stream, once, regroup, closed) for (n, bytes "
         "per point, epochs, share of units off at the start, float64 points "
