@@ -355,7 +355,7 @@ def _predict(args) -> int:
 
 EXAMPLES = """examples:
   biasfit train                                   the tutorial's fit, every epoch shown
-  biasfit train --data doses.csv --x-col dose --y-col effect --reduction mean
+  biasfit train --data doses.csv --x-col dose --y-col effect --reduction mean --rtol 1e-6
   biasfit train --data points.npy --quiet --save model.pt
   cat points.csv | biasfit train --data - --log-every 100
   biasfit predict --model model.pt --x 0 0.5 1
@@ -371,7 +371,7 @@ stops there and says so (exit 1). Noisy data's loss never falls below a small
 
 examples:
   biasfit train
-  biasfit train --data examples/doses.csv --reduction mean --epochs 1000 --quiet
+  biasfit train --data examples/doses.csv --reduction mean --rtol 1e-6 --epochs 1000
   biasfit train --data big.csv.gz --reduction mean --rtol 1e-6 --epochs 100000 --quiet
   biasfit train --data points.parquet --x-col dose --y-col response --save model.pt
   biasfit train --data - --json < points.csv

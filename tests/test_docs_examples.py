@@ -224,7 +224,7 @@ def test_every_example_data_file_is_in_examples_and_made_by_its_script(tmp_path)
         assert got == want, name
     used = set()
     for page in PAGES:
-        used |= set(re.findall(r"examples/([\w.]+\.(?:csv|npy|npz|csv\.gz))",
+        used |= set(re.findall(r"examples/([\w.]+\.(?:csv\.gz|csv|npy|npz))",
                                page.read_text()))
     assert used and used <= committed, used - committed
 
