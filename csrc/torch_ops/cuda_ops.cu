@@ -371,7 +371,7 @@ FitOutputs fit_params_cuda(const Tensor& inputs, const Tensor& labels,
                            double weight_decay, bool maximize, double beta1,
                            double beta2, double eps, bool amsgrad,
                            int64_t epochs, double tol, double rtol,
-                          int64_t patience, double divide_by) {
+                           int64_t patience, double divide_by) {
   const ParamFitCall call = prepare_fit_params(
       inputs, labels, params, trained, optimizer, lr, momentum, dampening,
       nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol,
