@@ -52,10 +52,11 @@ struct Plateau {
 
   BIASFIT_HD static Plateau start() { return {0.0, -1}; }
 
-  // Takes one epoch's loss: whether the fit has plateaued there.
+  // Takes one epoch's loss: whether the fit has plateaued there. (The
+  // _rn intrinsics: nvcc must not fuse the product into the difference.)
   BIASFIT_HD bool reached(double loss, double rtol, int64_t patience) {
     if (!(rtol > 0)) return false;
-    if (wait < 0 || best - loss > rtol * best) {
+    if (wait < 0 || sub_rn(best, loss) > mul_rn(rtol, best)) {
       best = loss;
       wait = 0;
       return false;
@@ -68,7 +69,7 @@ struct Plateau {
 // exact no-op at 1), rounded to T once.
 template <typename T>
 BIASFIT_HD T reduced(double sum, double divide_by) {
-  return T(sum / divide_by);
+  return T(div_rn(sum, divide_by));
 }
 
 template <typename T>

@@ -130,7 +130,8 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("fit_sgd",
          TORCH_BOX((&cuda_refused<kFitSgd, kNotBuilt, FitOutputs, Tensor, Tensor,
                                   Tensor, Tensor, double, double, double, bool,
-                                  double, bool, int64_t, double>)));
+                                  double, bool, int64_t, double, double, int64_t,
+                                  double>)));
   m.impl("fused_loss_grads",
          TORCH_BOX((&cuda_refused<kFusedLossGrads, kNotBuilt, LossGradsOutputs,
                                   Tensor, Tensor, Tensor, Tensor, int64_t>)));
@@ -144,7 +145,8 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
          TORCH_BOX((&cuda_refused<kFitParams, kNotBuilt, FitOutputs, Tensor,
                                   Tensor, Tensor, int64_t, int64_t, double, double,
                                   double, bool, double, bool, double, double,
-                                  double, bool, int64_t, double>)));
+                                  double, bool, int64_t, double, double, int64_t,
+                                  double>)));
   m.impl("params_step",
          TORCH_BOX((&cuda_refused<kParamsStep, kNotBuilt,
                                   std::tuple<Tensor, Tensor>, Tensor, Tensor, Tensor,
