@@ -1,6 +1,6 @@
 """Training all seven parameters (issue 13): the fused trainer against eager
 PyTorch (autograd + torch.optim SGD and Adam), torch.compile and biasfit's
-autograd engine, per size (benchmark group "all7-N...").
+autograd engine, per size (benchmark group "N=... dtype all7").
 
 Each size runs a fixed number of epochs (EPOCHS, fewer for 1e7) from the
 tutorial's weights with final_bias -16 on workloads.make_data's points, so
@@ -15,7 +15,7 @@ import torch
 import biasfit
 import workloads
 from biasfit import reference
-from report import size_label
+from report import group_name, size_label
 from conftest import bench_dtypes, bench_sizes
 
 KERNELS = ("eager-sgd", "eager-adam", "compiled-adam", "autograd-adam", "fused-sgd",
@@ -102,6 +102,6 @@ def test_all_seven(benchmark, all7_case):
         assert len(got) == len(want) == epochs
         for a, b in zip(got, want):
             assert a == pytest.approx(b, rel=LOSS_RTOL[dtype]), kernel
-    benchmark.group = f"all7-{dtype_name}-N{size_label(n)}"
+    benchmark.group = group_name(n, dtype_name, "all7")
     benchmark.extra_info.update(kernel=kernel, n=n, epochs=epochs, dtype=dtype_name)
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS.get(n, 5), iterations=1)

@@ -19,6 +19,7 @@ import torch
 import biasfit
 from biasfit.reference import TutorialNN, tutorial_fit
 from biasfit.train import tutorial_weights
+from report import group_name, size_label
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and biasfit.WITH_CUDA),
@@ -51,8 +52,10 @@ def copy_bandwidth(n):
     return 2 * 4 * n / event_seconds(lambda: dst.copy_(src))
 
 
-@pytest.mark.benchmark(group="fused-loss-bandwidth")
-@pytest.mark.parametrize("n", [10**6, 10**7, 10**8], ids=["1e6", "1e7", "1e8"])
+@pytest.mark.parametrize("n", [pytest.param(
+    n, id=size_label(n), marks=pytest.mark.benchmark(
+        group=group_name(n, "float32", "cuda fused_loss bandwidth")))
+    for n in (10**6, 10**7, 10**8)])
 def test_fused_loss_bandwidth(benchmark, n):
     x = torch.rand(n, device=GPU) * 1.5 - 0.25
     y = torch.rand(n, device=GPU)
@@ -93,7 +96,7 @@ def record(benchmark, epochs_run, final_bias):
     assert final_bias == pytest.approx(-16.0019, abs=1e-4)
 
 
-@pytest.mark.benchmark(group="tutorial-fit-gpu")
+@pytest.mark.benchmark(group=group_name(3, "float32", "cuda tutorial fit"))
 def test_fit_fused_gpu_one_call(benchmark):
     x, y = tutorial_on(GPU)
     # One native call for all epochs; FitResult's .tolist() is the only sync.
@@ -101,14 +104,14 @@ def test_fit_fused_gpu_one_call(benchmark):
     record(benchmark, result.epochs_run, result.final_bias)
 
 
-@pytest.mark.benchmark(group="tutorial-fit-gpu")
+@pytest.mark.benchmark(group=group_name(3, "float32", "cuda tutorial fit"))
 def test_fit_autograd_engine_gpu(benchmark):
     x, y = tutorial_on(GPU)
     result = benchmark(lambda: biasfit.fit(biasfit.BasicNN().to(GPU), x, y))
     record(benchmark, result.epochs_run, result.final_bias)
 
 
-@pytest.mark.benchmark(group="tutorial-fit-gpu")
+@pytest.mark.benchmark(group=group_name(3, "float32", "cuda tutorial fit"))
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_tutorial_loop(benchmark, device):
     # The tutorial's own per-sample loop, where it runs (CPU) and on the GPU.

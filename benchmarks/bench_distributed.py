@@ -1,11 +1,11 @@
 """What one epoch of a sharded fit costs with 2 processes on this machine.
 
-Run: pytest benchmarks/bench_distributed.py --benchmark-group-by=group
+Run: pytest benchmarks/bench_distributed.py
 
 Rank 0 is this pytest process; rank 1 is this file run as a script, which
 repeats whatever rank 0 announces (a broadcast before each benchmark), so
 every collective has its partner. Each process uses one thread. Per data
-size n (grouped "n=..."):
+size n (grouped "N=... float64 distributed"):
 
 - compute: one rank's pass over its half of the data (n/2 points), the
   sharded fused engine's local_sums
@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from biasfit import distributed, engine
+from report import group_name
 from biasfit.train import tutorial_weights
 
 OPS = ("compute", "reduce", "epoch", "whole")
@@ -97,8 +98,9 @@ def rank1():
         proc.wait(timeout=60)
 
 
-@pytest.mark.parametrize("n", [pytest.param(n, marks=pytest.mark.benchmark(group=f"n={n}"))
-                               for n in SIZES])
+@pytest.mark.parametrize("n", [pytest.param(
+    n, marks=pytest.mark.benchmark(group=group_name(n, "float64", "distributed")))
+    for n in SIZES])
 @pytest.mark.parametrize("op", OPS)
 def test_epoch_parts(benchmark, rank1, op, n):
     run = make_op(op, n, 0)

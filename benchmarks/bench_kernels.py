@@ -12,7 +12,7 @@ import torch
 
 import biasfit
 import workloads
-from report import size_label
+from report import group_name, size_label
 from conftest import bench_dtypes, bench_sizes
 
 # Kernel order within a size: eager first, so its result becomes the size's
@@ -83,7 +83,7 @@ def test_fit(benchmark, case, reference_results):
     runner = workloads.KERNELS[kernel](x, y, lr, epochs, tol)
     extra = runner.prepare()
     rounds = _rounds(n, runner)
-    benchmark.group = f"N={size_label(n)} {dtype_name}"  # read when the timing is stored
+    benchmark.group = group_name(n, dtype_name)  # read when the timing is stored
 
     result = benchmark.pedantic(runner.run, setup=runner.setup, rounds=rounds, iterations=1)
 

@@ -24,7 +24,7 @@ import peers
 import workloads
 from conftest import (bench_datasets, bench_dtypes, bench_epochs, bench_max_work,
                       bench_sizes)
-from report import load_average, size_label
+from report import group_name, load_average, size_label
 
 KERNELS = ("fused", "read", *peers.PEERS)
 ROUND_BUDGET_S = 1.0     # the time a cell's timed rounds aim at, all kernels together
@@ -157,7 +157,9 @@ def test_peer(benchmark, peer_case, measured_cells, request):
         what, why = m.why[kernel]
         (pytest.skip if what == "skip" else pytest.fail)(why)
     dtype, dataset, n, grid_epochs = cell
-    benchmark.group = cell_id(cell)
+    dtype, dataset, n, epochs = cell
+    benchmark.group = group_name(n, dtype, dataset,
+                                 "to convergence" if epochs is None else f"E{epochs}")
     benchmark.extra_info.update(
         kernel=kernel, device="cpu", dtype=dtype, n=n, epochs=m.evaluated,
         bytes_per_epoch=m.bytes_per_epoch, dataset=dataset, grid=True,

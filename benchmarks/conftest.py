@@ -11,6 +11,17 @@ N * epochs: at most 1e8 by default, 1e10 with --bench-large, or
 
 Only tests that ask for the fixtures below get them, so a self-contained
 bench_*.py file in this folder runs unchanged beside this one.
+
+pytest-benchmark's habits, kept here for every suite:
+- machine_info holds only what stays put between two runs on one machine
+  (so --benchmark-compare warns about nothing there): the load average goes
+  to each benchmark's extra_info ("load"), the CPU's current clock nowhere;
+- groups are named "N=... dtype ..." (report.group_name) and the tables list
+  them by N; a group whose benchmarks all time the same number of epochs per
+  round shows times per epoch (the JSON keeps them per round, with
+  extra_info["epochs"]); the default columns fit a terminal;
+- --benchmark-histogram (pygal, in the bench extra) draws on a log scale:
+  biasfit's nanoseconds and the eager loop's milliseconds side by side.
 """
 import importlib.util
 import os
@@ -94,7 +105,27 @@ def bench_dtypes(config):
     return tuple(names)
 
 
+# The table's columns unless --benchmark-columns names others (pytest-benchmark's
+# ten made rows of 200-240 characters).
+COLUMNS = ["min", "median", "iqr", "rounds"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own reads the options
 def pytest_configure(config):
+    option = config.option
+    if hasattr(option, "benchmark_columns") and option.benchmark_columns is None:
+        option.benchmark_columns = list(COLUMNS)  # None: not given
+    if getattr(option, "benchmark_name", None) == "normal":
+        option.benchmark_name = "short"
+    if getattr(option, "benchmark_histogram", None):
+        log_scale_histograms()
+    # A DeprecationWarning from this suite's code or biasfit's is an error;
+    # torch 2.13's own import of inductor (torch.compile's first call) warns
+    # about its torch.jit.script_method 14 times, which is torch's to fix.
+    for module in ("biasfit", "bench_", "workloads", "peers", "report", "conftest"):
+        config.addinivalue_line("filterwarnings", f"error::DeprecationWarning:{module}")
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
     threads = config.getoption("--bench-threads", None)
     if threads is not None:
         if threads < 1:
@@ -102,7 +133,6 @@ def pytest_configure(config):
         import torch
         torch.set_num_threads(threads)
         set_peer_threads(threads)
-    config._biasfit_load_start = report.load_average()
 
 
 def set_peer_threads(threads):
@@ -118,8 +148,76 @@ def set_peer_threads(threads):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    machine_info["biasfit"] = report.machine_summary(
-        load_start=getattr(config, "_biasfit_load_start", None))
+    machine_info["biasfit"] = report.machine_summary()
+    cpu = machine_info.get("cpu")
+    if isinstance(cpu, dict):  # py-cpuinfo's current clock changes from run to run
+        for key in [k for k in cpu if k.startswith("hz_actual")]:
+            del cpu[key]
+
+
+@pytest.fixture(autouse=True)
+def _load_in_extra_info(request):
+    """Each benchmark's load average as it started, in its extra_info."""
+    if "benchmark" in request.fixturenames:
+        request.getfixturevalue("benchmark").extra_info.setdefault(
+            "load", report.load_average())
+    yield
+
+
+# The statistics of a round's time that the tables and histograms show.
+_TIMES = ("min", "max", "mean", "stddev", "median", "iqr", "q1", "q3", "ld15iqr", "hd15iqr")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_benchmark_group_stats(config, benchmarks, group_by):
+    """The groups by N; and each benchmark's times per epoch (a round's over
+    its extra_info["epochs"]), as the docs quote them. The JSON, saved
+    before, keeps them per round."""
+    for bench in benchmarks:
+        epochs = (bench.get("extra_info") or {}).get("epochs")
+        if isinstance(epochs, int) and epochs > 1 and not bench.get("_per_epoch"):
+            bench["_per_epoch"] = True
+            for key in _TIMES:
+                if isinstance(bench.get(key), (int, float)):
+                    bench[key] = bench[key] / epochs
+            if isinstance(bench.get("ops"), (int, float)):
+                bench["ops"] = bench["ops"] * epochs
+    outcome = yield
+    outcome.force_result(sorted(outcome.get_result(),
+                                key=lambda pair: report.group_key(pair[0])))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if getattr(config, "_benchmarksession", None) and config._benchmarksession.benchmarks:
+        terminalreporter.write_line(
+            "biasfit: times are per epoch (a round's time over its extra_info['epochs']; "
+            "OPS: epochs per second); --benchmark-json keeps them per round.")
+
+
+def log_scale_histograms():
+    """pytest-benchmark's histograms (pygal) on a log scale, or a UsageError
+    before the run where pygal is missing."""
+    try:
+        from pytest_benchmark import histogram
+    except ImportError:
+        raise pytest.UsageError("--benchmark-histogram needs pygal: pip install "
+                                "'biasfit[bench]' (or: pip install pygal pygaljs)") from None
+    if getattr(histogram.make_plot, "_biasfit_log", False):
+        return
+    linear = histogram.make_plot
+
+    def make_plot(benchmarks, title, adjustment):
+        plot = linear(benchmarks=benchmarks, title=title, adjustment=adjustment)
+        low = min(row["min"] for row in benchmarks) * adjustment
+        high = max(row["max"] for row in benchmarks) * adjustment
+        plot.logarithmic = True
+        plot.range = (low / 1.5, high * 1.5)
+        plot.zero = low / 1.5
+        plot.y_title = "Duration (log scale)"
+        return plot
+
+    make_plot._biasfit_log = True
+    histogram.make_plot = make_plot
 
 
 @pytest.fixture(scope="session")

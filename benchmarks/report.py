@@ -82,6 +82,24 @@ def size_label(n):
     return f"1e{exp}" if n >= 1000 and 10**exp == n else str(n)
 
 
+def group_name(n, dtype, *more):
+    """The one naming scheme of every suite's benchmark groups: "N=1e3
+    float32 ..." (conftest.py sorts the groups by N, then by the rest)."""
+    return " ".join([f"N={size_label(n)}", str(dtype), *map(str, more)])
+
+
+def group_key(name):
+    """A group's place in the tables: by N, then by name; groups named
+    otherwise last."""
+    head, _, rest = (name or "").partition(" ")
+    if head.startswith("N="):
+        try:
+            return (0, float(head[2:]), rest)
+        except ValueError:
+            pass
+    return (1, 0.0, name or "")
+
+
 def load_average():
     try:
         return round(os.getloadavg()[0], 2)
@@ -108,7 +126,9 @@ def cpu_model():
 
 
 def machine_summary(load_start=None):
-    """What the numbers came from: CPU, cores, vector units, torch, GPU, load."""
+    """What the numbers came from: CPU, cores, vector units, torch, GPU, and
+    with load_start, the load average (volatile: conftest.py keeps it out of
+    pytest-benchmark's machine_info, which --benchmark-compare compares)."""
     import torch
     flags = ""
     try:
@@ -123,10 +143,12 @@ def machine_summary(load_start=None):
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "vector": vector,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "gpu": gpu, "python": platform.python_version(), **versions,
-            "load_start": load_start, "load_end": load_average()}
+    summary = {"cpu": cpu_model(), "cores": os.cpu_count(), "vector": vector,
+               "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "gpu": gpu, "python": platform.python_version(), **versions}
+    if load_start is not None:
+        summary.update(load_start=load_start, load_end=load_average())
+    return summary
 
 
 @dataclass
@@ -577,11 +599,15 @@ def suite_dir():
 
 
 def _run_pytest(json_path, suite, large, pytest_args, extra=()):
+    """Runs one suite into json_path; returns pytest's exit code and the
+    load average before and after. Run from benchmarks/ itself: from the
+    checkout's root, `python -m pytest` would import the source folder
+    biasfit/ (no compiled modules there) instead of the installed biasfit."""
     cmd = [sys.executable, "-m", "pytest", str(suite_dir() / SUITES[suite]),
-           "--benchmark-only", "-q", f"--benchmark-json={json_path}",
+           "--benchmark-only", "-q", f"--benchmark-json={json_path.resolve()}",
            *(["--bench-large"] if large else []), *extra, *pytest_args]
     print("running:", " ".join(cmd), flush=True)
-    code = subprocess.call(cmd, cwd=suite_dir().parent)
+    code = subprocess.call(cmd, cwd=suite_dir())
     # Exit 1: some tests failed, here kernels that missed the reference; the
     # others' times are saved, and the report says what is missing.
     if code not in (0, 1) or not json_path.exists():
@@ -598,17 +624,22 @@ def run_suite(json_path, large, pytest_args, suite="kernels", threads=(1, 2)):
     the runs' JSON is merged: their benchmarks, and each run's threads and
     load in machine_info["biasfit"]["runs"]."""
     if suite != "grid":
-        return _run_pytest(json_path, suite, large, pytest_args)
+        before = load_average()
+        code = _run_pytest(json_path, suite, large, pytest_args)
+        data = json.loads(json_path.read_text())
+        data.setdefault("machine_info", {}).setdefault("biasfit", {}).update(
+            load_start=before, load_end=load_average())
+        json_path.write_text(json.dumps(data, indent=1))
+        return code
     merged, code = None, 0
     for t in threads:
         part = json_path.with_name(f"{json_path.stem}-threads{t}.json")
+        before = load_average()
         code = max(code, _run_pytest(part, suite, large, pytest_args, [
             "--bench-threads", str(t), "--bench-dtypes", "float32,float64"]) or 0)
         data = json.loads(part.read_text())
         part.unlink()
-        info = data.get("machine_info", {}).get("biasfit", {})
-        run = {"threads": t, "load_start": info.get("load_start"),
-               "load_end": info.get("load_end")}
+        run = {"threads": t, "load_start": before, "load_end": load_average()}
         if merged is None:
             merged = data
             merged.setdefault("machine_info", {}).setdefault("biasfit", {})["runs"] = [run]
@@ -631,6 +662,17 @@ def write_readme_summary(readme, out, rows, machine, stat, command, plot_name, w
     print(f"updated {readme}")
 
 
+def new_run_folder() -> Path:
+    """benchmarks/runs/YYYYmmdd-HHMMSS (UTC), a folder no run wrote before."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = suite_dir() / "runs" / stamp
+    k = 1
+    while folder.exists():
+        k += 1
+        folder = suite_dir() / "runs" / f"{stamp}-{k}"
+    return folder
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -642,7 +684,9 @@ def build_parser():
                    help="the grid's thread counts, one run each (default 1,2)")
     p.add_argument("--large", action="store_true",
                    help="also run N = 1e7 and 1e8 (the grid: cells with N * epochs <= 1e10)")
-    p.add_argument("--out", default="benchmarks/results", help="output folder")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: a new one, benchmarks/runs/DATE-TIME; "
+                        "--out benchmarks/results replaces the committed figures)")
     p.add_argument("--stat", choices=STATS, default="min",
                    help="which round statistic is the time (default min)")
     p.add_argument("--no-plot", action="store_true", help="write the table only")
@@ -656,7 +700,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else new_run_folder()
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/report.py",
                         *(sys.argv[1:] if argv is None else argv)])

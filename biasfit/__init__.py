@@ -11,11 +11,12 @@ from ._native import WITH_CUDA
 from .data import tutorial_data
 from .model import TUTORIAL_WEIGHTS, WEIGHT_NAMES, BasicNN
 from .ops import fused_loss, predict
-from .train import DivergedError, FitResult, StalledError, fit, fit_fused
+from .train import DivergedError, FitResult, StalledError, StalledWarning, fit, fit_fused
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BasicNN", "DivergedError", "FitResult", "StalledError", "TUTORIAL_WEIGHTS", "WEIGHT_NAMES",
     "WITH_CUDA", "fit", "fit_fused", "fused_loss", "predict", "tutorial_data",
+    "StalledWarning",
 ]

@@ -9,10 +9,12 @@ Ctrl-C exits 130 and a closed output pipe (| head) 141, quietly, as Unix
 tools do.
 """
 import argparse
+import csv
 import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -21,9 +23,9 @@ from tqdm import tqdm
 import biasfit
 from . import distributed
 from .checkpoint import CheckpointError, load_model, save_model
-from .datafile import DataFileError, load_x, load_xy
+from .datafile import DataFileError, load_table, load_xy
 from .plot import PlotUnavailable, plot_fit, plot_formats, require_matplotlib
-from .train import ENGINES, MAX_EPOCHS, StalledError
+from .train import ENGINES, MAX_EPOCHS, REDUCTIONS, StalledError
 
 # A progress bar appears once a fit has run this long (and stderr is a terminal).
 PROGRESS_DELAY_S = 1.0
@@ -37,6 +39,19 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Typed(float):
+    """A number that keeps the text it was typed as (predict --x)."""
+
+    def __new__(cls, value, text):
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+
+def _as_typed(text):
+    return _Typed(_number()(text), text.strip())
 
 
 def _number(minimum=None, integer=False, maximum=None, why=""):
@@ -105,22 +120,72 @@ def _progress(total, stream=None, shown=True):
                 file=stream, disable=not (shown and stream.isatty()))
 
 
+class Progress:
+    """The progress bar: epochs done, and the last epoch's loss and bias.
+    show(epoch, loss, bias) moves it to an epoch (the autograd engine's
+    callback every epoch; the fused engine's live reports about every 0.1
+    s, then its callback's replay)."""
+
+    def __init__(self, bar):
+        self.bar, self.last = bar, time_now()
+
+    def show(self, epoch, loss, bias):
+        if self.bar.disable:
+            return
+        self.bar.update(epoch + 1 - self.bar.n)
+        if epoch + 1 == self.bar.total or time_now() - self.last > 0.1:
+            self.last = time_now()
+            self.bar.set_postfix_str(f"loss {loss:.6g}  bias {bias:.6g}", refresh=False)
+
+
+def time_now():
+    return time.monotonic()
+
+
 def _settings(args, n_points) -> dict:
-    names = ("data", "x_col", "y_col", "lr", "epochs", "tol", "momentum", "nesterov",
-             "weight_decay", "engine", "device", "dtype", "init_bias")
+    names = ("data", "x_col", "y_col", "lr", "epochs", "tol", "reduction", "rtol",
+             "patience", "momentum", "nesterov", "weight_decay", "engine", "device",
+             "dtype", "init_bias")
     return {"points": n_points, **{name: getattr(args, name) for name in names}}
 
 
-def _record(result, settings) -> dict:
-    """What --json prints and --save stores beside the parameters."""
-    final_loss = result.final_loss if math.isfinite(result.final_loss) else None
-    return {
-        "result": {"epochs_run": result.epochs_run, "final_bias": result.final_bias,
-                   "final_loss": final_loss, "converged": result.converged},
-        "losses": result.losses,
-        "settings": settings,
-        "versions": {"biasfit": biasfit.__version__, "torch": torch.__version__},
-    }
+def _record(result, settings, error=None) -> dict:
+    """What --json prints and --save stores beside the parameters; error:
+    the message of a fit that failed (--json prints it with the fit so far)."""
+    record = {}
+    if error is not None:
+        record["error"] = error
+    if result is not None:
+        final_loss = result.final_loss if math.isfinite(result.final_loss) else None
+        record["result"] = {"epochs_run": result.epochs_run,
+                            "final_bias": _finite(result.final_bias),
+                            "final_loss": final_loss, "converged": result.converged,
+                            "stop_reason": result.stop_reason,
+                            "stall_epoch": result.stall_epoch}
+        record["losses"] = [_finite(v) for v in result.losses]
+    if settings is not None:
+        record["settings"] = settings
+    record["versions"] = {"biasfit": biasfit.__version__, "torch": torch.__version__}
+    return record
+
+
+def _finite(value):
+    return value if math.isfinite(value) else None  # JSON has no inf or NaN
+
+
+def _outcome(result, args) -> str:
+    """The result line."""
+    loss = "mean_loss" if args.reduction == "mean" else "total_loss"
+    epochs = f"{result.epochs_run} epoch" + ("" if result.epochs_run == 1 else "s")
+    if result.stop_reason == "plateau":
+        state = (f"stopped at a plateau after {epochs} (the loss improved by less than "
+                 f"{args.rtol:g} relative for {args.patience} epochs)")
+    elif result.converged:
+        state = f"converged after {epochs}"
+    else:
+        state = f"did not converge after {epochs}"
+    return (f"{state}: final_bias = {result.final_bias:.4f}, "
+            f"{loss} = {result.final_loss:.3g}")
 
 
 def _train(args) -> int:
@@ -171,15 +236,23 @@ def _train(args) -> int:
 
     model = biasfit.BasicNN(args.init_bias, dtype=dtype).to(device)
     every = args.log_every
+    label = "mean_loss" if args.reduction == "mean" else "total_loss"
     with _progress(args.epochs, shown=rank == 0) as bar:
+        progress = Progress(bar)
+
         def show(epoch, loss, bias):
-            bar.update()
+            progress.show(epoch, loss, bias)
             last = epoch + 1 == args.epochs or loss < args.tol
             if (not (args.json or args.quiet) and rank == 0
                     and (epoch % every == 0 or last)):
-                tqdm.write(f"epoch {epoch:4d}  total_loss {loss:.6g}  final_bias {bias:.6g}",
+                tqdm.write(f"epoch {epoch:4d}  {label} {loss:.6g}  final_bias {bias:.6g}",
                            file=sys.stdout)
-        result = _fit(args, model, inputs, labels, show)
+        try:
+            result = _fit(args, model, inputs, labels, show, progress)
+        except StalledError as e:
+            raise FitFailed(e.describe(mean_option="--reduction mean"), e.result) from None
+        except biasfit.DivergedError as e:
+            raise FitFailed(str(e).removeprefix("biasfit: "), None) from None
 
     points = torch.tensor(len(inputs), device=device)
     if sharded:
@@ -193,34 +266,53 @@ def _train(args) -> int:
         print(f"ran no epochs (--epochs 0): final_bias = {result.final_bias:.4f}, "
               f"the starting value; no loss was computed")
     else:
-        state = "converged" if result.converged else "did not converge"
-        epochs = f"{result.epochs_run} epoch" + ("" if result.epochs_run == 1 else "s")
-        print(f"{state} after {epochs}: final_bias = "
-              f"{result.final_bias:.4f}, total_loss = {result.final_loss:.3g}")
+        print(_outcome(result, args))
     if args.save:
         save_model(args.save, model, record)
         _note(args, f"saved the model to {args.save}")
     if args.plot:
-        plot_fit(args.plot, model, inputs, labels, result, names=names)
+        plot_fit(args.plot, model, inputs, labels, result, names=names,
+                 loss_name="mean squared error" if args.reduction == "mean"
+                 else "total (summed) squared error")
         _note(args, f"saved the plot to {args.plot}")
     return 0
 
 
-def _fit(args, model, inputs, labels, callback):
+class FitFailed(Exception):
+    """The fit diverged or stalled (exit 1): the message, and the fit up to
+    there where one is known (--json prints both)."""
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+def _fit(args, model, inputs, labels, callback, progress):
     sgd = {"lr": args.lr, "momentum": args.momentum, "nesterov": args.nesterov,
            "weight_decay": args.weight_decay}
+    # A stall is an error here (exit 1, with the advice): the fit stops at it.
+    stop = {"reduction": args.reduction, "rtol": args.rtol, "patience": args.patience,
+            "on_stall": "raise"}
     if args.engine == "fused":
         # fit_fused directly: a torch.optim.SGD would import torch._dynamo
         # (about a second) for a loop that runs in native code.
-        result = biasfit.fit_fused(inputs, labels, weights=model.weights(),
-                                   bias=model.final_bias.detach(), epochs=args.epochs,
-                                   tol=args.tol, callback=callback, **sgd)
+        with live_progress(progress):
+            result = biasfit.fit_fused(inputs, labels, weights=model.weights(),
+                                       bias=model.final_bias.detach(), epochs=args.epochs,
+                                       tol=args.tol, callback=callback, **sgd, **stop)
         with torch.no_grad():
             model.final_bias.fill_(result.final_bias)
         return result
     optimizer = torch.optim.SGD(model.parameters(), **sgd)
     return biasfit.fit(model, inputs, labels, optimizer=optimizer, epochs=args.epochs,
-                       tol=args.tol, callback=callback, engine=args.engine)
+                       tol=args.tol, callback=callback, engine=args.engine, **stop)
+
+
+def live_progress(progress):
+    """The fused engine's live reports to the progress bar, where the native
+    trainer gives them (engine.reporting); else nothing."""
+    from .engine import reporting
+    return reporting(None if progress.bar.disable else progress.show)
 
 
 def _note(args, text):
@@ -234,10 +326,12 @@ def _predict(args) -> int:
     model, _ = load_model(args.model, device)
     dtype = model.final_bias.dtype
     if args.data:
-        inputs = load_x(args.data, args.x_col, dtype=dtype, option="--x-col")
+        inputs, names, columns = load_table(args.data, args.x_col, dtype=dtype,
+                                            option="--x-col")
         where = lambda i: f"{args.data} row {i + 1} (x = {inputs[i].item():g})"  # noqa: E731
     else:
         inputs = torch.tensor(args.x, dtype=dtype)
+        names, columns = ["x"], [[x.text for x in args.x]]  # as typed
         where = lambda i: f"--x {args.x[i]:g}"  # noqa: E731
     kind = str(dtype).removeprefix("torch.")
     refuse = UsageError if args.data is None else DataFileError  # exit 2 or 1
@@ -251,32 +345,35 @@ def _predict(args) -> int:
         raise refuse(f"{where(int(bad[0]))}: the model's output is not a finite {kind} "
                          f"number (the weights times x overflow); use inputs of smaller "
                          f"magnitude")
-    digits = 9 if dtype == torch.float32 else 17  # enough to round-trip
-    lines = [f"{x:.{digits}g},{y:.{digits}g}" for x, y in zip(inputs.tolist(), outputs.tolist())]
-    print("x,prediction")
-    print("\n".join(lines))
+    # Every column as it was read, then the prediction in the model's dtype's
+    # shortest text that reads back to the same value.
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow([*names, "prediction"])
+    writer.writerows(zip(*columns, (str(y) for y in outputs.numpy())))
     return 0
 
 
 EXAMPLES = """examples:
   biasfit train                                   the tutorial's fit, every epoch shown
-  biasfit train --data doses.csv --x-col dose --y-col effect --lr 0.0005
-  biasfit train --data points.npy --engine fused --quiet --save model.pt
+  biasfit train --data doses.csv --x-col dose --y-col effect --reduction mean --rtol 1e-6
+  biasfit train --data points.npy --quiet --save model.pt
   cat points.csv | biasfit train --data - --log-every 100
   biasfit predict --model model.pt --x 0 0.5 1
 """
 
-TRAIN_EXAMPLES = """The loss is the SUM of squared errors over the N points (the tutorial's), not
-their mean: its gradient grows with N, so an lr that suits 3 points overshoots
-on thousands. Scale lr by 1/N (0.1 for the tutorial's 3 points is 0.1/3 per
-point): e.g. --lr 0.0005 for 200 points. A step so large that every output
-unit turns off leaves a gradient of exactly 0: the fit stops there and says so.
+TRAIN_EXAMPLES = """The loss is by default the SUM of squared errors over the N points (the
+tutorial's): its gradient grows with N, so an lr that suits 3 points overshoots
+on thousands. Scale lr by 1/N (e.g. --lr 0.0005 for 200 points), or fit the
+mean (--reduction mean), where the tutorial's lr 0.1 suits any N. A step so
+large that every output unit turns off leaves a gradient of exactly 0: the fit
+stops there and says so (exit 1). Noisy data's loss never falls below a small
+--tol: --rtol 1e-6 stops once it no longer improves.
 
 examples:
   biasfit train
-  biasfit train --data doses.csv --x-col dose --y-col effect --lr 0.0005
-  biasfit train --data big.csv --lr 1e-7 --epochs 20000 --log-every 1000
-  biasfit train --data points.npy --engine fused --quiet --save model.pt --plot fit.png
+  biasfit train --data examples/doses.csv --reduction mean --rtol 1e-6 --epochs 1000
+  biasfit train --data big.csv.gz --reduction mean --rtol 1e-6 --epochs 100000 --quiet
+  biasfit train --data points.parquet --x-col dose --y-col response --save model.pt
   biasfit train --data - --json < points.csv
 """
 
@@ -298,19 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--x-col", help="input column: header name or 0-based index")
     train.add_argument("--y-col", help="label column: header name or 0-based index")
     train.add_argument("--lr", type=_number(0), default=0.1,
-                       help="learning rate on the SUMMED loss: scale it by 1/N (0.1)")
+                       help="learning rate (0.1); with the summed loss scale it by 1/N, "
+                            "or use --reduction mean")
     train.add_argument("--epochs", type=_number(0, integer=True, maximum=MAX_EPOCHS,
                                                 why=" (2**31 - 1)"),
                        default=100, help="most epochs to run (100)")
     train.add_argument("--tol", type=_number(0), default=1e-4,
-                       help="stop once the total (summed) loss is below this (1e-4)")
+                       help="stop once the loss is below this (1e-4)")
+    train.add_argument("--reduction", choices=REDUCTIONS, default="sum",
+                       help="sum (the tutorial's: scale lr by 1/N) or mean of the squared "
+                            "errors (sum)")
+    train.add_argument("--rtol", type=_number(0, maximum=0.999999), default=0.0,
+                       help="also stop once the loss improves by less than this, relative "
+                            "to its lowest, for --patience epochs: noisy data's loss has a "
+                            "floor far above any --tol (0: off)")
+    train.add_argument("--patience", type=_number(1, integer=True), default=10,
+                       help="epochs without an --rtol improvement before stopping (10)")
     train.add_argument("--momentum", type=_number(0), default=0.0, help="SGD momentum (0)")
     train.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     train.add_argument("--weight-decay", type=_number(0), default=0.0, help="L2 penalty (0)")
-    train.add_argument("--engine", choices=ENGINES, default="autograd",
-                       help="autograd (the default): torch.optim.SGD, one step per Python "
-                            "iteration; fused: the whole fit in one native call, same "
-                            "results, and it starts about a second sooner")
+    train.add_argument("--engine", choices=ENGINES, default="fused",
+                       help="fused (the default): the whole fit in one native call; "
+                            "autograd: torch.optim.SGD, one step per Python iteration, the "
+                            "same results within docs/numerics.md's bounds, slower")
     train.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="where the data and the fit live (cpu); cuda needs a GPU and "
                             "biasfit built with CUDA")
@@ -338,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a model file written by biasfit train --save")
     given = predict.add_mutually_exclusive_group(required=True)
     given.add_argument("--data", metavar="FILE",
-                       help="inputs from a data file (- reads standard input)")
-    given.add_argument("--x", type=_number(), nargs="+", metavar="X", help="inputs")
+                       help="inputs from a data file (- reads standard input): the output "
+                            "repeats its every column as read, then the prediction")
+    given.add_argument("--x", type=_as_typed, nargs="+", metavar="X", help="inputs")
     predict.add_argument("--x-col", help="input column: header name or 0-based index")
     predict.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                          help="where to run the model (cpu)")
@@ -348,10 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         return _interrupted("biasfit")
+    except SystemExit as e:
+        # --json's reader gets one JSON object for a bad option too
+        # (argparse has printed its line on stderr).
+        if e.code not in (0, None) and "--json" in argv:
+            print(json.dumps(_record(None, None, error=_PARSE_ERROR)))
+        raise
+    failure = None
     try:
         code = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -361,14 +477,21 @@ def main(argv=None) -> int:
         return _pipe_closed()
     except UsageError as e:
         code, message = 2, str(e)
-    except (DataFileError, CheckpointError, PlotUnavailable, biasfit.DivergedError,
-            StalledError, distributed.DistributedFitError, OSError) as e:
-        code, message = 1, str(e).removeprefix("biasfit: ")
+    except (DataFileError, CheckpointError, PlotUnavailable, FitFailed,
+            distributed.DistributedFitError, OSError) as e:
+        code, message, failure = 1, str(e).removeprefix("biasfit: "), e
     if code != 0 and _reports():
         print(f"biasfit {args.command}: error: {message}", file=sys.stderr)
+        if getattr(args, "json", False):  # one JSON object, also on failure
+            print(json.dumps(_record(getattr(failure, "result", None), None,
+                                     error=message), allow_nan=False))
+            sys.stdout.flush()
     if distributed.is_distributed():
         _leave_group(code)
     return code
+
+
+_PARSE_ERROR = "bad command line (see stderr and biasfit train --help)"
 
 
 def _interrupted(prog) -> int:

@@ -2,11 +2,15 @@
 
 Formats, told apart by their first bytes rather than the file name:
 
-- text (CSV): comma-, tab- or whitespace-separated columns, optionally with a
-  header row naming them (a first row with no number in it is a header), in
-  UTF-8 with or without a byte order mark (Excel's "CSV UTF-8");
+- text (CSV): columns separated by ',', ';', '|', tab (the one csv.Sniffer
+  finds in the first lines) or else whitespace, optionally with a header row
+  naming them (a first row with no number in it is a header), in UTF-8 with
+  or without a byte order mark (Excel's "CSV UTF-8");
 - NumPy .npy: a 2-D array of shape (N, K), columns by index, memory-mapped;
-- NumPy .npz: 1-D arrays named x and y (or chosen by name).
+- NumPy .npz: 1-D arrays named x and y (or chosen by name);
+- Parquet (pyarrow): numeric columns, by name or index;
+- any of these compressed by gzip, bzip2 or xz (decompressed to a temporary
+  file first).
 The path "-" reads standard input (spooled to a temporary file).
 
 Columns: x_col/y_col name a header column or a 0-based index. By default the
@@ -26,8 +30,11 @@ block per rank (e.g. for torchrun). Rows outside the shard are not checked.
 Every problem with a file raises DataFileError, a ValueError whose message is
 one line naming the file and, where it applies, the row and column.
 """
+import bz2
 import contextlib
 import csv
+import gzip
+import lzma
 import math
 import shutil
 import sys
@@ -40,6 +47,11 @@ import numpy as np
 import torch
 
 _NPY_MAGIC = b"\x93NUMPY"
+_PARQUET_MAGIC = b"PAR1"
+# Compressed files, by their first bytes: the module that opens each.
+_COMPRESSED = ((b"\x1f\x8b", gzip, "gzip"), (b"BZh", bz2, "bzip2"),
+               (b"\xfd7zXZ\x00", lzma, "xz"))
+_SNIFF_LINES = 20  # lines csv.Sniffer looks at for the delimiter
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 _SNIFF = 1 << 16  # bytes looked at to tell the format
 _MAX_LINE = 1 << 20  # a "line" longer than this is no table
@@ -81,32 +93,74 @@ def load_x(path, x_col=None, *, dtype=torch.float32, rank=None, world_size=None,
     return _load(path, [(x_col, "x", 0, option)], dtype, rank, world_size)[0][0]
 
 
-def _load(path, wanted, dtype, rank, world_size):
+def load_table(path, x_col=None, *, dtype=torch.float32, option="x_col"):
+    """(inputs, names, columns) for prediction: the inputs as load_x reads
+    them, and every column of the file as text as it was read (a text file's
+    fields, stripped; other formats' values as NumPy prints them), with its
+    name (the header's, or "column 0"-style)."""
+    (x,), _, (names, columns) = _load(path, [(x_col, "x", 0, option)], dtype, None, None,
+                                      raw=True)
+    return x, names, columns
+
+
+def _load(path, wanted, dtype, rank, world_size, raw=False):
     sharded = rank is not None or world_size is not None
     if sharded:
         shard_bounds(0, rank, world_size)  # refuse a bad rank before any reading
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
-    with _local_file(path) as (name, local):
-        try:
-            with open(local, "rb") as f:
-                head = f.read(_SNIFF)
-        except OSError as e:
-            raise DataFileError(f"cannot read {name}: {e.strerror}") from None
-        if head.startswith(_NPY_MAGIC):
-            reader = _load_npy
-        elif head.startswith(_ZIP_MAGICS):
-            reader = _load_npz
-        elif b"\0" in head:  # binary (or /dev/zero): never read it as lines
-            raise DataFileError(f"{name} is not a UTF-8 text, .npy or .npz file")
-        else:
-            reader = _load_text
+    with _local_file(path) as (name, given), _decompressed(name, given) as (local, head):
+        reader = _reader(name, head)
         shard = (rank, world_size) if sharded else None
         # A value past float32's range casts to inf, which the readers find
         # and name: NumPy's RuntimeWarning would only add lines before that.
         with np.errstate(over="ignore", invalid="ignore"):
             columns, names = reader(name, local, wanted, np_dtype, shard)
+        table = _RAW[reader](local, len(columns[0])) if raw else None
     names = [n if isinstance(n, str) else f"column {n}" for n in names]
-    return [torch.from_numpy(c) for c in columns], names
+    tensors = [torch.from_numpy(c) for c in columns]
+    return (tensors, names, table) if raw else (tensors, names)
+
+
+def _reader(name, head):
+    """The reader of a file that starts with `head`."""
+    if head.startswith(_NPY_MAGIC):
+        return _load_npy
+    if head.startswith(_ZIP_MAGICS):
+        return _load_npz
+    if head.startswith(_PARQUET_MAGIC):
+        return _load_parquet
+    if b"\0" in head:  # binary (or /dev/zero): never read it as lines
+        raise DataFileError(f"{name} is not a UTF-8 text, .npy, .npz or Parquet file "
+                            f"(or one of them compressed by gzip, bzip2 or xz)")
+    return _load_text
+
+
+def _head(name, path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(_SNIFF)
+    except OSError as e:
+        raise DataFileError(f"cannot read {name}: {e.strerror}") from None
+
+
+@contextlib.contextmanager
+def _decompressed(name, path):
+    """(a path to read, its first bytes): a compressed file decompressed to a
+    temporary file, anything else as it is."""
+    head = _head(name, path)
+    kind = next((k for k in _COMPRESSED if head.startswith(k[0])), None)
+    if kind is None:
+        yield path, head
+        return
+    _, module, what = kind
+    with tempfile.NamedTemporaryFile(prefix="biasfit-data-") as tmp:
+        try:
+            with module.open(path, "rb") as f:
+                shutil.copyfileobj(f, tmp, 1 << 20)
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise DataFileError(f"cannot read {name} as {what}: {_clean(e)}") from None
+        tmp.flush()
+        yield tmp.name, _head(name, tmp.name)
 
 
 @contextlib.contextmanager
@@ -141,12 +195,12 @@ def _load_text(name, path, wanted, np_dtype, shard):
         raise DataFileError(f"{name} is not a UTF-8 text, .npy or .npz file") from None
     if first is None:
         raise DataFileError(f"{name} is empty: no rows of data")
-    fields = _split(first)
+    delimiter = _delimiter(path, first)
+    fields = _split(first, delimiter)
     header = not any(_is_number(field) for field in fields)
     names = [field.strip() for field in fields] if header else list(range(len(fields)))
-    cols = [_column(name, names, *want) for want in wanted]
+    cols = _columns(name, names, wanted)
     skip = before + header  # lines before the first data row
-    delimiter = "," if "," in first else "\t" if "\t" in first else None
     table = None
     try:
         if shard is None and delimiter is not None:
@@ -177,8 +231,21 @@ def _load_text(name, path, wanted, np_dtype, shard):
         pass
     table = None  # its memory is free for the slow pass
     # NumPy refused the file, or it holds inf/NaN: find the row at fault.
-    return (_read_rows(name, path, skip, names, cols, np_dtype, shard),
+    return (_read_rows(name, path, skip, names, cols, np_dtype, shard, delimiter),
             [names[c] for c in cols])
+
+
+def _delimiter(path, first):
+    """The column separator csv.Sniffer finds in the first lines (',', ';',
+    '|' or tab), or None: whitespace."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        lines = [line for line in (f.readline(_MAX_LINE) for _ in range(4 * _SNIFF_LINES))
+                 if line.strip()][:_SNIFF_LINES]
+    try:
+        return csv.Sniffer().sniff("".join(lines) or first, delimiters=",;|\t").delimiter
+    except csv.Error:
+        # One line, or one column: the first line's own separator, if any.
+        return next((d for d in ",;|\t" if d in first), None)
 
 
 def _first_row(name, f):
@@ -253,7 +320,7 @@ def _loadtxt(path, np_dtype, delimiter, skip, max_rows):
                           quotechar='"' if delimiter == "," else None)
 
 
-def _read_rows(name, path, skip, names, cols, np_dtype, shard):
+def _read_rows(name, path, skip, names, cols, np_dtype, shard, delimiter):
     """The slow, exact pass: every data row of the shard split and converted in
     Python, so a refusal names its row, line and column."""
     lines = _data_lines(path, skip)
@@ -273,7 +340,7 @@ def _read_rows(name, path, skip, names, cols, np_dtype, shard):
                 continue
             if row > stop:
                 break
-            fields = _split(line.rstrip("\r\n"))
+            fields = _split(line.rstrip("\r\n"), delimiter)
             where = f"row {row} (line {number})"
             if len(fields) != width:
                 raise DataFileError(f"{name} {where} has {len(fields)} fields, "
@@ -289,11 +356,11 @@ def _read_rows(name, path, skip, names, cols, np_dtype, shard):
     return [np.frombuffer(out, dtype=np.float64).astype(np_dtype) for out in values]
 
 
-def _split(line):
-    if "," in line:
+def _split(line, delimiter):
+    if delimiter == ",":
         return next(csv.reader([line]))
-    if "\t" in line:
-        return line.split("\t")
+    if delimiter is not None:
+        return line.split(delimiter)
     return line.split()
 
 
@@ -325,7 +392,7 @@ def _load_npy(name, path, wanted, np_dtype, shard):
                             f"expected (N, 2): one row per point")
     _check_numeric(name, table.dtype)
     names = list(range(table.shape[1]))
-    cols = [_column(name, names, *want) for want in wanted]
+    cols = _columns(name, names, wanted)
     start, stop = _bounds(table.shape[0], shard)
     if table.shape[0] == 0:
         raise DataFileError(f"{name} is empty: no rows of data")
@@ -344,8 +411,8 @@ def _load_npz(name, path, wanted, np_dtype, shard):
             if not names:
                 raise DataFileError(f"{name} is an .npz holding no arrays; expected "
                                     f"arrays x and y")
-            cols = [_column(name, names, col, role, None, option)
-                    for col, role, _, option in wanted]
+            cols = _columns(name, names, [(col, role, None, option)
+                                          for col, role, _, option in wanted])
             arrays = [archive[names[c]] for c in cols]
     except DataFileError:
         raise
@@ -370,6 +437,90 @@ def _load_npz(name, path, wanted, np_dtype, shard):
     return columns, [names[c] for c in cols]
 
 
+def _load_parquet(name, path, wanted, np_dtype, shard):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataFileError(f"{name} is a Parquet file: reading it needs pyarrow "
+                            f"(pip install pyarrow)") from None
+    try:
+        table_file = pq.ParquetFile(path)
+        names = list(table_file.schema_arrow.names)
+        cols = _columns(name, names, wanted)
+        n_rows = table_file.metadata.num_rows
+        start, stop = _bounds(n_rows, shard)
+        distinct = list(dict.fromkeys(cols))
+        table = table_file.read(columns=[names[c] for c in distinct]).slice(start, stop - start)
+    except DataFileError:
+        raise
+    except Exception as e:  # pyarrow's errors for a broken file
+        raise DataFileError(f"cannot read {name} as Parquet: {_clean(e)}") from None
+    if n_rows == 0:
+        raise DataFileError(f"{name} is empty: no rows of data")
+    read = {}
+    import pyarrow.types as pat
+    for c in distinct:
+        column = table.column(names[c])
+        if not (pat.is_floating(column.type) or pat.is_integer(column.type)):
+            raise DataFileError(f"{name}: column {names[c]} holds {column.type} values; "
+                                f"expected numbers")
+        if column.null_count:
+            i = next(i for i, v in enumerate(column.is_null().to_pylist()) if v)
+            raise DataFileError(f"{name} row {start + i + 1}, column {names[c]}: empty "
+                                f"(null) is not a number")
+        source = column.to_numpy()
+        values = np.array(source, dtype=np_dtype)
+        _check_finite(name, values, source, names[c], np_dtype, start)
+        read[c] = values
+    return [read[c] for c in cols], [names[c] for c in cols]
+
+
+# -- every column as text, for predict -------------------------------------------
+
+def _raw_text(path, n_rows):
+    with open(path, encoding="utf-8-sig") as f:
+        before, first = _first_row(path, f)
+    delimiter = _delimiter(path, first)
+    fields = [field.strip() for field in _split(first, delimiter)]
+    header = not any(_is_number(field) for field in fields)
+    names = fields if header else [f"column {i}" for i in range(len(fields))]
+    rows = []
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            if number > before + header and line.strip():
+                rows.append([v.strip() for v in _split(line.rstrip("\r\n"), delimiter)])
+    return names, [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
+
+
+def _raw_npy(path, n_rows):
+    table = np.load(path, mmap_mode="r", allow_pickle=False)
+    return ([f"column {j}" for j in range(table.shape[1])],
+            [[str(v) for v in table[:, j]] for j in range(table.shape[1])])
+
+
+def _raw_npz(path, n_rows):
+    with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    kept = {k: a for k, a in arrays.items() if a.ndim == 1 and len(a) == n_rows}
+    return list(kept), [[str(v) for v in a] for a in kept.values()]
+
+
+def _raw_parquet(path, n_rows):
+    import pyarrow.parquet as pq
+    table = pq.read_table(path)
+    columns = []
+    for column in table.columns:
+        try:
+            columns.append([str(v) for v in column.to_numpy()])
+        except Exception:  # strings, nested values: as pyarrow gives them
+            columns.append([str(v) for v in column.to_pylist()])
+    return list(table.column_names), columns
+
+
+_RAW = {_load_text: _raw_text, _load_npy: _raw_npy, _load_npz: _raw_npz,
+        _load_parquet: _raw_parquet}
+
+
 def _check_numeric(name, dtype):
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise DataFileError(f"{name} holds {dtype} values; expected numbers")
@@ -384,6 +535,29 @@ def _check_finite(name, column, source, label, np_dtype, start):
                             f"{np.dtype(np_dtype).name} number")
 
 
+class _Unchosen(DataFileError):
+    """A column that must be chosen and was not: (role, option)."""
+
+
+def _columns(name, names, wanted) -> list:
+    """The index of each wanted column (_column), or one error naming every
+    choice that is missing."""
+    cols, missing = [], []
+    for want in wanted:
+        try:
+            cols.append(_column(name, names, *want))
+        except _Unchosen as e:
+            missing.append(e)
+    if len(missing) == 1:
+        raise DataFileError(missing[0].args[0]) from None
+    if missing:
+        shown = ", ".join(str(n) for n in names)
+        kind = "arrays" if wanted[0][2] is None else f"{len(names)} column(s)"
+        choices = " and ".join(f"the {e.args[1]} with {e.args[2]}" for e in missing)
+        raise DataFileError(f"{name} has {kind} ({shown}); choose {choices}")
+    return cols
+
+
 def _column(name, names, col, role, default_index, option) -> int:
     """The index in `names` of the column that `col` (None, a name or an
     index) picks for `role` ("x" or "y"); default_index None: by name only.
@@ -395,9 +569,9 @@ def _column(name, names, col, role, default_index, option) -> int:
         if default_index is not None and len(names) <= 2 and default_index < len(names):
             return default_index
         what = "arrays" if default_index is None else f"{len(names)} column(s)"
-        raise DataFileError(f"{name} has {what} ({shown}); choose the {role} "
-                            f"{'array' if default_index is None else 'column'} "
-                            f"with {option}")
+        kind = f"{role} {'array' if default_index is None else 'column'}"
+        raise _Unchosen(f"{name} has {what} ({shown}); choose the {kind} with {option}",
+                        kind, option)
     if col in names:
         return names.index(col)
     if isinstance(col, int) or (isinstance(col, str) and col.isdigit()):

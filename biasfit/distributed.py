@@ -218,6 +218,14 @@ def check_shards(inputs, labels, settings: dict) -> int:
     return rows
 
 
+def max_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The largest of every rank's one-value tensor (a float, exact), in
+    value's dtype and device, the same on every rank: one collective."""
+    everyone = [None] * dist.get_world_size()
+    _collective(dist.all_gather_object, everyone, value.item(), what="the stall check")
+    return torch.tensor(max(everyone), dtype=value.dtype, device=value.device)
+
+
 def shard_sums(local_sums, inputs, like: torch.Tensor, width: int = 1):
     """local_sums, or for a rank that holds no rows, zero sums in `like`'s
     dtype and device (a loss and `width` gradients): an empty shard adds
@@ -257,8 +265,9 @@ class Lockstep:
     pass through without another collective.
     """
 
-    def __init__(self, width: int = 1):
+    def __init__(self, width: int = 1, divide_by=1):
         self.width = width       # gradients per row
+        self.divide_by = divide_by  # the total rows for the mean loss, else 1
         self.epoch = 0           # the epoch under way (its sums exchanged or next)
         self._settled = None     # an exception the group has agreed on
 
@@ -278,7 +287,7 @@ class Lockstep:
         """This epoch's (loss, grad) summed over every rank (sum_over_ranks)."""
         self.epoch = epoch
         return sum_over_ranks(local_sums, epoch, like, width=self.width,
-                              exchange=self._exchange)
+                              exchange=self._exchange, divide_by=self.divide_by)
 
     def _exchange(self, *args, **kwargs):
         try:
@@ -320,7 +329,7 @@ def _exchange(row, expect: float, failure, epoch: int, *, what: str):
 
 
 def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, width: int = 1,
-                   exchange=_exchange):
+                   exchange=_exchange, divide_by=1):
     """One epoch's (loss, grad) summed over every rank's shard, identical
     bits on every rank.
 
@@ -332,7 +341,9 @@ def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, width: int = 1
     shape (width,). An exception in local_sums on any rank makes every rank
     raise DistributedFitError naming it and its error (or, when every rank
     raised the same, each its own exception). Inside a fit, Lockstep also
-    carries failures from outside local_sums.
+    carries failures from outside local_sums. divide_by: the sums are
+    divided by it in float64 before the rounding (the total rows for the
+    mean loss, as core/fit.h's divide_by).
     """
     device = _collective_device()
     failure = None
@@ -352,6 +363,8 @@ def sum_over_ranks(local_sums, epoch: int, like: torch.Tensor, *, width: int = 1
     total = table[0][:-1]
     for part in table[1:]:
         total = [t + v for t, v in zip(total, part[:-1])]
+    if divide_by != 1:
+        total = [t / divide_by for t in total]
     as_data = {"dtype": like.dtype, "device": like.device}
     return (torch.tensor(total[0], **as_data),
             torch.tensor(total[1] if width == 1 else total[1:], **as_data))

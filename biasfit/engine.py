@@ -14,14 +14,15 @@ they return, and the native steps an epoch loop driven from Python takes.
 
 The status codes are core/fit.h's FitStatus, exported by biasfit._direct.
 """
+import contextlib
 import functools
 
 import torch
 
 from . import _direct
-from ._direct import BIAS_NONFINITE, CONVERGED, EXHAUSTED, INTERRUPTED, LOSS_NONFINITE
+from ._direct import BIAS_NONFINITE, CONVERGED, EXHAUSTED, INTERRUPTED, LOSS_NONFINITE, PLATEAU
 from .model import PARAM_NAMES, TUTORIAL_WEIGHTS, WEIGHT_NAMES
-from .result import DivergedError, FitResult, StalledError
+from .result import DivergedError, FitResult, mark_stalled
 
 # The most epochs one fit may run. Every epoch's loss and bias are kept (16
 # bytes in float64), so 2**31 - 1 epochs already hold 32 GiB of history: a
@@ -64,6 +65,10 @@ _direct.setup(torch.Tensor, torch.nn.Parameter, torch.float32, torch.float64,
               torch.get_num_threads)
 
 
+# FitResult.stop_reason of a native fit that ended without an error.
+_REASONS = {CONVERGED: "converged", PLATEAU: "plateau", EXHAUSTED: "max_epochs"}
+
+
 def _seen(epoch, status) -> int:
     # core/fit.h: a run that stopped at `epoch` evaluated epoch `epoch` too.
     return epoch if status == EXHAUSTED else epoch + 1
@@ -89,11 +94,23 @@ def _seen(epoch, status) -> int:
 direct_sgd = _direct.fit_sgd
 
 
+@contextlib.contextmanager
+def reporting(progress):
+    """Inside the block, the direct call's fits report progress(epoch, loss,
+    bias) of their last recorded epoch about every 0.1 s, as they run (the
+    op's route and fit_params report nothing); progress None: no reports."""
+    _direct.set_progress(progress)
+    try:
+        yield
+    finally:
+        _direct.set_progress(None)
+
+
 def bias_list(biases) -> list:
     return biases if isinstance(biases, list) else memoryview(biases).cast("d").tolist()
 
 
-def sgd_run(inputs, labels, weights, start, hyper, epochs, tol):
+def sgd_run(inputs, labels, weights, start, hyper, epochs, tol, stop=()):
     """The bias-only SGD fit for checked arguments (start: the bias as a
     float, hyper: SGD's settings as floats and bools): the direct call where
     it may read the tensors as they are, else the op. (train._sgd tries the
@@ -102,26 +119,28 @@ def sgd_run(inputs, labels, weights, start, hyper, epochs, tol):
     plain floats.)"""
     options = (hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["nesterov"],
                hyper["weight_decay"], hyper["maximize"], epochs, tol)
-    run = direct_sgd(inputs, labels, weights, start, *options)
+    # stop: () for the tutorial's loop, else (rtol, patience, divide_by).
+    run = direct_sgd(inputs, labels, weights, start, *options, *((None,) + stop if stop else ()))
     if run is not None:
         return run
     if weights is None:
         weights = cached_tutorial_weights(inputs.dtype, inputs.device)
     final, losses, biases, info = torch.ops.biasfit.fit_sgd(
         inputs, labels, weights,
-        torch.tensor(start, dtype=inputs.dtype, device=inputs.device), *options)
+        torch.tensor(start, dtype=inputs.dtype, device=inputs.device), *options, *stop)
     epoch, status = info.tolist()
     seen = _seen(epoch, status)
     return epoch, status, final.item(), losses[:seen].tolist(), biases[:seen].tolist(), None
 
 
-def params_run(inputs, labels, params, trained: int, opts: dict, epochs, tol):
+def params_run(inputs, labels, params, trained: int, opts: dict, epochs, tol, stop=()):
     """fit_params's whole fit: any subset of the seven parameters (bit i of
     `trained`: PARAM_NAMES[i]) with SGD, Adam or AdamW (opts: see
     NativeParams). Returns the result above, with zero_grad None, and the
     seven final values and the index of the one that became inf or NaN."""
     final, losses, biases, info = torch.ops.biasfit.fit_params(
-        inputs, labels, params, trained, *_params_options(opts), int(epochs), float(tol))
+        inputs, labels, params, trained, *_params_options(opts), int(epochs), float(tol),
+        *stop)
     epoch, status, bad = info.tolist()
     if status == INTERRUPTED:  # Ctrl-C inside the op, which cleared it (torch_ops/cpu_ops.cpp)
         raise KeyboardInterrupt
@@ -132,18 +151,21 @@ def params_run(inputs, labels, params, trained: int, opts: dict, epochs, tol):
 
 
 def decode(epoch, status, final_bias, losses, biases, callback, values=None, bad=6,
-           stall=None, n_points=0, lr=0.0) -> FitResult:
+           stall=None, stop_at_stall=False) -> FitResult:
     """The FitResult of a native fit, or the error that ended it: replays
     the callback over every epoch (the native loop has no Python in it),
     then raises DivergedError for a non-finite loss or parameter (values:
     the seven final values, PARAM_NAMES[bad] the one that became inf or
-    NaN; default final_bias), or, for a fit that stalled at epoch `stall`
-    (stall.stall_epoch), cuts it back there and raises StalledError (the
-    fit was over n_points at this lr)."""
+    NaN; default final_bias). A fit that stalled at epoch `stall`
+    (stall.stall_epoch) is marked so (stall.settle warns or raises), and cut
+    back there with stop_at_stall."""
+    stalled = None
     if stall is not None:
         biases = bias_list(biases)
-        final_bias = biases[stall + 1] if stall + 1 < len(biases) else final_bias
-        epoch, losses, biases = stall, losses[:stall + 1], biases[:stall + 1]
+        stalled = (stall, biases[stall + 1] if stall + 1 < len(biases) else final_bias)
+        if stop_at_stall:
+            final_bias = stalled[1]
+            epoch, losses, biases = stall, losses[:stall + 1], biases[:stall + 1]
     if callback is not None:
         for e, (loss, b) in enumerate(zip(losses, bias_list(biases))):
             callback(e, loss, b)
@@ -152,9 +174,9 @@ def decode(epoch, status, final_bias, losses, biases, callback, values=None, bad
     if status == BIAS_NONFINITE:
         raise DivergedError(epoch, PARAM_NAMES[bad], final_bias if values is None
                             else values[bad])
-    if stall is not None:
-        raise StalledError(FitResult(epoch, final_bias, losses, False), n_points, lr)
-    return FitResult(epoch, final_bias, losses, status == CONVERGED)
+    result = FitResult(epoch, final_bias, losses, status == CONVERGED,
+                       stop_reason=_REASONS.get(status, "max_epochs"))
+    return result if stalled is None else mark_stalled(result, *stalled)
 
 
 def _params_options(o: dict) -> tuple:

@@ -54,7 +54,8 @@ def _predict_bias_grad_fake(grad_out, inputs, weights, bias):
 
 @torch.library.register_fake("biasfit::fit_sgd")
 def _fit_sgd_fake(inputs, labels, weights, bias, lr, momentum, dampening,
-                  nesterov, weight_decay, maximize, epochs, tol):
+                  nesterov, weight_decay, maximize, epochs, tol, rtol=0.0, patience=0,
+                  divide_by=1.0):
     _one_device(inputs=inputs, labels=labels, weights=weights, bias=bias)
     return (inputs.new_empty(()), inputs.new_empty((epochs,)),
             inputs.new_empty((epochs,)),
@@ -63,7 +64,8 @@ def _fit_sgd_fake(inputs, labels, weights, bias, lr, momentum, dampening,
 
 @torch.library.register_fake("biasfit::fit_params")
 def _fit_params_fake(inputs, labels, params, trained, optimizer, lr, momentum, dampening,
-                     nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol):
+                     nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol,
+                     rtol=0.0, patience=0, divide_by=1.0):
     _one_device(inputs=inputs, labels=labels, params=params)
     return (inputs.new_empty((7,)), inputs.new_empty((epochs,)), inputs.new_empty((epochs,)),
             inputs.new_empty((3,), dtype=torch.int64))

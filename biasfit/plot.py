@@ -8,6 +8,20 @@ import torch
 INSTALL_HINT = "pip install 'biasfit[plot]' (or: pip install matplotlib)"
 # Evenly spaced samples of the curve; the kinks and data points are added.
 SAMPLES = 1001
+# Up to this many points every marker and residual is drawn at full size; beyond
+# it markers shrink and fade with N (about 1/sqrt(N)) so that 1e5 points read as
+# a density, and the residuals (a line each) are left out: the curve, drawn on
+# top, stays visible.
+FEW_POINTS = 500
+
+
+def marker_style(n: int) -> dict:
+    """scatter()'s size and opacity for n points: the tutorial's 3 to a few
+    hundred points as plain dots, more as ever smaller, fainter ones."""
+    if n <= FEW_POINTS:
+        return {"s": 36.0, "alpha": 1.0}
+    scale = (FEW_POINTS / n) ** 0.5
+    return {"s": max(36.0 * scale, 1.0), "alpha": max(scale, 0.05)}
 
 
 class PlotUnavailable(ImportError):
@@ -42,9 +56,17 @@ def curve_points(model, inputs) -> torch.Tensor:
     return torch.unique(grid).to(inputs.dtype)  # sorted, once each
 
 
-def plot_fit(path, model, inputs, labels, result, names=("x", "y")) -> None:
+def plot_fit(path, model, inputs, labels, result, names=("x", "y"),
+             loss_name="total (summed) squared error") -> None:
     """Save a two-panel PNG (or any format matplotlib knows from `path`):
-    `result` is the fit's FitResult, `names` the data's (x, y) column names."""
+    `result` is the fit's FitResult, `names` the data's (x, y) column names,
+    loss_name what its losses are."""
+    figure(model, inputs, labels, result, names, loss_name).savefig(path, dpi=100)
+
+
+def figure(model, inputs, labels, result, names=("x", "y"),
+           loss_name="total (summed) squared error"):
+    """plot_fit's matplotlib Figure."""
     require_matplotlib()
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no globals
 
@@ -55,13 +77,18 @@ def plot_fit(path, model, inputs, labels, result, names=("x", "y")) -> None:
         curve = model(grid).double().cpu()
         fitted = model(inputs).double().cpu()
     losses = result.losses
-    state = "converged" if result.converged else "did not converge"
+    state = {"converged": "converged", "plateau": "stopped at a plateau",
+             "stalled": "stalled"}.get(result.stop_reason, "did not converge")
 
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    left.plot(grid.double().cpu(), curve, color="green", linewidth=2.5, label="fitted network")
-    left.vlines(x, y, fitted, color="red", linestyle=":", label="residuals")
-    left.scatter(x, y, color="black", zorder=3, label="training data")
+    # The curve on top of the data (zorder), the data under it.
+    left.plot(grid.double().cpu(), curve, color="green", linewidth=2.5, label="fitted network",
+              zorder=4)
+    if len(x) <= FEW_POINTS:
+        left.vlines(x, y, fitted, color="red", linestyle=":", label="residuals", zorder=2)
+    left.scatter(x, y, color="black", zorder=3, linewidths=0, label="training data",
+                 **marker_style(len(x)))
     left.set_xlabel(f"input ({names[0]})")
     left.set_ylabel(f"output ({names[1]})")
     # The same words as the text output's last line.
@@ -69,9 +96,10 @@ def plot_fit(path, model, inputs, labels, result, names=("x", "y")) -> None:
                    f"final_bias = {result.final_bias:.4f}")
     left.legend()
 
-    right.semilogy(range(len(losses)), losses, marker=".")
+    # A line: a marker per epoch blots out thousands of epochs.
+    right.semilogy(range(len(losses)), losses, marker="." if len(losses) <= 100 else None)
     right.set_xlabel("epoch")
-    right.set_ylabel("total (summed) squared error")
+    right.set_ylabel(loss_name)
     right.set_title(f"loss per epoch ({len(losses)} epochs evaluated)")
     right.grid(True, which="both", alpha=0.3)
-    fig.savefig(path, dpi=100)
+    return fig

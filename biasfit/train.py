@@ -20,17 +20,42 @@ the fused engine).
 import inspect
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 
 from . import distributed, engine
-from .engine import EXHAUSTED, MAX_EPOCHS, OPTIMIZER_KINDS, tutorial_weights  # noqa: F401
-from .loop import epoch_loop, sharded_loop
+from .engine import (CONVERGED, EXHAUSTED, MAX_EPOCHS, OPTIMIZER_KINDS,  # noqa: F401
+                     tutorial_weights)
+from .loop import epoch_loop, local_stall, sharded_loop
 from .model import PARAM_NAMES, BasicNN
-from .result import DivergedError, FitResult, StalledError  # noqa: F401
-from .stall import may_stall, stall_epoch
+from .result import DivergedError, FitResult, StalledError, StalledWarning  # noqa: F401
+from .stall import ON_STALL, may_stall, settle, stall_epoch
 
 ENGINES = ("autograd", "fused")
+REDUCTIONS = ("sum", "mean")
+
+
+class Stop(NamedTuple):
+    """How a fit's loss is reduced and when it ends besides tol and epochs:
+    reduction "sum" (the tutorial's) or "mean"; the plateau stop (rtol > 0:
+    relative improvement below rtol for `patience` epochs, core/fit.h's
+    Plateau); on_stall: "warn", "stop" or "raise" (biasfit/stall.py)."""
+    reduction: str = "sum"
+    rtol: float = 0.0
+    patience: int = 10
+    on_stall: str = "warn"
+
+    def native(self, inputs) -> tuple:
+        """The native calls' (rtol, patience, divide_by), or () for the
+        tutorial's loop (their defaults)."""
+        if self.reduction == "sum" and self.rtol == 0:
+            return ()
+        divide_by = float(inputs.numel()) if self.reduction == "mean" else 1.0
+        return (float(self.rtol), int(self.patience), divide_by)
+
+
+_TUTORIAL = Stop()
 
 _BIAS_ONLY = ("final_bias",)
 
@@ -68,6 +93,21 @@ def _real(name, value, *, minimum=None, finite=True):
     if math.isnan(value) or (finite and math.isinf(value)):
         raise ValueError(f"{name} must be a finite number, got {value}")
     return value
+
+
+def _stop(reduction, rtol, patience, on_stall) -> Stop:
+    """The stop options checked, or a TypeError/ValueError naming the first
+    one that is wrong."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if on_stall not in ON_STALL:
+        raise ValueError(f"on_stall must be one of {ON_STALL}, got {on_stall!r}")
+    rtol = _real("rtol", rtol, minimum=0)
+    if not rtol < 1:
+        raise ValueError(f"rtol must be below 1, got {rtol}")
+    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
+        raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+    return Stop(reduction, rtol, int(patience), on_stall)
 
 
 def _flag(name, value) -> bool:
@@ -153,7 +193,8 @@ def _checked_sgd_args(inputs, labels, weights, bias, lr, momentum, dampening, ne
 
 
 def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
-        callback=None, engine="autograd"):
+        callback=None, engine="autograd", reduction="sum", rtol=0.0, patience=10,
+        on_stall="warn"):
     """Train the model on (inputs, labels) with the tutorial's loop.
 
     Trains every parameter of the model that requires grad (the tutorial's
@@ -164,20 +205,33 @@ def fit(model, inputs, labels, *, optimizer=None, lr=0.1, epochs=100, tol=1e-4,
     fused engine). Under torch.distributed (e.g. torchrun) inputs and labels
     are this rank's shard, and every rank trains one model on all of them
     (biasfit/distributed.py).
-    Raises DivergedError if the loss or bias becomes inf or NaN, and
-    StalledError if SGD reaches a bias where every output unit is off.
+    reduction: "sum" (the tutorial's summed squared error) or "mean" (lr
+    need not shrink as N grows). The fit stops once the loss is below tol,
+    or with rtol > 0 once it has improved by less than rtol (relative to its
+    lowest) for `patience` epochs in a row; result.stop_reason says which.
+    Raises DivergedError if the loss or bias becomes inf or NaN. If SGD
+    reaches a bias where every output unit is off (a stall: the loss can no
+    longer change), on_stall="warn" runs on as torch.optim does and warns
+    (StalledWarning), "stop" ends the fit there and warns, "raise" raises
+    StalledError.
     """
     # None for a model without trainable_names: final_bias alone trains, and
     # the result names no parameters.
     names = getattr(model, "trainable_names", None)
     names = None if names is None else names()
     job, sharded = _route(engine, names, optimizer)
+    stop = _TUTORIAL if (reduction, rtol, patience, on_stall) == _TUTORIAL else _stop(
+        reduction, rtol, patience, on_stall)
     if job != "sgd" or optimizer is not None:
         # (the SGD job with the default optimizer checks them itself: read
         # in C where it can, else by _checked_sgd_args, with these messages)
         _check_loop_args(lr, epochs, tol)
-    return _JOBS[job](model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
-                      sharded)
+    result = _JOBS[job](model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
+                        sharded, stop)
+    if result.stall_epoch is None:
+        return result
+    lr = lr if optimizer is None else optimizer.param_groups[0]["lr"]
+    return settle(result, stop.on_stall, inputs.numel(), lr, stop.reduction)
 
 
 def _trained_values(model, names) -> dict:
@@ -209,7 +263,7 @@ class _ClosureDriven:
 
 
 def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
-                  sharded):
+                  sharded, stop):
     """The tutorial's loop over every trained parameter: the fused op's one
     pass gives all their gradients, the optimizer steps them. Under
     torch.distributed every rank sends its shard's loss and those gradients,
@@ -228,8 +282,14 @@ def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, n
     checked = [(name, getattr(model, name)) for name in names or _BIAS_ONLY]
     bias = model.final_bias
 
+    # The mean divides the summed loss (the native op's) by N: over every
+    # rank's rows under torch.distributed (sharded_loop divides the sums).
+    mean = stop.reduction == "mean" and not sharded
+
     def sums(epoch=None):  # backward leaves every trained parameter's .grad
         loss = model.loss(inputs, labels)
+        if mean:
+            loss = loss / inputs.numel()
         loss.backward()
         return loss.detach(), None
 
@@ -242,13 +302,16 @@ def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, n
                              f"use it in a single process")
         optimizer = _ClosureDriven(optimizer, sums)
 
+    # A stall (biasfit/stall.py) is watched for in a fit of final_bias alone by SGD.
+    watch = (names in (_BIAS_ONLY, None) and type(optimizer) is torch.optim.SGD
+             and all(may_stall(group["weight_decay"], group["momentum"])
+                     for group in optimizer.param_groups))
+    rules = {"rtol": stop.rtol, "patience": stop.patience,
+             "stop_at_stall": stop.on_stall != "warn"}
     if not sharded:
-        # A stall (biasfit/stall.py) stops a fit of final_bias alone by SGD.
-        watch = (names in (_BIAS_ONLY, None) and type(optimizer) is torch.optim.SGD
-                 and all(may_stall(group["weight_decay"], group["momentum"])
-                         for group in optimizer.param_groups))
         result = epoch_loop(sums, bias, optimizer, epochs, tol, callback, checked=checked,
-                            stall=(inputs, model.weights()) if watch else None)
+                            stall=local_stall(inputs, model.weights()) if watch else None,
+                            **rules)
         result.params = _trained_values(model, names)
         return result
 
@@ -271,12 +334,15 @@ def _fit_autograd(model, inputs, labels, optimizer, lr, epochs, tol, callback, n
         "weights": model.weights().tolist(), "trains": list(names or _BIAS_ONLY)}
     result = sharded_loop(local_sums, bias, optimizer, epochs, tol, callback,
                           (inputs, labels), settings, width=len(checked),
-                          set_grads=set_grads, checked=checked)
+                          set_grads=set_grads, checked=checked,
+                          stall_weights=model.weights().detach() if watch else None,
+                          reduction=stop.reduction, **rules)
     result.params = _trained_values(model, names)
     return result
 
 
-def _fit_sgd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names, sharded):
+def _fit_sgd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names, sharded,
+             stop):
     """engine="fused" for final_bias alone with SGD: fit_fused's fit from
     the model's weights and final_bias, left where the autograd engine
     leaves it (also at a stall; not at a divergence)."""
@@ -296,15 +362,11 @@ def _fit_sgd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
     # Written during the fit only without a callback: the replay comes after
     # the native fit, and a callback that raises leaves the bias as it was.
     out = bias if callback is None else None
-    try:
-        weights = None if params is not None else model.weights()
-        result = _sgd(inputs, labels, weights, bias, *hyper, epochs, tol, callback, sharded,
-                      params, out)
-    except StalledError as e:
-        with torch.no_grad():
-            bias.fill_(e.result.final_bias)
-        raise
-    if out is None:
+    weights = None if params is not None else model.weights()
+    result = _sgd(inputs, labels, weights, bias, *hyper, epochs, tol, callback, sharded,
+                  stop, params, out)
+    if out is None or result.stall_epoch == result.epochs_run:
+        # (also where a fit cut back at its stall: the call wrote its last bias)
         with torch.no_grad():
             bias.fill_(result.final_bias)
     if names is not None:  # final_bias's value in the model's dtype
@@ -314,7 +376,7 @@ def _fit_sgd(model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
 
 
 def _fit_params(model, inputs, labels, optimizer, lr, epochs, tol, callback, names,
-                sharded):
+                sharded, stop):
     """engine="fused" for any subset of the seven parameters or with
     Adam/AdamW: the whole fit in one fit_params call (under
     torch.distributed, its epochs from Python with fit_params's step)."""
@@ -339,10 +401,10 @@ def _fit_params(model, inputs, labels, optimizer, lr, epochs, tol, callback, nam
     trained = sum(1 << i for i in index)
     if sharded:
         result = _params_sharded(model, inputs, labels, params, trained, index, opts,
-                                 epochs, tol, callback)
+                                 epochs, tol, callback, stop)
     else:
         run, values, bad = engine.params_run(inputs, labels, params, trained, opts, epochs,
-                                             tol)
+                                             tol, stop.native(inputs))
         with torch.no_grad():  # where the autograd engine leaves them
             for i in index:
                 getattr(model, PARAM_NAMES[i]).fill_(values[i])
@@ -354,7 +416,7 @@ def _fit_params(model, inputs, labels, optimizer, lr, epochs, tol, callback, nam
 
 
 def _params_sharded(model, inputs, labels, params, trained, index, opts, epochs, tol,
-                    callback):
+                    callback, stop):
     """fit_params's fit under torch.distributed: every epoch, this shard's
     float64 sums (fit_params's own pass), summed over the ranks, then
     fit_params's step (engine.NativeParams): the one-process fit_params's
@@ -371,7 +433,9 @@ def _params_sharded(model, inputs, labels, params, trained, index, opts, epochs,
         return sharded_loop(local_sums, native.params[6], native, epochs, tol, callback,
                             (inputs, labels), settings, width=len(index),
                             set_grads=set_grads,
-                            checked=[(PARAM_NAMES[i], native.params[i]) for i in index])
+                            checked=[(PARAM_NAMES[i], native.params[i]) for i in index],
+                            reduction=stop.reduction, rtol=stop.rtol,
+                            patience=stop.patience)
     finally:
         with torch.no_grad():  # where fit_params's engine leaves them, also on an error
             for i in index:
@@ -386,20 +450,27 @@ _JOBS = {"autograd": _fit_autograd, "sgd": _fit_sgd, "params": _fit_params}
 
 def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
               dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
-              epochs=100, tol=1e-4, callback=None):
+              epochs=100, tol=1e-4, callback=None, reduction="sum", rtol=0.0, patience=10,
+              on_stall="warn"):
     """The whole fit in one native call, with torch.optim.SGD's update rule.
 
     weights: the six frozen values (default: the tutorial's, in inputs' dtype);
     bias: the starting final_bias (float or 0-d tensor). Returns a FitResult
-    equal to fit(..., engine="autograd") with the same SGD settings.
+    equal to fit(..., engine="autograd") with the same SGD settings;
+    reduction, rtol, patience and on_stall as fit's.
     """
     _, sharded = _route("fused", _BIAS_ONLY, None)
-    return _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
-                weight_decay, maximize, epochs, tol, callback, sharded)
+    stop = _TUTORIAL if (reduction, rtol, patience, on_stall) == _TUTORIAL else _stop(
+        reduction, rtol, patience, on_stall)
+    result = _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
+                  weight_decay, maximize, epochs, tol, callback, sharded, stop)
+    if result.stall_epoch is None:
+        return result
+    return settle(result, stop.on_stall, inputs.numel(), lr, stop.reduction)
 
 
 def _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weight_decay,
-         maximize, epochs, tol, callback, sharded, params=None, out=None):
+         maximize, epochs, tol, callback, sharded, stop=_TUTORIAL, params=None, out=None):
     """The "sgd" job (fit_fused's fit, and fit's fused one of final_bias
     alone): the direct call where it can read the arguments as they are (the
     usual call: 1-D CPU data, plain floats; at the tutorial's size checking
@@ -407,14 +478,17 @@ def _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weigh
     then engine.sgd_run (the op), or under torch.distributed the epoch loop
     around the native step. params: a BasicNN's _parameters, read in place
     of weights (None); out: a one-value tensor (a model's final_bias) that
-    receives the final bias if the fit ends without an error."""
+    receives the final bias if the fit ends without an error; stop: a Stop."""
+    native = stop.native(inputs) if stop is not _TUTORIAL else ()
+    stop_at_stall = stop.on_stall != "warn"
     if not sharded and (params is not None or type(weights) is not dict):
         if params is not None:
             weights = params
         run = engine.direct_sgd(inputs, labels, weights, bias, lr, momentum, dampening,
-                                nesterov, weight_decay, maximize, epochs, tol, out)
+                                nesterov, weight_decay, maximize, epochs, tol, out, *native)
         if run is not None:
-            return _decode_sgd(run, inputs, weights, momentum, weight_decay, lr, callback)
+            return _decode_sgd(run, inputs, weights, momentum, weight_decay, callback,
+                               stop_at_stall)
     if params is not None:
         weights = engine.weights_tensor(params, inputs)
     start, hyper = _checked_sgd_args(inputs, labels, weights, bias, lr, momentum, dampening,
@@ -426,25 +500,30 @@ def _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov, weigh
         if not isinstance(bias, torch.Tensor):
             bias = torch.scalar_tensor(start, dtype=inputs.dtype, device=inputs.device)
         local_sums, param, sgd = engine.sgd_parts(inputs, labels, weights, bias, hyper)
+        watch = may_stall(hyper["weight_decay"], hyper["momentum"])
         result = sharded_loop(local_sums, param, sgd, epochs, tol, callback,
-                              (inputs, labels), dict(hyper, weights=weights.tolist()))
+                              (inputs, labels), dict(hyper, weights=weights.tolist()),
+                              stall_weights=weights if watch else None,
+                              reduction=stop.reduction, rtol=stop.rtol,
+                              patience=stop.patience, stop_at_stall=stop_at_stall)
     else:
-        run = engine.sgd_run(inputs, labels, weights, start, hyper, epochs, tol)
+        run = engine.sgd_run(inputs, labels, weights, start, hyper, epochs, tol,
+                             stop.native(inputs))
         result = _decode_sgd(run, inputs, weights, hyper["momentum"],
-                             hyper["weight_decay"], hyper["lr"], callback)
+                             hyper["weight_decay"], callback, stop_at_stall)
     if out is not None:
         with torch.no_grad():
             out.fill_(result.final_bias)
     return result
 
 
-def _decode_sgd(run, inputs, weights, momentum, weight_decay, lr, callback):
-    """engine.decode for a bias-only SGD fit, cut back where it stalled."""
+def _decode_sgd(run, inputs, weights, momentum, weight_decay, callback, stop_at_stall):
+    """engine.decode for a bias-only SGD fit, marked (with stop_at_stall,
+    cut back) where it stalled."""
     epoch, status, final, losses, biases, _ = run
-    # (only a fit that ran out of epochs can have: stall_epoch's first test,
-    # asked here too to spare converged fits the call)
-    stall = (None if status != EXHAUSTED
+    # (only a fit that ran out of epochs or plateaued can have: stall_epoch's
+    # first test, asked here too to spare converged fits the call)
+    stall = (None if status == CONVERGED
              else stall_epoch(run, inputs, weights, momentum, weight_decay))
-    # len(tensor) is a Python method of torch's: asked only for the error.
     return engine.decode(epoch, status, final, losses, biases, callback, None, 6, stall,
-                         0 if stall is None else len(inputs), lr)
+                         stop_at_stall)

@@ -2,9 +2,13 @@
 
     python examples/make_examples.py
 
-Deterministic (the standard library only, no random numbers): running it again
-gives the same bytes, and tests/test_docs_examples.py checks that it does.
+Deterministic (the standard library only; the noise of noisy.csv.gz comes from
+random.Random with a fixed seed, the same numbers on every Python): running it
+again gives the same files, and tests/test_docs_examples.py checks that it does
+(noisy.csv.gz by its decompressed text: the compressor's bytes may vary).
 """
+import gzip
+import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -19,6 +23,18 @@ def network(x, final_bias):
     return max(W01 * top + W11 * bottom + final_bias, 0.0)
 
 
+def noisy(n=10_000, seed=27):
+    """n samples of real-looking data: an id, a dose in [0, 1] and a response,
+    the network's at final_bias -16 plus normal noise (sd 0.1), 6 digits."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        x = round(rng.random(), 6)
+        y = round(network(x, -16.0) + rng.gauss(0.0, 0.1), 6)
+        rows.append(f"s{i:05d},{x!r},{y!r}\n")
+    return "sample,dose,response\n" + "".join(rows)
+
+
 FILES = {
     # Five doses and their effects: the tutorial's three points and two more.
     "doses.csv": "dose,effect\n0.0,0.0\n0.25,0.5\n0.5,1.0\n0.75,0.5\n1.0,0.0\n",
@@ -30,9 +46,15 @@ FILES = {
 }
 
 
+# Compressed: what such data usually comes as (gzip, no time stamp inside).
+GZIPPED = {"noisy.csv.gz": noisy()}
+
+
 def main():
     for name, text in FILES.items():
         (HERE / name).write_text(text)
+    for name, text in GZIPPED.items():
+        (HERE / name).write_bytes(gzip.compress(text.encode(), mtime=0))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -61,11 +62,18 @@ def run_fit(spec, x, y, model=None, callback=None):
     if "train" in spec:
         for name in PARAMS:
             getattr(model, name).requires_grad_(name in spec["train"])
-    result = biasfit.fit(model, x, y, optimizer=make_optimizer(spec, model),
-                         epochs=spec.get("epochs", 100), tol=spec.get("tol", 1e-4),
-                         engine=spec["engine"], callback=callback)
+    stop = {k: spec[k] for k in ("reduction", "rtol", "patience", "on_stall") if k in spec}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = biasfit.fit(model, x, y, optimizer=make_optimizer(spec, model),
+                             epochs=spec.get("epochs", 100), tol=spec.get("tol", 1e-4),
+                             engine=spec["engine"], callback=callback, **stop)
+    stalls = [str(w.message) for w in caught
+              if issubclass(w.category, biasfit.StalledWarning)]
     return {"epochs_run": result.epochs_run, "final_bias": result.final_bias,
             "losses": result.losses, "converged": result.converged,
+            "stop_reason": result.stop_reason, "stall_epoch": result.stall_epoch,
+            "stall_warnings": stalls,
             "model_bias": model.final_bias.item(), "params": result.params,
             "model_params": {n: getattr(model, n).item() for n in PARAMS}}
 

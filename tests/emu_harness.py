@@ -115,14 +115,16 @@ class Harness:
 
     def fit(self, workdir, x, y, weights, bias, lr=0.1, momentum=0.0,
             dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
-            epochs=100, tol=1e-4, event_delay=0, capturing=False):
+            epochs=100, tol=1e-4, event_delay=0, capturing=False, rtol=0.0, patience=0,
+            divide_by=1.0):
         """(final_bias, losses, biases, info, counts), as ops.fit_sgd."""
         dtype, counts = self._call(
             "fit", workdir, x, y, weights, bias, lr=float(lr).hex(),
             momentum=float(momentum).hex(), dampening=float(dampening).hex(),
             weight_decay=float(weight_decay).hex(), nesterov=int(nesterov),
             maximize=int(maximize), epochs=int(epochs), tol=float(tol).hex(),
-            event_delay=event_delay, capturing=int(capturing))
+            event_delay=event_delay, capturing=int(capturing), rtol=float(rtol).hex(),
+            patience=int(patience), divide_by=float(divide_by).hex())
         d = Path(workdir)
         return (np.fromfile(d / "out_bias.bin", dtype)[0],
                 np.fromfile(d / "out_losses.bin", dtype),

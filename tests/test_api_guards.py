@@ -53,7 +53,8 @@ def test_fit_refuses_an_lr_past_the_parameters_dtype():
                                          r"float32 parameters \(at most 3.403e\+38\)"):
         biasfit.fit(biasfit.BasicNN(), X, Y, lr=1e39)
     with pytest.raises(biasfit.StalledError):  # a real fit, not a refusal
-        biasfit.fit(biasfit.BasicNN(dtype=torch.float64), X.double(), Y.double(), lr=1e39)
+        biasfit.fit(biasfit.BasicNN(dtype=torch.float64), X.double(), Y.double(), lr=1e39,
+                    on_stall="raise")
 
 
 def test_fit_fused_keeps_a_real_number_bias_and_bools():
@@ -105,7 +106,8 @@ def test_a_stall_stops_the_fit_and_says_why(engine):
     seen = []
     model = biasfit.BasicNN()
     with pytest.raises(biasfit.StalledError) as err:
-        biasfit.fit(model, x, y, engine=engine, callback=lambda *row: seen.append(row))
+        biasfit.fit(model, x, y, engine=engine, callback=lambda *row: seen.append(row),
+                    on_stall="raise")
     stall = err.value
     assert stall.epoch == stall.result.epochs_run == 1
     assert len(seen) == len(stall.result.losses) == 2
@@ -125,7 +127,7 @@ def test_both_engines_stall_at_the_same_epoch_with_momentum():
         model = biasfit.BasicNN()
         sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
         with pytest.raises(biasfit.StalledError) as err:
-            biasfit.fit(model, X, Y, optimizer=sgd, engine=engine)
+            biasfit.fit(model, X, Y, optimizer=sgd, engine=engine, on_stall="raise")
         stalls.append(err.value.result)
     assert stalls[0].epochs_run == stalls[1].epochs_run == 3
     assert stalls[0].losses == pytest.approx(stalls[1].losses, rel=ENGINES[torch.float32])

@@ -41,7 +41,7 @@ def ok(proc):
 
 
 def fit_here(inputs, labels, *, lr=0.1, epochs=100, tol=1e-4, momentum=0.0,
-             nesterov=False, weight_decay=0.0, engine="autograd",
+             nesterov=False, weight_decay=0.0, engine="fused",
              dtype=torch.float32, init_bias=0.0):
     """biasfit.fit in this process, with the settings the CLI was given."""
     model = biasfit.BasicNN(init_bias, dtype=dtype)
@@ -78,13 +78,15 @@ def test_python_m_biasfit_json_matches_fit_in_process(tmp_path):
     out = json.loads(proc.stdout)
     want = fit_here([0.0, 0.5, 1.0], [0.0, 1.0, 0.0])
     assert out["result"] == {"epochs_run": want.epochs_run, "final_bias": want.final_bias,
-                             "final_loss": want.final_loss, "converged": True}
+                             "final_loss": want.final_loss, "converged": True,
+                             "stop_reason": "converged", "stall_epoch": None}
     assert out["losses"] == want.losses
     assert out["versions"] == {"biasfit": biasfit.__version__, "torch": torch.__version__}
     assert out["settings"] == {
         "points": 3, "data": None, "x_col": None, "y_col": None, "lr": 0.1,
-        "epochs": 100, "tol": 1e-4, "momentum": 0.0, "nesterov": False,
-        "weight_decay": 0.0, "engine": "autograd", "device": "cpu",
+        "epochs": 100, "tol": 1e-4, "reduction": "sum", "rtol": 0.0, "patience": 10,
+        "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "engine": "fused",
+        "device": "cpu",
         "dtype": "float32", "init_bias": 0.0}
 
 
@@ -213,7 +215,7 @@ BAD = {
                      "cannot read nope.csv: No such file or directory"),
     "directory": (["train", "--data", "."], 1, r"cannot read \.: Is a directory"),
     "not text": (["train", "--data", "binary.dat"], 1,
-                 "binary.dat is not a UTF-8 text, .npy or .npz file"),
+                 "binary.dat is not a UTF-8 text, .npy, .npz or Parquet file"),
     "non-number": (["train", "--data", "bad_number.csv"], 1,
                    r"bad_number.csv row 2 \(line 3\), column y: 'abc' is not a number"),
     "wrong field count": (["train", "--data", "wrong_width.csv"], 1,

@@ -126,7 +126,7 @@ def test_dev_zero_is_refused_without_reading_it(capsys):
     if not os.path.exists("/dev/zero"):
         pytest.skip("no /dev/zero here")
     code, _, err = main(capsys, "train", "--data", "/dev/zero")
-    one_line(code, err, 1, "/dev/zero is not a UTF-8 text, .npy or .npz file")
+    one_line(code, err, 1, "/dev/zero is not a UTF-8 text, .npy, .npz or Parquet file")
 
 
 def test_a_utf8_bom_csv_reads_like_any_other(tmp_path, capsys):
@@ -208,7 +208,7 @@ def test_help_says_the_loss_is_summed_and_shows_examples(capsys):
     assert "examples:" in text and "--data - --json" in text
     for option, words in (("--device", "where the data and the fit live"),
                           ("--dtype", "precision of the data"),
-                          ("--engine", "autograd (the default)")):
+                          ("--engine", "fused (the default)")):
         assert words in text, option
     with pytest.raises(SystemExit):
         cli.main(["predict", "--help"])

@@ -248,3 +248,21 @@ def test_block_order_changes_no_bit(emu, tmp_path):
         fit = h.fit(tmp_path, x, y, W, 0.0, lr=1e-6, epochs=3, tol=0.0)
         results.add((fit[0], *fit[1]))
     assert len(results) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_mean_loss_and_the_plateau_stop_on_the_gpu_are_the_cpus(emu, tmp_path, dtype):
+    # core/fit.h's divide_by and Plateau, one copy for both trainers (issue 27):
+    # the emulated CUDA fit stops at the CPU op's epoch, with its status.
+    n = 4097
+    x, y = generated(n, dtype)
+    y = y + np.asarray(data(n, dtype, seed=3)[1], dtype) * dtype(0.01)  # a loss floor
+    kw = dict(lr=0.5, epochs=3000, tol=0.0)
+    got = emu.fit(tmp_path, x, y, W, 0.0, rtol=1e-5, patience=3, divide_by=float(n), **kw)
+    cpu = cpu_fit(x, y, **kw, rtol=1e-5, patience=3, divide_by=float(n))
+    assert list(got[3]) == list(cpu[3]) and cpu[3][1] == 6  # kPlateau
+    seen = int(cpu[3][0]) + 1
+    rtol = CPU_GPU[dtype]
+    np.testing.assert_allclose(got[1][:seen], cpu[1][:seen], rtol=rtol, atol=0)
+    np.testing.assert_allclose(got[2][:seen], cpu[2][:seen], rtol=rtol,
+                               atol=rtol * float(np.abs(cpu[2][:seen]).max()))

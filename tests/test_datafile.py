@@ -134,7 +134,7 @@ def test_a_utf8_bom_is_not_part_of_the_first_name_or_number(tmp_path):
 def test_binary_input_is_refused_from_its_first_block(tmp_path):
     path = tmp_path / "d.bin"
     path.write_bytes(b"0,1\n" + b"\0" * 100)
-    with pytest.raises(DataFileError, match="is not a UTF-8 text, .npy or .npz file"):
+    with pytest.raises(DataFileError, match="is not a UTF-8 text, .npy, .npz or Parquet file"):
         load_xy(path)
 
 

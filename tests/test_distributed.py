@@ -51,9 +51,10 @@ SHARDED_RTOL = {("float64", "autograd"): SHARDED["float64"],
 PARAMS_RTOL = SHARDED
 
 
-def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None, train=None):
+def random_case(name, engine, optimizer, dtype="float64", tol=1e-4, sizes=None, train=None,
+                **more):
     spec = {"id": name, "data": "random", "n": N, "seed": 7, "dtype": dtype,
-            "engine": engine, "optimizer": optimizer, "tol": tol}
+            "engine": engine, "optimizer": optimizer, "tol": tol, **more}
     if sizes:
         spec["sizes"] = sizes
     if train:
@@ -122,6 +123,16 @@ FIT_CASES = [
     # engines (the autograd engine takes any torch.optim optimizer).
     *[random_case(f"{name}-{engine}", engine, optimizer, train=train, **kw)
       for name, optimizer, train, kw in PARAM_FITS for engine in ("autograd", "fused")],
+    # The mean loss and the plateau stop (issue 27): lr 0.1 whatever N.
+    *[random_case(f"mean-plateau-{engine}", engine, ["SGD", {"lr": 0.1}], epochs=1000,
+                  tol=0.0, reduction="mean", rtol=1e-5, patience=3, sizes=UNEVEN)
+      for engine in ("autograd", "fused")],
+    # A stall: every unit off from an early epoch, momentum runs on (warned
+    # once, on every rank alike), or the fit stops there.
+    *[random_case(f"stall-{engine}-{on_stall}", engine,
+                  ["SGD", {"lr": 4.0 / N, "momentum": 0.9}], on_stall=on_stall,
+                  sizes=UNEVEN)  # every unit off from epoch 1
+      for engine in ("autograd", "fused") for on_stall in ("warn", "stop")],
     # The autograd engine steps any torch.optim optimizer with the summed grads.
     random_case("all-rmsprop-autograd", "autograd",
                 ["RMSprop", {"lr": 1e-3, "momentum": 0.5, "centered": True}],
@@ -244,6 +255,9 @@ def assert_fit_equal(got, want, rtol):
     assert "error" not in got, got
     assert got["epochs_run"] == want["epochs_run"]
     assert got["converged"] == want["converged"]
+    # Why it stopped, and a stall's one warning, naming every rank's points.
+    for key in ("stop_reason", "stall_epoch", "stall_warnings"):
+        assert got[key] == want[key], key
     assert got["model_bias"] == got["final_bias"]
     torch.testing.assert_close(torch.tensor(got["losses"], dtype=torch.float64),
                                torch.tensor(want["losses"], dtype=torch.float64),

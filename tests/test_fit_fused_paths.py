@@ -52,4 +52,7 @@ def test_the_plain_call_keeps_the_stall_and_callback_semantics():
     r = biasfit.fit_fused(x, y, callback=lambda e, loss, b: seen.append((e, loss, b)))
     assert [s[1] for s in seen] == r.losses and seen[0][2] == 0.0
     with pytest.raises(biasfit.StalledError):
-        biasfit.fit_fused(x, y, bias=-100.0, epochs=5)
+        biasfit.fit_fused(x, y, bias=-100.0, epochs=5, on_stall="raise")
+    with pytest.warns(biasfit.StalledWarning, match="stalled at epoch 0"):
+        r = biasfit.fit_fused(x, y, bias=-100.0, epochs=5)
+    assert (r.epochs_run, r.stop_reason, r.stall_epoch) == (5, "stalled", 0)

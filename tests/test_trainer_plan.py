@@ -184,7 +184,8 @@ def test_a_stall_through_closed_chunks_is_the_streamed_fits(monkeypatch):
     for plan in ("stream", "closed"):
         monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
         with pytest.raises(biasfit.StalledError) as caught:
-            biasfit.fit_fused(x, y, lr=1.0 / n, epochs=100, tol=0.0, bias=6.0)
+            biasfit.fit_fused(x, y, lr=1.0 / n, epochs=100, tol=0.0, bias=6.0,
+                              on_stall="raise")
         stalls[plan] = caught.value.result
     closed, streamed = stalls["closed"], stalls["stream"]
     assert closed.epochs_run == streamed.epochs_run
@@ -235,4 +236,4 @@ def test_a_stall_is_seen_with_a_chunk_that_cannot_close(monkeypatch):
     for plan in ("once", "closed"):
         monkeypatch.setenv("BIASFIT_TRAINER_PLAN", plan)
         with pytest.raises(biasfit.StalledError):
-            biasfit.fit_fused(x, y, lr=1.0)
+            biasfit.fit_fused(x, y, lr=1.0, on_stall="raise")

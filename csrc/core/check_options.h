@@ -4,6 +4,8 @@
 // sees as a ValueError whose message names the argument.
 #pragma once
 
+#include <cmath>
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 
@@ -41,11 +43,21 @@ inline void check_adam_options(double beta1, double beta2, double eps) {
   if (!(eps >= 0)) fail("eps must be >= 0, got ", eps);
 }
 
+// The plateau stop's and the reduction's (core/fit.h's FitOptions).
+inline void check_stop_options(double rtol, int64_t patience, double divide_by) {
+  if (!(rtol >= 0 && rtol < 1)) fail("rtol must be in [0, 1), got ", rtol);
+  if (rtol > 0 && patience < 1) fail("patience must be >= 1, got ", patience);
+  if (!(divide_by >= 1 && divide_by < HUGE_VAL)) {
+    fail("divide_by must be a finite number >= 1, got ", divide_by);
+  }
+}
+
 inline void check_fit_options(const FitOptions& o) {
   check_sgd_options(o.sgd.lr, o.sgd.momentum, o.sgd.dampening, o.sgd.nesterov,
                     o.sgd.weight_decay);
   if (o.epochs < 0) fail("epochs must be >= 0, got ", o.epochs);
   if (!(o.tol >= 0)) fail("tol must be >= 0, got ", o.tol);
+  check_stop_options(o.rtol, o.patience, o.divide_by);
 }
 
 }  // namespace biasfit

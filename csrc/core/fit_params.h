@@ -26,6 +26,9 @@ struct ParamFitOptions {
   AdamOptions adam;
   int64_t epochs;
   double tol;
+  double rtol = 0;        // as core/fit.h's FitOptions
+  int64_t patience = 0;
+  double divide_by = 1;
 };
 
 template <typename T>
@@ -36,6 +39,7 @@ struct ParamFitState {
   int64_t epoch;
   int64_t status;
   int64_t bad_param;  // the parameter that became inf/NaN, if one did, else -1
+  Plateau plateau;
 
   BIASFIT_HD static ParamFitState start(const T* params, int64_t epochs) {
     ParamFitState s;
@@ -47,6 +51,7 @@ struct ParamFitState {
     s.epoch = 0;
     s.status = epochs > 0 ? int64_t(kRunning) : int64_t(kExhausted);
     s.bad_param = -1;
+    s.plateau = Plateau::start();
     return s;
   }
 
@@ -58,14 +63,14 @@ struct ParamFitState {
   // final_bias the epoch was taken at, as fit_sgd's.
   BIASFIT_HD void end_epoch(const ParamSums& sum, const ParamFitOptions& o,
                             T* losses, T* biases) {
-    const T loss = T(sum.loss);
+    const T loss = reduced<T>(sum.loss, o.divide_by);
     losses[epoch] = loss;
     biases[epoch] = params[kBiasIndex];
-    status = stop_before_step(loss, o.tol);
+    status = stop_or_plateau(loss, o, plateau);
     if (status != kRunning) return;
     for (int p = 0; p < kNumParams; ++p) {
       if (!trains(o, p)) continue;
-      const T grad = T(sum.grad[p]);
+      const T grad = reduced<T>(sum.grad[p], o.divide_by);
       params[p] = o.kind == kSgd ? sgd[p].step(params[p], grad, o.sgd)
                                  : adam[p].step_param(params[p], grad, o.adam);
     }

@@ -37,6 +37,8 @@ struct History {
   // counted. Closed chunks give exact zeros at a fit's optimum, and the
   // stall test is a pass over the inputs in Python.
   double max_h = -std::numeric_limits<double>::infinity();
+  // The epochs recorded so far, as an Interrupt sees them (a progress report).
+  int64_t evaluated = 0;
 
   void make_room(int64_t epoch, int64_t epochs) {
     if (epoch < int64_t(losses.size())) return;
@@ -87,6 +89,7 @@ void end_epoch(FitState<T>& state, const LossGrad& sums, const FitOptions& opt,
     history.first_zero_grad = state.epoch;
   }
   state.end_epoch(sums, opt, history.losses.data(), history.biases.data());
+  history.evaluated = state.epoch;
   if (state.status == kRunning && poll.due()) state.status = kInterrupted;
 }
 

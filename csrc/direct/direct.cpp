@@ -24,11 +24,32 @@ namespace {
 
 namespace py = pybind11;
 
-// Ctrl-C during a long fit: the Python signal handler runs here, on the
-// calling thread, and leaves KeyboardInterrupt set for the caller to raise.
-bool python_signal_pending(void*) {
+// set_progress's callable, or null: progress(epoch, loss, bias) of the last
+// epoch recorded, about every 100 ms of a fit (the command line's bar).
+PyObject* progress_hook = nullptr;
+
+// Every ~100 ms of a fit (cpu/trainer.h's InterruptPoll), on the calling
+// thread: the progress report, then Ctrl-C: the Python signal handler runs
+// here and leaves KeyboardInterrupt set for the caller to raise (as does an
+// exception in the report). context: the fit's History<T>.
+template <typename T>
+bool poll_python(void* context) {
   py::gil_scoped_acquire gil;
+  const auto& history = *static_cast<const cpu::History<T>*>(context);
+  if (progress_hook != nullptr && history.evaluated > 0) {
+    const size_t e = size_t(history.evaluated - 1);
+    PyObject* r = PyObject_CallFunction(progress_hook, "Ldd", static_cast<long long>(e),
+                                        double(history.losses[e]),
+                                        double(history.biases[e]));
+    if (r == nullptr) return true;
+    Py_DECREF(r);
+  }
   return PyErr_CheckSignals() != 0;
+}
+
+void set_progress(py::object hook) {
+  Py_XDECREF(progress_hook);
+  progress_hook = hook.is_none() ? nullptr : hook.inc_ref().ptr();
 }
 
 template <typename T>
@@ -58,7 +79,7 @@ py::tuple fit(const FitArgs& a, const FitOptions& opt, int threads) {
   auto run = [&] {
     state = cpu::train(static_cast<const T*>(a.x), static_cast<const T*>(a.y), a.n,
                        Weights<T>::load(w), T(a.bias), opt, threads, history,
-                       {&python_signal_pending, nullptr});
+                       {&poll_python<T>, &history});
   };
   // A large fit takes seconds: other Python threads run meanwhile. A small
   // one (the tutorial's: microseconds) keeps the GIL, whose release and
@@ -71,7 +92,8 @@ py::tuple fit(const FitArgs& a, const FitOptions& opt, int threads) {
   }
   if (state.status == kInterrupted) throw py::error_already_set();
   // As `out.data.fill_(final_bias)` would: rounded to out's dtype, nearest.
-  if (a.out != nullptr && (state.status == kConverged || state.status == kExhausted)) {
+  if (a.out != nullptr && (state.status == kConverged || state.status == kExhausted ||
+                           state.status == kPlateau)) {
     if (a.out_double) {
       *static_cast<double*>(a.out) = double(state.bias);
     } else {
@@ -131,7 +153,8 @@ void setup(py::object tensor_type, py::object parameter_type,
 }
 
 // fit_sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
-// weight_decay, maximize, epochs, tol[, out]) -> (epoch, status,
+// weight_decay, maximize, epochs, tol[, out[, rtol, patience, divide_by]])
+// -> (epoch, status,
 // final_bias, losses, biases, first_zero_grad), or None where
 // direct/read_args.h cannot read the arguments as they are. One loss (a
 // list) and bias (packed float64 bytes) per epoch evaluated, and the first
@@ -144,8 +167,9 @@ void setup(py::object tensor_type, py::object parameter_type,
 // cost about a tenth of the tutorial's fit.
 PyObject* fit_sgd(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   FitArgs a;
-  if ((nargs != kFitArgs && nargs != kFitArgs + 1) ||
-      !read_fit_args(context, args, nargs == kFitArgs + 1, a)) {
+  if ((nargs != kFitArgs && nargs != kFitArgs + 1 && nargs != kFitArgs + 1 + kStopArgs) ||
+      !read_fit_args(context, args, nargs > kFitArgs, a) ||
+      (nargs > kFitArgs + 1 && !read_stop_args(args + kFitArgs + 1, a))) {
     Py_RETURN_NONE;
   }
   PyObject* count = PyObject_CallNoArgs(context.num_threads);
@@ -157,7 +181,10 @@ PyObject* fit_sgd(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     const FitOptions opt{{a.lr, a.momentum, a.dampening, a.weight_decay,
                           a.nesterov, a.maximize},
                          a.epochs,
-                         a.tol};
+                         a.tol,
+                         a.rtol,
+                         a.patience,
+                         a.divide_by};
     check_fit_options(opt);  // the op's own checks (torch_ops/checks.cpp)
     py::tuple out = a.is_double ? fit<double>(a, opt, threads)
                                 : fit<float>(a, opt, threads);
@@ -178,7 +205,7 @@ PyMethodDef methods[] = {
      "the CPU trainer on the tensors themselves: (inputs, labels, weights (None, "
      "6 values or a module's _parameters), bias (float or one-value tensor), lr, "
      "momentum, dampening, nesterov, weight_decay, maximize, epochs, tol"
-     "[, out: a one-value tensor to receive the final bias]) -> (epoch, status, final_bias, losses, packed float64 biases, "
+     "[, out: a one-value tensor to receive the final bias[, rtol, patience, divide_by]]) -> (epoch, status, final_bias, losses, packed float64 biases, "
      "first_zero_grad), or None where they cannot be read as they are"},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -238,6 +265,10 @@ PYBIND11_MODULE(_direct, m) {
   m.attr("LOSS_NONFINITE") = int64_t(biasfit::kLossNonFinite);
   m.attr("BIAS_NONFINITE") = int64_t(biasfit::kBiasNonFinite);
   m.attr("INTERRUPTED") = int64_t(biasfit::kInterrupted);
+  m.attr("PLATEAU") = int64_t(biasfit::kPlateau);
+  m.def("set_progress", &biasfit::set_progress,
+        "progress(epoch, loss, bias), called about every 0.1 s of a fit_sgd call "
+        "with the last epoch recorded; None: no reports");
   m.def("trainer_plan", &biasfit::trainer_plan,
         "the CPU trainer's plan (stream, once, regroup, closed) for (n, bytes "
         "per point, epochs, share of units off at the start, float64 points "

@@ -54,11 +54,17 @@ struct FitArgs {
   // model's final_bias), or null; of float64 if out_double, else float32.
   void* out = nullptr;
   bool out_double = false;
+  // The plateau stop and the reduction (core/fit.h's FitOptions), given
+  // after out (kStopArgs), else the tutorial's: off, the summed loss.
+  double rtol = 0, divide_by = 1;
+  int64_t patience = 0;
 };
 
 // The arguments, in fit_fused's order: inputs, labels, weights, bias, lr,
 // momentum, dampening, nesterov, weight_decay, maximize, epochs, tol.
 constexpr Py_ssize_t kFitArgs = 12;
+// After them: out, then optionally rtol, patience, divide_by.
+constexpr Py_ssize_t kStopArgs = 3;
 
 namespace read {
 
@@ -214,6 +220,18 @@ inline bool weights(const ReadContext& c, PyObject* w, PyObject* dtype,
 }
 
 }  // namespace read
+
+// rtol, patience, divide_by (a float, an int, a float) into `out`, or false.
+// Their ranges are checked with the others' by check_fit_options.
+inline bool read_stop_args(PyObject* const* a, FitArgs& out) {
+  if (!read::real(a[0], out.rtol) || !PyLong_CheckExact(a[1]) ||
+      !read::real(a[2], out.divide_by)) {
+    return false;
+  }
+  int overflow = 0;
+  out.patience = PyLong_AsLongLongAndOverflow(a[1], &overflow);
+  return overflow == 0;
+}
 
 // Fills `out` and returns true for a call the trainer may run on the
 // objects as they are, else false (no error set). a[kFitArgs], where given,

@@ -244,11 +244,11 @@ FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
                     const Tensor& weights, const Tensor& bias, double lr,
                     double momentum, double dampening, bool nesterov,
                     double weight_decay, bool maximize, int64_t epochs,
-                    double tol) {
+                    double tol, double rtol, int64_t patience, double divide_by) {
   check_loss_args(inputs, labels, weights, bias);
   check_fit_data(inputs);
-  const FitOptions opt{
-      {lr, momentum, dampening, weight_decay, nesterov, maximize}, epochs, tol};
+  const FitOptions opt{{lr, momentum, dampening, weight_decay, nesterov, maximize},
+                       epochs, tol, rtol, patience, divide_by};
   check_fit_options(opt);
   const Tensor x = torch::stable::contiguous(inputs);
   return {x,
@@ -267,18 +267,21 @@ ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
                                 double dampening, bool nesterov,
                                 double weight_decay, bool maximize,
                                 double beta1, double beta2, double eps,
-                                bool amsgrad, int64_t epochs, double tol) {
+                                bool amsgrad, int64_t epochs, double tol,
+                                double rtol, int64_t patience,
+                                double divide_by) {
   check_fit_params_args(inputs, labels, params, trained, optimizer);
   check_sgd_options(lr, optimizer == kSgd ? momentum : 0.0, dampening,
                     optimizer == kSgd && nesterov, weight_decay);
   if (optimizer != kSgd) check_adam_options(beta1, beta2, eps);
-  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol});
+  check_fit_options(FitOptions{{lr, 0, 0, 0, false, false}, epochs, tol, rtol,
+                               patience, divide_by});
   const ParamFitOptions opt{
       trained, optimizer,
       SgdOptions{lr, momentum, dampening, weight_decay, nesterov, maximize},
       AdamOptions{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
                   optimizer == kAdamW},
-      epochs, tol};
+      epochs, tol, rtol, patience, divide_by};
   const Tensor x = torch::stable::contiguous(inputs);
   return {x,
           torch::stable::contiguous(labels),

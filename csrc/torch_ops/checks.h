@@ -86,7 +86,7 @@ FitCall prepare_fit(const Tensor& inputs, const Tensor& labels,
                     const Tensor& weights, const Tensor& bias, double lr,
                     double momentum, double dampening, bool nesterov,
                     double weight_decay, bool maximize, int64_t epochs,
-                    double tol);
+                    double tol, double rtol, int64_t patience, double divide_by);
 
 // fit_params's start on every backend: every argument checked, contiguous
 // data and starting params, the options, and the outputs (final params[7],
@@ -103,7 +103,9 @@ ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
                                 double dampening, bool nesterov,
                                 double weight_decay, bool maximize,
                                 double beta1, double beta2, double eps,
-                                bool amsgrad, int64_t epochs, double tol);
+                                bool amsgrad, int64_t epochs, double tol,
+                                double rtol, int64_t patience,
+                                double divide_by);
 
 // The batched ops' arguments (torch_ops/batched_cpu.cpp, batched_cuda.cu):
 // inputs [Kx, N], labels and grad_out (null where the op has none) [K*, N],

@@ -246,10 +246,12 @@ PredictGradsOutputs predict_grads_cpu(Tensor grad_out, Tensor inputs,
 FitOutputs fit_sgd_cpu(Tensor inputs, Tensor labels, Tensor weights,
                        Tensor bias, double lr, double momentum,
                        double dampening, bool nesterov, double weight_decay,
-                       bool maximize, int64_t epochs, double tol) {
+                       bool maximize, int64_t epochs, double tol,
+                       double rtol, int64_t patience, double divide_by) {
   const FitCall call =
       prepare_fit(inputs, labels, weights, bias, lr, momentum, dampening,
-                  nesterov, weight_decay, maximize, epochs, tol);
+                  nesterov, weight_decay, maximize, epochs, tol, rtol,
+                  patience, divide_by);
   dispatch_float(call.x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     History<T> history;
@@ -273,10 +275,12 @@ FitOutputs fit_params_cpu(Tensor inputs, Tensor labels, Tensor params,
                           double momentum, double dampening, bool nesterov,
                           double weight_decay, bool maximize, double beta1,
                           double beta2, double eps, bool amsgrad,
-                          int64_t epochs, double tol) {
+                          int64_t epochs, double tol, double rtol,
+                          int64_t patience, double divide_by) {
   const ParamFitCall call = prepare_fit_params(
       inputs, labels, params, trained, optimizer, lr, momentum, dampening,
-      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol);
+      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol,
+      rtol, patience, divide_by);
   const Tensor& x = call.x;
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);

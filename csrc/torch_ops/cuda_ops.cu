@@ -263,10 +263,12 @@ FitOutputs fit_sgd_cuda(const Tensor& inputs, const Tensor& labels,
                         const Tensor& weights, const Tensor& bias, double lr,
                         double momentum, double dampening, bool nesterov,
                         double weight_decay, bool maximize, int64_t epochs,
-                        double tol) {
+                        double tol, double rtol, int64_t patience,
+                        double divide_by) {
   const FitCall call =
       prepare_fit(inputs, labels, weights, bias, lr, momentum, dampening,
-                  nesterov, weight_decay, maximize, epochs, tol);
+                  nesterov, weight_decay, maximize, epochs, tol, rtol,
+                  patience, divide_by);
   check_on_cuda(call.x);
   const DeviceGuard guard(call.x.get_device_index());
   CudaLauncher launcher(call.x);
@@ -369,10 +371,12 @@ FitOutputs fit_params_cuda(const Tensor& inputs, const Tensor& labels,
                            double dampening, bool nesterov,
                            double weight_decay, bool maximize, double beta1,
                            double beta2, double eps, bool amsgrad,
-                           int64_t epochs, double tol) {
+                           int64_t epochs, double tol, double rtol,
+                           int64_t patience, double divide_by) {
   const ParamFitCall call = prepare_fit_params(
       inputs, labels, params, trained, optimizer, lr, momentum, dampening,
-      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol);
+      nesterov, weight_decay, maximize, beta1, beta2, eps, amsgrad, epochs, tol,
+      rtol, patience, divide_by);
   check_on_cuda(call.x);
   const DeviceGuard guard(call.x.get_device_index());
   CudaLauncher launcher(call.x);

@@ -47,10 +47,12 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
   // Every epoch of the tutorial's loop with torch.optim.SGD's update. losses[e]
   // and biases[e] are epoch e's loss and the bias it was evaluated at; only
   // the first info[0] + 1 (converged or failed) or info[0] (exhausted) are
-  // written. info = [epoch, status], status as in csrc/core/fit.h.
+  // written. info = [epoch, status], status as in csrc/core/fit.h. rtol,
+  // patience: the plateau stop, divide_by: N for the mean loss (FitOptions).
   m.def("fit_sgd(Tensor inputs, Tensor labels, Tensor weights, Tensor bias, "
         "float lr, float momentum, float dampening, bool nesterov, "
-        "float weight_decay, bool maximize, int epochs, float tol) -> "
+        "float weight_decay, bool maximize, int epochs, float tol, "
+        "float rtol=0., int patience=0, float divide_by=1.) -> "
         "(Tensor bias, Tensor losses, Tensor biases, Tensor info)");
   // Every epoch of the loop for any subset of the seven parameters. params:
   // w00, b00, w01, w10, b10, w11, final_bias; trained: bit p set where
@@ -62,7 +64,8 @@ STABLE_TORCH_LIBRARY(biasfit, m) {
   m.def("fit_params(Tensor inputs, Tensor labels, Tensor params, int trained, "
         "int optimizer, float lr, float momentum, float dampening, "
         "bool nesterov, float weight_decay, bool maximize, float beta1, "
-        "float beta2, float eps, bool amsgrad, int epochs, float tol) -> "
+        "float beta2, float eps, bool amsgrad, int epochs, float tol, "
+        "float rtol=0., int patience=0, float divide_by=1.) -> "
         "(Tensor params, Tensor losses, Tensor biases, Tensor info)");
   // One torch.optim.SGD step of a one-value parameter by csrc/core/sgd.h, the
   // fused trainer's own rule: an epoch loop run from Python (the sharded
@@ -156,7 +159,8 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("fit_sgd",
          TORCH_BOX((&cuda_refused<kFitSgd, kNotBuilt, FitOutputs, Tensor, Tensor,
                                   Tensor, Tensor, double, double, double, bool,
-                                  double, bool, int64_t, double>)));
+                                  double, bool, int64_t, double, double, int64_t,
+                                  double>)));
   m.impl("fused_loss_grads",
          TORCH_BOX((&cuda_refused<kFusedLossGrads, kNotBuilt, LossGradsOutputs,
                                   Tensor, Tensor, Tensor, Tensor, int64_t>)));
@@ -170,7 +174,8 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
          TORCH_BOX((&cuda_refused<kFitParams, kNotBuilt, FitOutputs, Tensor,
                                   Tensor, Tensor, int64_t, int64_t, double, double,
                                   double, bool, double, bool, double, double,
-                                  double, bool, int64_t, double>)));
+                                  double, bool, int64_t, double, double, int64_t,
+                                  double>)));
   m.impl("params_step",
          TORCH_BOX((&cuda_refused<kParamsStep, kNotBuilt,
                                   std::tuple<Tensor, Tensor>, Tensor, Tensor, Tensor,

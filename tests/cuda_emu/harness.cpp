@@ -88,10 +88,14 @@ void weights_and_bias(const Args& a, T* w, T* bias) {
 }
 
 FitOptions fit_options(const Args& a) {
+  // rtol, patience, divide_by: the plateau stop and the mean (defaults: off, sum).
   return {{a.d("lr"), a.d("momentum"), a.d("dampening"), a.d("weight_decay"),
            a.i("nesterov") != 0, a.i("maximize") != 0},
           a.i("epochs"),
-          a.d("tol")};
+          a.d("tol"),
+          std::strtod(a.get("rtol", "0").c_str(), nullptr),
+          a.i("patience"),
+          std::strtod(a.get("divide_by", "1").c_str(), nullptr)};
 }
 
 // The ops of every gradient. out.bin: loss_grads [loss, 6 weight grads,
