@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import biasfit
+from report import write_run
 
 
 def _data(dtype=torch.float32):
@@ -119,10 +120,7 @@ def main():
         a, b = (out["medians_us"][f"threads{threads}/{n}"] for n in ROUTES)
         print(f"threads {threads}: fit_fused {a:.2f} us, fit(engine='fused') {b:.2f} us "
               f"({b / a:.2f}x)", flush=True)
-    out["load_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_run(out, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ alike), printing each cell's medians and the median of per-round ratios:
     python benchmarks/bench_transforms.py --rounds 15 --json out.json
 """
 import argparse
-import json
 import os
 import statistics
 import time
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch.func import grad, hessian, jvp, vmap
 
 import biasfit
-from report import cpu_model
+from report import cpu_model, write_run
 
 
 def plain_predict(x, w, b):
@@ -94,10 +93,7 @@ def main():
     out = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "load_start": round(os.getloadavg()[0], 2)}
     out["cells"] = interleaved(args.rounds)
-    out["load_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_run(out, args.json)
 
 
 if __name__ == "__main__":

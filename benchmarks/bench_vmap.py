@@ -12,9 +12,7 @@ time and the median of the per-round ratios:
     python benchmarks/bench_vmap.py --rounds 15 --json out.json
 """
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -25,6 +23,7 @@ from torch.func import functional_call, vmap
 import biasfit
 from biasfit.model import WEIGHT_NAMES
 from biasfit.reference import TutorialNN
+from report import cpu_model, write_run
 
 _MODEL = TutorialNN()
 
@@ -91,17 +90,6 @@ def interleaved(rounds):
     return out
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
@@ -110,13 +98,10 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = {"cpu": _cpu_model(), "threads": torch.get_num_threads(),
+    out = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "load_start": round(os.getloadavg()[0], 2)}
     out["workloads"] = interleaved(args.rounds)
-    out["load_end"] = round(os.getloadavg()[0], 2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    write_run(out, args.json)
 
 
 if __name__ == "__main__":

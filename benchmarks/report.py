@@ -125,6 +125,15 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def write_run(out, path):
+    """A round-robin script's results (out), with the load average at its
+    end, as JSON to path (if one is given)."""
+    out["load_end"] = round(os.getloadavg()[0], 2)
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+
+
 def machine_summary(load_start=None):
     """What the numbers came from: CPU, cores, vector units, torch, GPU, and
     with load_start, the load average (volatile: conftest.py keeps it out of
