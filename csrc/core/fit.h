@@ -64,10 +64,15 @@ struct FitState {
   // Consumes one epoch's sums; records its loss and the bias it was taken at.
   BIASFIT_HD void end_epoch(const LossGrad& sum, const FitOptions& o,
                             T* losses, T* biases) {
-    const T loss = T(sum.loss);
-    losses[epoch] = loss;
+    losses[epoch] = T(sum.loss);
     biases[epoch] = bias;
-    status = stop_before_step(loss, o.tol);
+    decide(sum, o);
+  }
+
+  // end_epoch without the record: the stop test and the step (a trainer
+  // that keeps no history, cpu/fit_many.h, calls this alone).
+  BIASFIT_HD void decide(const LossGrad& sum, const FitOptions& o) {
+    status = stop_before_step(T(sum.loss), o.tol);
     if (status != kRunning) return;
     bias = sgd.step(bias, T(sum.grad), o.sgd);
     if (!is_finite(bias)) {

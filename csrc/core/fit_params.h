@@ -58,10 +58,15 @@ struct ParamFitState {
   // final_bias the epoch was taken at, as fit_sgd's.
   BIASFIT_HD void end_epoch(const ParamSums& sum, const ParamFitOptions& o,
                             T* losses, T* biases) {
-    const T loss = T(sum.loss);
-    losses[epoch] = loss;
+    losses[epoch] = T(sum.loss);
     biases[epoch] = params[kBiasIndex];
-    status = stop_before_step(loss, o.tol);
+    decide(sum, o);
+  }
+
+  // end_epoch without the record: the stop test and the steps (as
+  // FitState::decide).
+  BIASFIT_HD void decide(const ParamSums& sum, const ParamFitOptions& o) {
+    status = stop_before_step(T(sum.loss), o.tol);
     if (status != kRunning) return;
     for (int p = 0; p < kNumParams; ++p) {
       if (!trains(o, p)) continue;
