@@ -19,3 +19,4 @@ __all__ = [
     "BasicNN", "DivergedError", "FitResult", "StalledError", "TUTORIAL_WEIGHTS", "WEIGHT_NAMES",
     "WITH_CUDA", "fit", "fit_fused", "fused_loss", "predict", "tutorial_data",
 ]
+from .many import ManyResult, fit_many  # noqa: E402  (issue 28: many fits in one call)

@@ -341,7 +341,8 @@ void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
         if (row[c] != 0 && row[c] != 1) fail("a flag column must be 0 or 1, got ", row[c]);
       }
     } catch (const std::invalid_argument& e) {
-      fail("settings row ", r, ": ", std::string(e.what()).substr(9));
+      if (settings.size(0) == 1) throw;  // shared: the message names it
+      fail("fit ", r, ": ", std::string(e.what()).substr(9));
     }
   }
 }
