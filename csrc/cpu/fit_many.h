@@ -29,6 +29,7 @@
 
 #include "core/fit.h"
 #include "core/fit_params.h"
+#include "cpu/fit_many_lanes.h"
 #include "cpu/kernels.h"
 #include "cpu/parallel.h"
 #include "cpu/plan.h"
@@ -37,10 +38,6 @@
 
 namespace biasfit {
 namespace cpu {
-
-// The status of a fit that stalled (biasfit/stall.py): beside core/fit.h's
-// FitStatus values; biasfit/many.py reads it as STALLED.
-constexpr int64_t kStalled = 7;
 
 // The columns of the settings table, float64, one row shared by every fit
 // or one row a fit: SGD's, Adam's, the epochs and the stop tolerance. A
@@ -354,6 +351,51 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   }
 }
 
+// Whether fit k runs in a vector lane (cpu/fit_many_lanes.h): final_bias
+// alone by plain SGD over fewer than kLanes points, no history kept.
+template <typename T>
+bool lane_fit(const ManyData<T>& d, int64_t k, const ManyOut<T>& out) {
+  const int64_t n = d.end(k) - d.begin(k);
+  if (out.history != nullptr || n >= kLanes) return false;
+  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return false;
+  const double* row = d.settings_of(k);
+  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0;
+}
+
+// The fits ks[0..count), each of kN points, kFitLanes at once.
+template <int kN, typename T>
+void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
+               const ManyOut<T>& out) {
+  int64_t i = 0;
+  auto next = [&](LaneFit<T>& f) {
+    if (i == count) return false;
+    const int64_t k = ks[i++], begin = d.begin(k);
+    const T* start = d.start_of(k);
+    const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+    f = LaneFit<T>{k, d.x + begin, d.y + begin, Weights<T>::load(start),
+                   start[kBiasIndex], T(-o.sgd.lr), o.sgd.maximize, o.epochs, o.tol};
+    return true;
+  };
+  auto done = [&](const LaneResult<T>& r) {
+    const T* start = d.start_of(r.id);
+    T* params = out.params + kNumParams * r.id;
+    for (int p = 0; p < kBiasIndex; ++p) params[p] = start[p];
+    params[kBiasIndex] = r.bias;
+    out.loss[r.id] = r.loss;
+    out.epochs[r.id] = r.epoch;
+    out.status[r.id] = int8_t(r.status);
+    out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
+  };
+  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kN, T>(next, done); });
+}
+
+template <typename T, int... kN>
+constexpr auto lane_runs(std::integer_sequence<int, kN...>) {
+  using Fn = void (*)(const ManyData<T>&, const int64_t*, int64_t,
+                      const ManyOut<T>&);
+  return std::array<Fn, sizeof...(kN)>{&fit_lanes<kN + 1, T>...};
+}
+
 // Fits per block a thread takes at once: small enough to share out fits of
 // different lengths, large enough that the counter is not contended.
 inline int64_t many_block(int64_t fits, int threads) {
@@ -367,12 +409,26 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
   const int64_t block = many_block(d.fits, threads);
   const int64_t blocks = (d.fits + block - 1) / block;
   std::atomic<int64_t> next{0};
+  static constexpr auto kLaneRuns =
+      lane_runs<T>(std::make_integer_sequence<int, kLanes - 1>());
   run_team(threads_for(blocks, threads), [&](const Team&) {
     ManyScratch<T> scratch;
+    std::vector<int64_t> by_size[kLanes];  // lane fits of each size
     for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
       const int64_t to = std::min(d.fits, (b + 1) * block);
       for (int64_t k = b * block; k < to; ++k) {
+#ifndef BIASFIT_NO_FIT_LANES
+        if (lane_fit(d, k, out)) {
+          by_size[d.end(k) - d.begin(k)].push_back(k);
+          continue;
+        }
+#endif
         fit_one(d, k, plans_forced, scratch, out);
+      }
+      for (int n = 1; n < kLanes; ++n) {
+        if (by_size[n].empty()) continue;
+        kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
+        by_size[n].clear();
       }
     }
   });
