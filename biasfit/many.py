@@ -6,12 +6,13 @@ fit(engine="fused") (any other trained parameters, Adam, AdamW) runs on its
 points alone, with the same epochs and bits. A fit that diverges or stalls
 says so in its status; it never raises for the batch.
 """
+import math
 import numbers
 from dataclasses import dataclass
 
 import torch
 
-from . import _direct
+from . import _direct, distributed
 from .engine import MAX_EPOCHS, cached_tutorial_weights
 from .model import PARAM_NAMES
 
@@ -172,7 +173,47 @@ def fit_many(inputs, labels, *, offsets=None, weights=None, bias=0.0,
         raise ValueError(f"epochs must be an int in [0, {MAX_EPOCHS}], got {epochs!r}")
     settings = _settings(fits, values)
     start = _start(weights, bias, fits, x)
-    out = torch.ops.biasfit.fit_many(x, y, offsets, start, settings, mask,
-                                     OPTIMIZERS[optimizer], bool(history))
+    call = (mask, OPTIMIZERS[optimizer], bool(history))
+    if distributed.is_distributed():
+        out = _sharded(x, y, offsets, start, settings, fits, call)
+    else:
+        out = torch.ops.biasfit.fit_many(x, y, offsets, start, settings, *call)
     params, loss, epochs_run, status, bad, losses = out
     return ManyResult(params, loss, epochs_run, status, bad, losses if history else None)
+
+
+def _rows(t, block):
+    """t's rows of the block of fits, or its one shared row."""
+    return t if len(t) == 1 else t[block]
+
+
+def _sharded(x, y, offsets, start, settings, fits, call):
+    """Under torch.distributed every rank holds every fit; each runs its
+    block of them (distributed.shard_rows) and every rank gathers all the
+    results: each fit's are its one-process results, bit for bit. The data
+    is checked whole on every rank first, so that a bad point in one
+    rank's block stops every rank alike (distributed.all_or_none)."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    block = distributed.shard_rows(fits, rank, world)
+    with distributed.all_or_none("fit_many"):
+        # Every check over all the fits, none run: epochs 0 for each.
+        unrun = settings.clone()
+        unrun[:, _COLUMNS.index("epochs")] = 0
+        torch.ops.biasfit.fit_many(x, y, offsets, start, unrun, *call[:2], False)
+        local = None
+        if block.stop > block.start:
+            if offsets.numel():
+                lo, hi = int(offsets[block.start]), int(offsets[block.stop])
+                xs, ys, offs = x[lo:hi], y[lo:hi], offsets[block.start:block.stop + 1] - lo
+            else:
+                xs, ys, offs = x[block], y[block], offsets
+            local = torch.ops.biasfit.fit_many(xs, ys, offs, _rows(start, block),
+                                               _rows(settings, block), *call)
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, local)
+    parts = [g for g in gathered if g is not None]
+    # Each block's history is as wide as its longest fit: NaN up to the widest.
+    width = max(p[5].shape[1] for p in parts)
+    histories = [torch.nn.functional.pad(p[5], (0, width - p[5].shape[1]), value=math.nan)
+                 for p in parts]
+    return (*(torch.cat([p[i] for p in parts]) for i in range(5)), torch.cat(histories))
