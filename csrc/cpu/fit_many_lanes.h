@@ -1,6 +1,6 @@
 // cpu/fit_many.h's fits of final_bias alone by plain SGD (no momentum, no
 // weight decay) over fewer points than a chunk's lanes (the tutorial's
-// three), kWidth fits at once: a vector lane per fit. Free of torch, written
+// three), kFitLanes fits at once: a vector lane per fit. Free of torch, written
 // with GCC/Clang vector types, compiled for the best instruction set here
 // (cpu/isa.h's on_best_isa).
 //
