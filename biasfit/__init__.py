@@ -20,3 +20,5 @@ __all__ = [
     "WITH_CUDA", "fit", "fit_fused", "fused_loss", "predict", "tutorial_data",
     "StalledWarning",
 ]
+from .many import ManyResult, fit_many  # noqa: E402  (issue 28: many fits in one call)
+__all__ += ["ManyResult", "fit_many"]

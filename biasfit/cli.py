@@ -527,3 +527,9 @@ def _leave_group(code):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# issue 28: `train --group-col` (one fit per group, fit_many) and its options,
+# in biasfit/cli_groups.py; this hook adds them to train's parser.
+from . import cli_groups  # noqa: E402
+build_parser = cli_groups.with_group_options(build_parser)

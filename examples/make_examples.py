@@ -43,6 +43,10 @@ FILES = {
     # 200 doses evenly spaced over [0, 1], labelled by the network at final_bias -16.
     "points200.csv": "x,y\n" + "".join(
         f"{i / 199!r},{network(i / 199, -16.0)!r}\n" for i in range(200)),
+    # A plate of three compounds' doses and effects (docs/many.md: one fit each).
+    "plate.csv": ("compound,dose,effect\nA,0.0,0.0\nA,0.5,1.0\nA,1.0,0.0\nB,0.0,0.0\n"
+                  "B,0.25,0.4\nB,0.5,1.0\nB,0.75,0.5\nB,1.0,0.0\nC,0.0,0.05\nC,0.5,0.95\n"
+                  "C,1.0,0.0\n"),
 }
 
 

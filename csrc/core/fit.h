@@ -113,10 +113,15 @@ struct FitState {
   // Consumes one epoch's sums; records its loss and the bias it was taken at.
   BIASFIT_HD void end_epoch(const LossGrad& sum, const FitOptions& o,
                             T* losses, T* biases) {
-    const T loss = reduced<T>(sum.loss, o.divide_by);
-    losses[epoch] = loss;
+    losses[epoch] = reduced<T>(sum.loss, o.divide_by);
     biases[epoch] = bias;
-    status = stop_or_plateau(loss, o, plateau);
+    decide(sum, o);
+  }
+
+  // end_epoch without the record: the stop test and the step (a trainer
+  // that keeps no history, cpu/fit_many.h, calls this alone).
+  BIASFIT_HD void decide(const LossGrad& sum, const FitOptions& o) {
+    status = stop_or_plateau(reduced<T>(sum.loss, o.divide_by), o, plateau);
     if (status != kRunning) return;
     bias = sgd.step(bias, reduced<T>(sum.grad, o.divide_by), o.sgd);
     if (!is_finite(bias)) {

@@ -63,10 +63,15 @@ struct ParamFitState {
   // final_bias the epoch was taken at, as fit_sgd's.
   BIASFIT_HD void end_epoch(const ParamSums& sum, const ParamFitOptions& o,
                             T* losses, T* biases) {
-    const T loss = reduced<T>(sum.loss, o.divide_by);
-    losses[epoch] = loss;
+    losses[epoch] = reduced<T>(sum.loss, o.divide_by);
     biases[epoch] = params[kBiasIndex];
-    status = stop_or_plateau(loss, o, plateau);
+    decide(sum, o);
+  }
+
+  // end_epoch without the record: the stop test and the steps (as
+  // FitState::decide).
+  BIASFIT_HD void decide(const ParamSums& sum, const ParamFitOptions& o) {
+    status = stop_or_plateau(reduced<T>(sum.loss, o.divide_by), o, plateau);
     if (status != kRunning) return;
     for (int p = 0; p < kNumParams; ++p) {
       if (!trains(o, p)) continue;

@@ -4,6 +4,10 @@
 
 #include <torch/csrc/stable/device.h>
 
+#include <cmath>
+
+#include "cpu/fit_many.h"
+
 namespace biasfit {
 namespace {
 
@@ -291,6 +295,122 @@ ParamFitCall prepare_fit_params(const Tensor& inputs, const Tensor& labels,
           new_tensor(x, {epochs}),
           new_tensor(x, {epochs}),
           new_tensor(x, {3}, ScalarType::Long)};
+}
+
+}  // namespace biasfit
+
+// ---- fit_many -----------------------------------------------------------
+
+namespace biasfit {
+namespace {
+
+// Rows of `t` ([1 or fits, width], of dtype `dtype`), or a failure naming it.
+void check_rows(const Tensor& t, const char* name, int64_t fits, int64_t width,
+                const char* what) {
+  if (!t.defined()) fail(name, " is undefined");
+  if (t.dim() != 2 || t.size(1) != width ||
+      (t.size(0) != 1 && t.size(0) != fits)) {
+    fail(name, " must have shape [1, ", width, "] (shared) or [", fits, ", ",
+         width, "] (one row a fit: ", what, "), got ", shape_of(t.sizes()));
+  }
+}
+
+template <typename T>
+void check_finite(const T* v, int64_t n, const char* name) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(v[i])) fail(name, " holds a non-finite value (", v[i], ") at ", i);
+  }
+}
+
+}  // namespace
+
+int64_t check_fit_many_args(const Tensor& inputs, const Tensor& labels,
+                            const Tensor& offsets, const Tensor& start,
+                            const Tensor& settings, int64_t trained,
+                            int64_t optimizer) {
+  check_tensor(inputs, "inputs");
+  check_same(labels, "labels", inputs, "inputs");
+  if (!(labels.sizes() == inputs.sizes())) {
+    fail("labels has shape ", shape_of(labels.sizes()), " but inputs has shape ",
+         shape_of(inputs.sizes()), "; they must match");
+  }
+  if (!offsets.defined()) fail("offsets is undefined");
+  if (offsets.scalar_type() != ScalarType::Long) {
+    fail("offsets must be int64, got ", offsets.scalar_type());
+  }
+  int64_t fits;
+  if (offsets.numel() == 0) {
+    if (inputs.dim() != 2 || inputs.size(0) < 1 || inputs.size(1) < 1) {
+      fail("inputs must be [K, N] with K, N >= 1 when no offsets are given, got ",
+           shape_of(inputs.sizes()));
+    }
+    fits = inputs.size(0);
+  } else {
+    if (inputs.dim() != 1) {
+      fail("inputs must be 1-D with offsets, got ", shape_of(inputs.sizes()));
+    }
+    if (offsets.dim() != 1 || offsets.numel() < 2) {
+      fail("offsets must be 1-D with K + 1 >= 2 values, got ", shape_of(offsets.sizes()));
+    }
+    fits = offsets.numel() - 1;
+  }
+  check_tensor(start, "start");
+  check_same(start, "start", inputs, "inputs");
+  check_rows(start, "start", fits, kNumParams, "w00, b00, w01, w10, b10, w11, final_bias");
+  check_rows(settings, "settings", fits, cpu::kManyColumns, "cpu/fit_many.h's columns");
+  if (settings.scalar_type() != ScalarType::Double) {
+    fail("settings must be float64, got ", settings.scalar_type());
+  }
+  check_trained_optimizer(trained, optimizer);
+  return fits;
+}
+
+void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
+                           const Tensor& offsets, const Tensor& start,
+                           const Tensor& settings, int64_t optimizer) {
+  const int64_t points = inputs.numel();
+  if (offsets.numel() != 0) {
+    const int64_t* o = static_cast<const int64_t*>(offsets.const_data_ptr());
+    const int64_t fits = offsets.numel() - 1;
+    if (o[0] != 0) fail("offsets must start at 0, got ", o[0]);
+    for (int64_t k = 0; k < fits; ++k) {
+      if (o[k + 1] <= o[k]) {
+        fail("offsets must rise (fit ", k, " is [", o[k], ", ", o[k + 1], "): ",
+             o[k + 1] == o[k] ? "an empty group" : "out of order", ")");
+      }
+    }
+    if (o[fits] != points) {
+      fail("offsets must end at the points' count ", points, ", got ", o[fits]);
+    }
+  }
+  dispatch_float(inputs.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    check_finite(static_cast<const T*>(inputs.const_data_ptr()), points, "inputs");
+    check_finite(static_cast<const T*>(labels.const_data_ptr()), points, "labels");
+    check_finite(static_cast<const T*>(start.const_data_ptr()), start.numel(), "start");
+  });
+  const double* rows = static_cast<const double*>(settings.const_data_ptr());
+  for (int64_t r = 0; r < settings.size(0); ++r) {
+    const double* row = rows + r * cpu::kManyColumns;
+    try {
+      const ParamFitOptions o = cpu::many_options(row, 0, optimizer);
+      check_sgd_options(o.sgd.lr, optimizer == kSgd ? o.sgd.momentum : 0.0,
+                        o.sgd.dampening, optimizer == kSgd && o.sgd.nesterov,
+                        o.sgd.weight_decay);
+      if (optimizer != kSgd) check_adam_options(o.adam.beta1, o.adam.beta2, o.adam.eps);
+      const double epochs = row[cpu::kColEpochs];
+      if (!(epochs >= 0 && epochs <= 2147483647.0 && epochs == std::floor(epochs))) {
+        fail("epochs must be an integer in [0, 2**31 - 1], got ", epochs);
+      }
+      if (!(o.tol >= 0)) fail("tol must be >= 0, got ", o.tol);
+      for (int c : {cpu::kColNesterov, cpu::kColMaximize, cpu::kColAmsgrad}) {
+        if (row[c] != 0 && row[c] != 1) fail("a flag column must be 0 or 1, got ", row[c]);
+      }
+    } catch (const std::invalid_argument& e) {
+      if (settings.size(0) == 1) throw;  // shared: the message names it
+      fail("fit ", r, ": ", std::string(e.what()).substr(9));
+    }
+  }
 }
 
 }  // namespace biasfit

@@ -131,4 +131,20 @@ T* data_of(const Tensor& t) {
   return static_cast<T*>(t.mutable_data_ptr());
 }
 
+// fit_many's arguments (cpu/fit_many.h), every one before any fit runs:
+// inputs and labels float32/float64 of one shape and device, [K, N] with
+// offsets empty, or 1-D with offsets int64 [K + 1] rising from 0 to the
+// points' count (no empty fit); start [1 or K, 7] in inputs' dtype;
+// settings float64 [1 or K, 12] in cpu/fit_many.h's columns; trained and
+// optimizer as fit_params's. Returns K. check_fit_many_values then reads
+// the values (CPU tensors, contiguous): offsets, every point, start and
+// every settings row (as fit_params's options), finite where they must be.
+int64_t check_fit_many_args(const Tensor& inputs, const Tensor& labels,
+                            const Tensor& offsets, const Tensor& start,
+                            const Tensor& settings, int64_t trained,
+                            int64_t optimizer);
+void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
+                           const Tensor& offsets, const Tensor& start,
+                           const Tensor& settings, int64_t optimizer);
+
 }  // namespace biasfit

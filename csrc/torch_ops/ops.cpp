@@ -225,6 +225,36 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
 
 }  // namespace biasfit
 
+// ---- fit_many: K independent fits in one call (cpu/fit_many.h) ----------
+namespace biasfit {
+STABLE_TORCH_LIBRARY_FRAGMENT(biasfit, m) {
+  // inputs, labels: [K, N] (offsets empty), or 1-D with offsets int64 [K + 1]
+  // (fit k: points offsets[k] to offsets[k + 1]); start: [1 or K, 7] starting
+  // values; settings: float64 [1 or K, 12], cpu/fit_many.h's columns (lr,
+  // momentum, dampening, nesterov, weight_decay, maximize, beta1, beta2,
+  // eps, amsgrad, epochs, tol); trained, optimizer as fit_params's. Per fit:
+  // final params [K, 7], last loss [K], epochs [K], status int8 [K]
+  // (core/fit.h's, or 7: stalled), bad_param int8 [K]; losses [K, E] (E the
+  // most epochs, NaN after a fit's last) if history, else [K, 0].
+  m.def("fit_many(Tensor inputs, Tensor labels, Tensor offsets, Tensor start, "
+        "Tensor settings, int trained, int optimizer, bool history) -> "
+        "(Tensor params, Tensor loss, Tensor epochs, Tensor status, "
+        "Tensor bad_param, Tensor losses)");
+}
+#ifndef BIASFIT_WITH_CUDA
+namespace {
+constexpr char kFitMany[] = "biasfit::fit_many";
+}  // namespace
+STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+  m.impl("fit_many",
+         TORCH_BOX((&cuda_refused<kFitMany, kNotBuilt,
+                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>,
+                                  Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
+                                  int64_t, bool>)));
+}
+#endif
+}  // namespace biasfit
+
 #ifdef BIASFIT_WITH_CUDA
 constexpr long kWithCuda = 1;
 #else

@@ -1,0 +1,438 @@
+// K independent fits in one call, free of torch: torch_ops/fit_many_cpu.cpp
+// runs it as the fit_many op (biasfit.fit_many).
+//
+// Each fit is the fit that fit_fused (final_bias alone, SGD) or
+// fit(engine="fused") (any other trained parameters, Adam, AdamW) runs on
+// that fit's points alone: the same chunks, lanes and trees (cpu/reduce.h),
+// the same end of an epoch (core/fit.h's and core/fit_params.h's decide),
+// so the same epochs and bits. What differs is what is kept: no history
+// (unless asked for, one row a fit), only a few values a fit, so memory
+// beyond the data is O(K); and a stall (biasfit/stall.py's test) is decided
+// as the epochs go, from the fit's largest hidden value, not afterwards
+// from its history. A fit of final_bias alone whose data fit_fused would
+// regroup (cpu/plan.h: only fits of kRegroupMinPoints points or more) runs
+// through cpu::train itself, so that it sums the regrouped order too.
+//
+// Threads take fits (blocks of them) from a shared counter; each fit runs
+// on one thread, so no sum depends on the thread count.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "core/fit.h"
+#include "core/fit_params.h"
+#include "cpu/fit_many_lanes.h"
+#include "cpu/kernels.h"
+#include "cpu/parallel.h"
+#include "cpu/plan.h"
+#include "cpu/trainer.h"
+#include "cpu/trainer_params.h"
+
+namespace biasfit {
+namespace cpu {
+
+// The columns of the settings table, float64, one row shared by every fit
+// or one row a fit: SGD's, Adam's, the epochs and the stop tolerance. A
+// flag column is 0 or 1.
+enum ManyColumn : int {
+  kColLr = 0, kColMomentum, kColDampening, kColNesterov, kColWeightDecay,
+  kColMaximize, kColBeta1, kColBeta2, kColEps, kColAmsgrad, kColEpochs,
+  kColTol, kManyColumns
+};
+
+inline ParamFitOptions many_options(const double* row, int64_t trained,
+                                    int64_t kind) {
+  const double lr = row[kColLr], wd = row[kColWeightDecay];
+  const bool maximize = row[kColMaximize] != 0;
+  return ParamFitOptions{
+      trained, kind,
+      SgdOptions{lr, row[kColMomentum], row[kColDampening], wd,
+                 row[kColNesterov] != 0, maximize},
+      AdamOptions{lr, row[kColBeta1], row[kColBeta2], row[kColEps], wd,
+                  row[kColAmsgrad] != 0, maximize, kind == kAdamW},
+      int64_t(row[kColEpochs]), row[kColTol]};
+}
+
+// The fits' data: fit k's points are [offsets[k], offsets[k + 1]), or,
+// without offsets, [k n, (k + 1) n). start: rows of the seven starting
+// values (one row for every fit, or one a fit); settings: rows of
+// kManyColumns (likewise).
+template <typename T>
+struct ManyData {
+  const T* x;
+  const T* y;
+  const int64_t* offsets;  // K + 1 values, or null
+  int64_t n;               // points a fit without offsets
+  int64_t fits;
+  const T* start;
+  int64_t start_rows;
+  const double* settings;
+  int64_t settings_rows;
+  int64_t trained;  // bit p: parameter p trains (core/fit_params.h)
+  int64_t kind;     // OptimizerKind
+
+  int64_t begin(int64_t k) const { return offsets ? offsets[k] : k * n; }
+  int64_t end(int64_t k) const { return offsets ? offsets[k + 1] : (k + 1) * n; }
+  const T* start_of(int64_t k) const {
+    return start + kNumParams * (start_rows == 1 ? 0 : k);
+  }
+  const double* settings_of(int64_t k) const {
+    return settings + kManyColumns * (settings_rows == 1 ? 0 : k);
+  }
+};
+
+// What each fit gives: its seven final values, its last evaluated loss
+// (NaN if it ran no epoch), the epoch it stopped at, its status and the
+// parameter that became inf/NaN (-1: none); and, if history is not null,
+// its evaluated epochs' losses in a row of history_len, NaN after them.
+template <typename T>
+struct ManyOut {
+  T* params;
+  T* loss;
+  int64_t* epochs;
+  int8_t* status;
+  int8_t* bad_param;
+  T* history;
+  int64_t history_len;
+};
+
+// What a fit keeps of its epochs instead of a history: the last loss, and
+// biasfit/stall.py's stall test as the epochs go. A fit stalls at the first
+// epoch e whose bias turns every unit off (fl(max h + b_e) <= 0) and whose
+// step does not go up (b_{e+1} <= b_e), if it then runs out of epochs with a
+// last step that did not go up; it ends there: epoch e, bias b_{e+1}, loss
+// of epoch e.
+template <typename T>
+struct Track {
+  T* row = nullptr;     // the fit's history row, or null
+  bool watch = false;   // whether it can stall: bias-only SGD, may_stall
+  T max_h = T(0);       // its largest hidden value (NaN if one is NaN)
+  T last_loss = std::numeric_limits<T>::quiet_NaN();
+  T last_before = T(0);  // the bias its last step started from
+  int64_t stall_epoch = -1;
+  T stall_bias = T(0), stall_loss = T(0);
+
+  void record(int64_t epoch, T loss) {
+    last_loss = loss;
+    if (row != nullptr) row[epoch] = loss;
+  }
+  void stepped(int64_t epoch, T before, T after) {
+    last_before = before;
+    if (watch && stall_epoch < 0 && add_rn(max_h, before) <= T(0) &&
+        after <= before) {
+      stall_epoch = epoch;
+      stall_bias = after;
+      stall_loss = last_loss;
+    }
+  }
+  // Whether a fit that ended with `status` at bias `final` stalled.
+  bool stalled(int64_t status, T final) const {
+    return watch && status == kExhausted && stall_epoch >= 0 &&
+           final <= last_before;
+  }
+};
+
+// torch's max over hidden values: NaN wins.
+template <typename T>
+T max_with_nan(const T* h, int64_t n) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < n; ++i) m = (h[i] > m || h[i] != h[i]) ? h[i] : m;
+  return m;
+}
+
+// One thread's buffers, kept from fit to fit.
+template <typename T>
+struct ManyScratch {
+  std::vector<T> h, chunk_min_h;
+  std::vector<LossGrad> partials;
+  std::vector<ParamSums> param_partials;
+};
+
+// Sum of chunk(begin, end) over [0, n) in deterministic_sum's chunks and
+// tree, on this thread.
+template <typename Sum, typename Chunk>
+Sum serial_sum(int64_t n, std::vector<Sum>& partials, const Chunk& chunk) {
+  const int64_t chunks = num_chunks(n);
+  if (chunks <= 1) return chunk(0, n);
+  partials.resize(chunks);
+  for (int64_t c = 0; c < chunks; ++c) {
+    partials[c] = chunk(c * kChunk, std::min((c + 1) * kChunk, n));
+  }
+  return pairwise_total(partials);
+}
+
+// One epoch of a fit of final_bias alone, from hidden h, and its end.
+template <typename T, typename Sums>
+BIASFIT_HD void bias_epoch(FitState<T>& state, const FitOptions& o,
+                                      Track<T>& track, const Sums& sums_at) {
+  const LossGrad sums = sums_at(state.bias);
+  const int64_t epoch = state.epoch;
+  const T before = state.bias;
+  track.record(epoch, T(sums.loss));
+  state.decide(sums, o);
+  if (state.epoch > epoch) track.stepped(epoch, before, state.bias);
+}
+
+// fit_bias for a fit of kN < kLanes points: small_chunk_sum (sum_chunk's
+// route for them, the same text) with its count known, so the compiler
+// unrolls the points and the tree, and the whole epoch inlined (flatten):
+// at the tutorial's size the calls, not the arithmetic, would cost most.
+template <int kN, typename T>
+[[gnu::flatten]] FitState<T> fit_bias_small(const T* x, const T* y,
+                                            const Weights<T>& w, T bias,
+                                            const FitOptions& o,
+                                            Track<T>& track) {
+  T h[kN];
+  for (int i = 0; i < kN; ++i) h[i] = hidden(x[i], w);
+  if (track.watch) track.max_h = max_with_nan(h, kN);
+  PointLossFromHidden<T> point{h, y, T(0)};
+  FitState<T> state = FitState<T>::start(bias, o.epochs);
+  while (state.status == kRunning) {
+    bias_epoch(state, o, track, [&](T b) {
+      point.bias = b;
+      return small_chunk_sum(point, 0, kN);
+    });
+  }
+  return state;
+}
+
+template <typename T, int... kN>
+constexpr auto small_fits(std::integer_sequence<int, kN...>) {
+  using Fn = FitState<T> (*)(const T*, const T*, const Weights<T>&, T,
+                             const FitOptions&, Track<T>&);
+  return std::array<Fn, sizeof...(kN)>{&fit_bias_small<kN + 1, T>...};
+}
+
+// final_bias alone with SGD: cpu::train's kStream/kHiddenOnce epochs (the
+// same bits), hidden(x) once into the thread's buffer.
+template <typename T>
+FitState<T> fit_bias(const T* x, const T* y, int64_t n, const Weights<T>& w,
+                     T bias, const FitOptions& o, ManyScratch<T>& s,
+                     Track<T>& track) {
+#ifndef BIASFIT_NO_SMALL_CHUNK
+  static constexpr auto kSmall =
+      small_fits<T>(std::make_integer_sequence<int, kLanes - 1>());
+  if (n < kLanes) return kSmall[n - 1](x, y, w, bias, o, track);
+#endif
+  FitState<T> state = FitState<T>::start(bias, o.epochs);
+  if (int64_t(s.h.size()) < n) s.h.resize(n);
+  T* h = s.h.data();
+  PointLossFromHidden<T> point{h, y, T(0)};
+  if (n < kLanes) {
+    for (int64_t i = 0; i < n; ++i) h[i] = hidden(x[i], w);
+  } else {
+    s.chunk_min_h.resize(num_chunks(n));
+    for (int64_t c = 0; c < num_chunks(n); ++c) {
+      s.chunk_min_h[c] =
+          hidden_chunk(x, h, c * kChunk, std::min((c + 1) * kChunk, n), w);
+    }
+    point.chunk_min_h = s.chunk_min_h.data();
+  }
+  if (track.watch) track.max_h = max_with_nan(h, n);
+  while (state.status == kRunning) {
+    bias_epoch(state, o, track, [&](T b) {
+      point.bias = b;
+      return serial_sum(n, s.partials, [&](int64_t from, int64_t to) {
+        return sum_chunk(point, from, to);
+      });
+    });
+  }
+  return state;
+}
+
+// final_bias alone with SGD where fit_fused would regroup (or run a plan
+// forced by BIASFIT_TRAINER_PLAN): cpu::train itself, its history replayed.
+template <typename T>
+FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
+                             const Weights<T>& w, T bias, const FitOptions& o,
+                             Track<T>& track) {
+  History<T> history;
+  const FitState<T> state = train(x, y, n, w, bias, o, 1, history);
+  if (track.watch) {
+    track.max_h = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      const T hi = hidden(x[i], w);
+      track.max_h = (hi > track.max_h || hi != hi) ? hi : track.max_h;
+    }
+  }
+  const int64_t seen = state.epoch + (state.status != kExhausted);
+  for (int64_t e = 0; e < seen; ++e) {
+    track.record(e, history.losses[e]);
+    if (e < state.epoch) {
+      track.stepped(e, history.biases[e],
+                    e + 1 < seen ? history.biases[e + 1] : state.bias);
+    }
+  }
+  return state;
+}
+
+// Any other fit: cpu::train_params's epochs on this thread.
+template <typename T>
+ParamFitState<T> fit_params_one(const T* x, const T* y, int64_t n,
+                                const T* start, const ParamFitOptions& o,
+                                ManyScratch<T>& s, Track<T>& track) {
+  ParamFitState<T> state = ParamFitState<T>::start(start, o.epochs);
+  const bool weights = (o.trained & ((1 << kNumWeights) - 1)) != 0;
+  while (state.status == kRunning) {
+    const PointLossParamGrads<T> point{x, y, Weights<T>::load(state.params),
+                                       state.params[kBiasIndex]};
+    const ParamSums sums =
+        serial_sum(n, s.param_partials, [&](int64_t b, int64_t e) {
+          return epoch_chunk(point, weights, b, e);
+        });
+    track.record(state.epoch, T(sums.loss));
+    state.decide(sums, o);
+  }
+  return state;
+}
+
+// Fit k, start to end, its results written to out.
+template <typename T>
+void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
+             ManyScratch<T>& s, const ManyOut<T>& out) {
+  const int64_t begin = d.begin(k), n = d.end(k) - begin;
+  const T* x = d.x + begin;
+  const T* y = d.y + begin;
+  const T* start = d.start_of(k);
+  const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+  Track<T> track;
+  if (out.history != nullptr) track.row = out.history + k * out.history_len;
+  T* params = out.params + kNumParams * k;
+  int64_t epoch, status, bad = -1;
+  if (d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
+    track.watch = o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
+    const FitOptions fo{o.sgd, o.epochs, o.tol};
+    const Weights<T> w = Weights<T>::load(start);
+    const T bias = start[kBiasIndex];
+    const bool planned =
+        (plans_forced || n >= kRegroupMinPoints) &&
+        [&] {
+          const Plan plan = plan_for(x, n, w, bias, o.epochs);
+          return plan != Plan::kStream && plan != Plan::kHiddenOnce;
+        }();
+    const FitState<T> state = planned
+                                  ? fit_bias_planned(x, y, n, w, bias, fo, track)
+                                  : fit_bias(x, y, n, w, bias, fo, s, track);
+    for (int p = 0; p < kNumParams; ++p) params[p] = start[p];
+    params[kBiasIndex] = state.bias;
+    epoch = state.epoch;
+    status = state.status;
+    if (status == kBiasNonFinite) bad = kBiasIndex;
+  } else {
+    const ParamFitState<T> state = fit_params_one(x, y, n, start, o, s, track);
+    for (int p = 0; p < kNumParams; ++p) params[p] = state.params[p];
+    epoch = state.epoch;
+    status = state.status;
+    bad = state.bad_param;
+  }
+  T loss = track.last_loss;
+  if (track.stalled(status, params[kBiasIndex])) {
+    status = kStalled;
+    epoch = track.stall_epoch;
+    params[kBiasIndex] = track.stall_bias;
+    loss = track.stall_loss;
+  }
+  out.loss[k] = loss;
+  out.epochs[k] = epoch;
+  out.status[k] = int8_t(status);
+  out.bad_param[k] = int8_t(bad);
+  if (track.row != nullptr) {
+    const int64_t seen = epoch + (status != kExhausted);
+    std::fill(track.row + std::min(seen, out.history_len),
+              track.row + out.history_len, std::numeric_limits<T>::quiet_NaN());
+  }
+}
+
+// Whether fit k runs in a vector lane (cpu/fit_many_lanes.h): final_bias
+// alone by plain SGD over fewer than kLanes points, no history kept.
+template <typename T>
+bool lane_fit(const ManyData<T>& d, int64_t k, const ManyOut<T>& out) {
+  const int64_t n = d.end(k) - d.begin(k);
+  if (out.history != nullptr || n >= kLanes) return false;
+  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return false;
+  const double* row = d.settings_of(k);
+  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0;
+}
+
+// The fits ks[0..count), each of kN points, kFitLanes at once.
+template <int kN, typename T>
+void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
+               const ManyOut<T>& out) {
+  int64_t i = 0;
+  auto next = [&](LaneFit<T>& f) {
+    if (i == count) return false;
+    const int64_t k = ks[i++], begin = d.begin(k);
+    const T* start = d.start_of(k);
+    const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+    f = LaneFit<T>{k, d.x + begin, d.y + begin, Weights<T>::load(start),
+                   start[kBiasIndex], T(-o.sgd.lr), o.sgd.maximize, o.epochs, o.tol};
+    return true;
+  };
+  auto done = [&](const LaneResult<T>& r) {
+    const T* start = d.start_of(r.id);
+    T* params = out.params + kNumParams * r.id;
+    for (int p = 0; p < kBiasIndex; ++p) params[p] = start[p];
+    params[kBiasIndex] = r.bias;
+    out.loss[r.id] = r.loss;
+    out.epochs[r.id] = r.epoch;
+    out.status[r.id] = int8_t(r.status);
+    out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
+  };
+  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kN, T>(next, done); });
+}
+
+template <typename T, int... kN>
+constexpr auto lane_runs(std::integer_sequence<int, kN...>) {
+  using Fn = void (*)(const ManyData<T>&, const int64_t*, int64_t,
+                      const ManyOut<T>&);
+  return std::array<Fn, sizeof...(kN)>{&fit_lanes<kN + 1, T>...};
+}
+
+// Fits per block a thread takes at once: small enough to share out fits of
+// different lengths, large enough that the counter is not contended.
+inline int64_t many_block(int64_t fits, int threads) {
+  return std::clamp<int64_t>(fits / (int64_t(threads) * 64), 1, 256);
+}
+
+// Every fit of d, on up to `threads` threads.
+template <typename T>
+void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
+  const bool plans_forced = std::getenv("BIASFIT_TRAINER_PLAN") != nullptr;
+  const int64_t block = many_block(d.fits, threads);
+  const int64_t blocks = (d.fits + block - 1) / block;
+  std::atomic<int64_t> next{0};
+  static constexpr auto kLaneRuns =
+      lane_runs<T>(std::make_integer_sequence<int, kLanes - 1>());
+  run_team(threads_for(blocks, threads), [&](const Team&) {
+    ManyScratch<T> scratch;
+    std::vector<int64_t> by_size[kLanes];  // lane fits of each size
+    for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
+      const int64_t to = std::min(d.fits, (b + 1) * block);
+      for (int64_t k = b * block; k < to; ++k) {
+#ifndef BIASFIT_NO_FIT_LANES
+        if (lane_fit(d, k, out)) {
+          by_size[d.end(k) - d.begin(k)].push_back(k);
+          continue;
+        }
+#endif
+        fit_one(d, k, plans_forced, scratch, out);
+      }
+      for (int n = 1; n < kLanes; ++n) {
+        if (by_size[n].empty()) continue;
+        kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
+        by_size[n].clear();
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace biasfit
