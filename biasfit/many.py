@@ -4,7 +4,9 @@ One curve per compound on a plate, a learning-rate sweep, bootstrap
 resamples: each fit is the fit that fit_fused (final_bias alone, SGD) or
 fit(engine="fused") (any other trained parameters, Adam, AdamW) runs on its
 points alone, with the same epochs and bits. A fit that diverges or stalls
-says so in its status; it never raises for the batch.
+says so in its status; it never raises for the batch. A stalled fit stops
+at its stall, as fit_fused(on_stall="stop") does (fit_fused's default runs
+on, as torch.optim does).
 """
 import math
 import numbers

@@ -41,7 +41,7 @@ def run(tmp_path, capsys, *args, text=PLATE):
 
 def single(x, y, **kw):
     try:
-        r = biasfit.fit_fused(torch.tensor(x), torch.tensor(y), **kw)
+        r = biasfit.fit_fused(torch.tensor(x), torch.tensor(y), on_stall="raise", **kw)
         return r.epochs_run, r.final_bias, r.final_loss, "converged" if r.converged else "exhausted"
     except biasfit.StalledError as e:
         return e.epoch, e.result.final_bias, e.result.final_loss, "stalled"

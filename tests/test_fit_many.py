@@ -35,7 +35,7 @@ def single(x, y, w, b, trained, optimizer, s):
             x, y, weights=torch.tensor(w, dtype=dtype), bias=b, lr=s["lr"],
             momentum=s["momentum"], dampening=s["dampening"], nesterov=s["nesterov"],
             weight_decay=s["weight_decay"], maximize=s["maximize"], epochs=s["epochs"],
-            tol=s["tol"], callback=record)
+            tol=s["tol"], callback=record, on_stall="raise")
         values = lambda r: list(w) + [r.final_bias]  # noqa: E731
     else:
         model = biasfit.BasicNN(final_bias=b, dtype=dtype)
@@ -54,7 +54,8 @@ def single(x, y, w, b, trained, optimizer, s):
                       weight_decay=s["weight_decay"], amsgrad=s["amsgrad"],
                       maximize=s["maximize"])
         run = lambda: biasfit.fit(model, x, y, optimizer=opt, epochs=s["epochs"],  # noqa: E731
-                                  tol=s["tol"], callback=record, engine="fused")
+                                  tol=s["tol"], callback=record, engine="fused",
+                                  on_stall="raise")
         values = lambda r: [getattr(model, n).item() for n in PARAM_NAMES]  # noqa: E731
     try:
         r = run()
