@@ -241,18 +241,30 @@ STABLE_TORCH_LIBRARY_FRAGMENT(biasfit, m) {
         "(Tensor params, Tensor loss, Tensor epochs, Tensor status, "
         "Tensor bad_param, Tensor losses)");
 }
-#ifndef BIASFIT_WITH_CUDA
 namespace {
 constexpr char kFitMany[] = "biasfit::fit_many";
+#ifdef BIASFIT_WITH_CUDA
+// Its CUDA kernels are yet to come: a CUDA tensor gets one line saying so
+// rather than the dispatcher's generic error.
+constexpr char kFitManyNoKernel[] =
+    " has no CUDA kernel yet: its fits run on the CPU's threads; pass CPU tensors";
+#endif
 }  // namespace
 STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+#ifdef BIASFIT_WITH_CUDA
+  m.impl("fit_many",
+         TORCH_BOX((&cuda_refused<kFitMany, kFitManyNoKernel,
+                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>,
+                                  Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
+                                  int64_t, bool>)));
+#else
   m.impl("fit_many",
          TORCH_BOX((&cuda_refused<kFitMany, kNotBuilt,
                                   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>,
                                   Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
                                   int64_t, bool>)));
-}
 #endif
+}
 }  // namespace biasfit
 
 #ifdef BIASFIT_WITH_CUDA
