@@ -5,6 +5,16 @@ import torch
 
 import biasfit
 
+def default_sigint():
+    """Popen's preexec_fn for a child that is to get Ctrl-C as a terminal
+    user's program does: SIGINT back to its default action, which Python
+    turns into KeyboardInterrupt. A shell without job control starts
+    background jobs with SIGINT ignored, and children inherit that (a CI
+    run launched in the background would otherwise test nothing)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # Where `python -c` children run: in a checkout the repository root holds the
 # source folder biasfit/, which would shadow the installed package.
 CHILD_CWD = Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ import biasfit
 from biasfit import cli
 from biasfit.checkpoint import load_model, save_model
 
-from helpers import CHILD_CWD
+from helpers import CHILD_CWD, default_sigint
 from test_cli import BIASFIT
 
 
@@ -265,7 +265,7 @@ LONG_FIT = ["train", "--epochs", "1000000", "--tol", "0"]
 
 def test_ctrl_c_during_train_exits_130_with_one_line():
     proc = subprocess.Popen([BIASFIT, *LONG_FIT], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         assert proc.stdout.readline().startswith("epoch    0")
         proc.send_signal(signal.SIGINT)

@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from helpers import CHILD_CWD
+from helpers import CHILD_CWD, default_sigint
 
 # The child: 2e6 points and tol=0, so about 1e6 epochs, far longer than the
 # test; FIT is the call that runs them.
@@ -42,7 +42,8 @@ FITS = {
 def test_sigint_interrupts_a_native_fit_within_a_second(fit):
     script = SCRIPT.replace("FIT", FITS[fit])
     child = subprocess.Popen([sys.executable, "-c", script], cwd=CHILD_CWD,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     try:
         assert child.stdout.readline().strip() == "fitting"
         time.sleep(1.0)  # well inside the native loop by now
