@@ -193,7 +193,6 @@ def _loss_grads_backward(ctx, grad_loss, grads):
 
 def _save_loss_inputs(ctx, x, y, w, b, *more):
     ctx.save_for_backward(_savable(x), _savable(y), _savable(w), _savable(b), *more)
-    ctx.save_for_forward(x, y, w, b)
 
 
 def _fused_loss_grads_setup(ctx, inputs, output):
@@ -226,7 +225,7 @@ def _fused_loss_backward(ctx, grad_loss, grad_bias_grad):
     # Only the bias gradient came from the pass; the others, if wanted, from
     # _loss_grads_backward's second pass.
     bias_grad = ctx.saved_tensors[4]
-    if not any(ctx.needs_input_grad[:3]) and not torch.is_grad_enabled():
+    if not any(ctx.needs_input_grad[:3]) and not (torch.is_grad_enabled() or under_transform()):
         # the tutorial's case, every epoch: keep it short
         return None, None, None, (grad_loss * bias_grad).reshape(ctx.bias_shape)
     return _loss_grads_backward(ctx, grad_loss, (None, bias_grad, None, None))
@@ -238,7 +237,6 @@ torch.library.register_autograd(
 
 def _predict_setup(ctx, inputs, output):
     ctx.save_for_backward(*map(_savable, inputs))
-    ctx.save_for_forward(*inputs)
 
 
 def _predict_backward(ctx, grad_out):
@@ -300,17 +298,17 @@ class _FusedLossFn(torch.autograd.Function):
     (biasfit/vmap_rules.py)."""
     generate_vmap_rule = True
 
-    # The ops see detached tensors: under torch.compile, Dynamo traces
-    # forward with the transform's tensors, and an op's register_autograd
-    # kernel refuses those (pytorch/pytorch#168393).
+    # The ops see values only (_detached), as every native call here.
     @staticmethod
     def forward(inputs, labels, weights, bias):
         return _ops.fused_loss(*_detached(inputs, labels, weights, bias))[0]
 
+    # Only the autograd.Functions have a jvp, so only they save for it.
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.computed = 0
         _save_loss_inputs(ctx, *inputs)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -331,6 +329,7 @@ class _PredictFn(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         _predict_setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, grad_out):
