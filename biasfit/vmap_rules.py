@@ -13,13 +13,10 @@ import torch
 
 from . import _native  # noqa: F401  (loads torch.ops.biasfit)
 from . import derivatives
-from .ops import (_building_graph, _never_called, _outputs_not_differentiable, _detached,
-                  _with_graph)
+from .ops import (NEED_INPUTS, NEED_LABELS, NEED_WEIGHTS, _building_graph, _detached,
+                  _never_called, _outputs_not_differentiable, _savable, _with_graph)
 
 _ops = torch.ops.biasfit
-
-# csrc/core/network.h's GradNeeds (as biasfit/ops.py's).
-_NEED_WEIGHTS, _NEED_LABELS, _NEED_INPUTS = 1, 4, 8
 
 
 def _refuse(message):
@@ -210,7 +207,7 @@ def _graph_of(vjp, need, grad, *rows):
 
 def _loss_batched_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[1:])
-    ctx.save_for_backward(*inputs[:4])
+    ctx.save_for_backward(*map(_savable, inputs[:4]))
     ctx.has_needs = len(inputs) > 4
 
 
@@ -218,8 +215,8 @@ def _loss_batched_backward(ctx, grad_loss, *_):
     x, y, w, b = ctx.saved_tensors
     need = ctx.needs_input_grad[:4]
     graph = _building_graph(grad_loss, x, y, w, b)
-    bits = ((_NEED_INPUTS if need[0] else 0) | (_NEED_LABELS if need[1] else 0)
-            | (_NEED_WEIGHTS if need[2] else 0))
+    bits = ((NEED_INPUTS if need[0] else 0) | (NEED_LABELS if need[1] else 0)
+            | (NEED_WEIGHTS if need[2] else 0))
     _, wg, bg, yg, xg = _ops.fused_loss_grads_batched(*_detached(x, y, w, b), bits)
     g = grad_loss[:, None]
     grads = (_to_rows(g * xg, x) if need[0] else None, _to_rows(g * yg, y) if need[1] else None,
@@ -236,14 +233,14 @@ for _name in ("fused_loss_batched", "fused_loss_grads_batched"):
 
 
 def _predict_batched_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*map(_savable, inputs))
 
 
 def _predict_batched_backward(ctx, grad_out):
     x, w, b = ctx.saved_tensors
     need_x, need_w, need_b = need = ctx.needs_input_grad
     graph = _building_graph(grad_out, x, w, b)
-    bits = (_NEED_INPUTS if need_x else 0) | (_NEED_WEIGHTS if need_w else 0)
+    bits = (NEED_INPUTS if need_x else 0) | (NEED_WEIGHTS if need_w else 0)
     wg, bg, xg = _ops.predict_grads_batched(*_detached(grad_out, x, w, b), bits)
     grads = (_to_rows(xg, x) if need_x else None, _to_rows(wg, w) if need_w else None,
              _to_rows(bg, b) if need_b else None)
@@ -297,9 +294,9 @@ def _predict_bias_grad_batched_fake(grad_out, inputs, weights, bias):
 @torch.library.register_fake("biasfit::fused_loss_grads_batched")
 def _fused_loss_grads_batched_fake(inputs, labels, weights, bias, needs):
     k, n = _batch(inputs, labels, weights, bias), inputs.shape[1]
-    return (inputs.new_empty((k,)), inputs.new_empty((k, 6 if needs & _NEED_WEIGHTS else 0)),
-            inputs.new_empty((k,)), inputs.new_empty((k, n if needs & _NEED_LABELS else 0)),
-            inputs.new_empty((k, n if needs & _NEED_INPUTS else 0)))
+    return (inputs.new_empty((k,)), inputs.new_empty((k, 6 if needs & NEED_WEIGHTS else 0)),
+            inputs.new_empty((k,)), inputs.new_empty((k, n if needs & NEED_LABELS else 0)),
+            inputs.new_empty((k, n if needs & NEED_INPUTS else 0)))
 
 
 @torch.library.register_fake("biasfit::fused_loss_grads_sums_batched")
@@ -310,5 +307,5 @@ def _fused_loss_grads_sums_batched_fake(inputs, labels, weights, bias):
 @torch.library.register_fake("biasfit::predict_grads_batched")
 def _predict_grads_batched_fake(grad_out, inputs, weights, bias, needs):
     k, n = _batch(grad_out, inputs, weights, bias), inputs.shape[1]
-    return (inputs.new_empty((k, 6 if needs & _NEED_WEIGHTS else 0)), inputs.new_empty((k,)),
-            inputs.new_empty((k, n if needs & _NEED_INPUTS else 0)))
+    return (inputs.new_empty((k, 6 if needs & NEED_WEIGHTS else 0)), inputs.new_empty((k,)),
+            inputs.new_empty((k, n if needs & NEED_INPUTS else 0)))
