@@ -180,8 +180,17 @@ def fit_many(inputs, labels, *, offsets=None, weights=None, bias=0.0,
         out = _sharded(x, y, offsets, start, settings, fits, call)
     else:
         out = torch.ops.biasfit.fit_many(x, y, offsets, start, settings, *call)
-    params, loss, epochs_run, status, bad, losses = out
+    params, loss, epochs_run, status, bad, losses, _ = out
+    raise_if_interrupted(status)
     return ManyResult(params, loss, epochs_run, status, bad, losses if history else None)
+
+
+def raise_if_interrupted(status):
+    """KeyboardInterrupt where Ctrl-C stopped the fits: the op then gives
+    every fit status INTERRUPTED (csrc/torch_ops/fit_many_cpu.cpp), having
+    run Python's handler and cleared its exception."""
+    if len(status) and int(status[0]) == _direct.INTERRUPTED:
+        raise KeyboardInterrupt
 
 
 def _rows(t, block):
@@ -210,7 +219,8 @@ def _sharded(x, y, offsets, start, settings, fits, call):
             else:
                 xs, ys, offs = x[block], y[block], offsets
             local = torch.ops.biasfit.fit_many(xs, ys, offs, _rows(start, block),
-                                               _rows(settings, block), *call)
+                                               _rows(settings, block), *call)[:6]
+            raise_if_interrupted(local[3])
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, local)
     parts = [g for g in gathered if g is not None]
@@ -218,4 +228,5 @@ def _sharded(x, y, offsets, start, settings, fits, call):
     width = max(p[5].shape[1] for p in parts)
     histories = [torch.nn.functional.pad(p[5], (0, width - p[5].shape[1]), value=math.nan)
                  for p in parts]
-    return (*(torch.cat([p[i] for p in parts]) for i in range(5)), torch.cat(histories))
+    return (*(torch.cat([p[i] for p in parts]) for i in range(5)), torch.cat(histories),
+            None)

@@ -448,6 +448,13 @@ _JOBS = {"autograd": _fit_autograd, "sgd": _fit_sgd, "params": _fit_params}
 # -- fit_fused -----------------------------------------------------------------
 
 
+# fit_fused reads its tensors' values (a FitResult of Python numbers): a
+# mapped tensor under torch.func.vmap has none to read.
+_UNDER_TRANSFORM = ("biasfit.fit_fused cannot run under torch.func transforms (vmap): it "
+                    "returns Python numbers; vmap torch.ops.biasfit.fit_sgd (one fit_many "
+                    "call), or call biasfit.fit_many")
+
+
 def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
               dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
               epochs=100, tol=1e-4, callback=None, reduction="sum", rtol=0.0, patience=10,
@@ -462,8 +469,13 @@ def fit_fused(inputs, labels, *, weights=None, bias=0.0, lr=0.1, momentum=0.0,
     _, sharded = _route("fused", _BIAS_ONLY, None)
     stop = _TUTORIAL if (reduction, rtol, patience, on_stall) == _TUTORIAL else _stop(
         reduction, rtol, patience, on_stall)
-    result = _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
-                  weight_decay, maximize, epochs, tol, callback, sharded, stop)
+    try:
+        result = _sgd(inputs, labels, weights, bias, lr, momentum, dampening, nesterov,
+                      weight_decay, maximize, epochs, tol, callback, sharded, stop)
+    except RuntimeError as error:  # (no cost to the fits that run)
+        if torch._C._are_functorch_transforms_active():
+            raise RuntimeError(_UNDER_TRANSFORM) from error
+        raise
     if result.stall_epoch is None:
         return result
     return settle(result, stop.on_stall, inputs.numel(), lr, stop.reduction)

@@ -58,3 +58,93 @@ def test_sigint_interrupts_a_native_fit_within_a_second(fit):
     # The loop checks for signals about every 100 ms; a loaded 2-core
     # machine gets a generous margin, the old behaviour took the whole fit.
     assert waited < 3.0, f"took {waited:.2f} s to stop"
+
+
+# -- fit_many: Ctrl-C between fits and within one -------------------------------------
+#
+# Each call below runs for minutes; SIGINT must end it within about a
+# second, raising KeyboardInterrupt (exit 130 from the child's handler).
+MANY = textwrap.dedent("""
+    import sys, time, torch, biasfit
+    torch.set_num_threads(2)
+    DATA
+    print("fitting", flush=True)
+    start = time.perf_counter()
+    try:
+        FIT
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.perf_counter() - start:.2f} s", flush=True)
+        sys.exit(130)
+    print("finished without interruption", flush=True)
+""")
+
+MANY_FITS = {
+    # 4 fits of 2e6 points, each far longer than the test: within a fit,
+    # on every thread.
+    "few_large": ("x = torch.linspace(-0.5, 1.5, 2_000_000).repeat(4, 1); y = torch.rand(4, 2_000_000)",
+                  "biasfit.fit_many(x, y, lr=1e-7, epochs=1_000_000, tol=0.0)"),
+    # 1e6 tutorial-size fits of 1e5 epochs each (momentum: one fit a thread
+    # at a time, not the vector lanes): between fits.
+    "many_small": ("x, y = biasfit.tutorial_data(); x, y = x.repeat(1_000_000, 1), y.repeat(1_000_000, 1)",
+                   "biasfit.fit_many(x, y, lr=1e-3, momentum=0.5, epochs=100_000, tol=0.0)"),
+    # every parameter by Adam (fit_many's fit_params route), with a history.
+    "adam_history": ("x = torch.linspace(-0.5, 1.5, 1_000_000).repeat(2, 1); y = torch.rand(2, 1_000_000)",
+                     "biasfit.fit_many(x, y, trained=biasfit.model.PARAM_NAMES, optimizer='adam', "
+                     "lr=1e-4, epochs=100_000, tol=0.0, history=True)"),
+    # torch.func.vmap of fit_sgd: one fit_many call.
+    "vmap_fit_sgd": ("x = torch.linspace(-0.5, 1.5, 2_000_000); y = torch.rand(2_000_000); "
+                     "w = torch.tensor(biasfit.TUTORIAL_WEIGHTS)",
+                     "torch.func.vmap(lambda b: torch.ops.biasfit.fit_sgd(x, y, w, b, 1e-7, 0.0, "
+                     "0.0, False, 0.0, False, 1_000_000, 0.0))(torch.zeros(3))"),
+}
+
+
+def _interrupt_child(script, before=1.0):
+    """Runs script, sends SIGINT `before` s after its "fitting" line;
+    (return code, output, seconds from the signal to the exit)."""
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=CHILD_CWD,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
+    try:
+        assert child.stdout.readline().strip() == "fitting"
+        time.sleep(before)
+        sent = time.perf_counter()
+        os.kill(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        return child.returncode, out + err, time.perf_counter() - sent
+    finally:
+        child.kill()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("fit", sorted(MANY_FITS))
+def test_sigint_interrupts_fit_many_within_a_second(fit):
+    data, call = MANY_FITS[fit]
+    code, out, waited = _interrupt_child(MANY.replace("DATA", data).replace("FIT", call))
+    assert code == 130, out
+    assert "interrupted after" in out
+    assert waited < 3.0, f"took {waited:.2f} s to stop"  # (margin: a loaded 2-core machine)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_during_train_group_col_exits_130_with_one_line(tmp_path):
+    # 40 groups of 50 points, each fit far longer than the test; the child
+    # runs the command line's main as `biasfit train --group-col` does.
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rows = ["compound,dose,effect"] + [f"c{g},{x:.4f},{rng.random():.4f}" for g in range(40)
+                                       for x in np.linspace(-0.5, 1.5, 50)]
+    plate = tmp_path / "plate.csv"
+    plate.write_text("\n".join(rows) + "\n")
+    script = textwrap.dedent(f"""
+        import sys
+        from biasfit import cli
+        print("fitting", flush=True)
+        sys.exit(cli.main(["train", "--data", {str(plate)!r}, "--group-col", "compound",
+                           "--epochs", "100000000", "--tol", "0", "--lr", "1e-6",
+                           "--momentum", "0.5"]))
+    """)
+    code, out, waited = _interrupt_child(script, before=1.5)
+    assert code == 130, out
+    assert out == "biasfit train: interrupted\n"
+    assert waited < 3.0, f"took {waited:.2f} s to stop"

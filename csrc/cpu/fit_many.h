@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -31,6 +32,7 @@
 #include "core/fit_params.h"
 #include "cpu/fit_many_lanes.h"
 #include "cpu/kernels.h"
+#include "cpu/many_stop.h"
 #include "cpu/parallel.h"
 #include "cpu/plan.h"
 #include "cpu/trainer.h"
@@ -78,6 +80,7 @@ struct ManyData {
   int64_t settings_rows;
   int64_t trained;  // bit p: parameter p trains (core/fit_params.h)
   int64_t kind;     // OptimizerKind
+  ManyStop* stop = nullptr;  // Ctrl-C (cpu/many_stop.h), or null: never
 
   int64_t begin(int64_t k) const { return offsets ? offsets[k] : k * n; }
   int64_t end(int64_t k) const { return offsets ? offsets[k + 1] : (k + 1) * n; }
@@ -102,6 +105,13 @@ struct ManyOut {
   int8_t* bad_param;
   T* history;
   int64_t history_len;
+  // With history: each fit's evaluated epochs' final_bias in a row of
+  // history_len, NaN after them, and no stall decided: the fits as the ops
+  // fit_sgd and fit_params give them (their vmap, biasfit/vmap_rules.py).
+  T* biases = nullptr;
+  // Every fit through fit_params_one, as the fit_params op runs it (its
+  // losses' bits can differ from fit_bias's for final_bias alone by SGD).
+  bool params_route = false;
 };
 
 // What a fit keeps of its epochs instead of a history: the last loss, and
@@ -113,6 +123,8 @@ struct ManyOut {
 template <typename T>
 struct Track {
   T* row = nullptr;     // the fit's history row, or null
+  T* bias_row = nullptr;  // its biases' row (ManyOut::biases), or null
+  FitStopPoll poll;       // Ctrl-C's checks within the fit
   bool watch = false;   // whether it can stall: bias-only SGD, may_stall
   T max_h = T(0);       // its largest hidden value (NaN if one is NaN)
   T last_loss = std::numeric_limits<T>::quiet_NaN();
@@ -123,6 +135,9 @@ struct Track {
   void record(int64_t epoch, T loss) {
     last_loss = loss;
     if (row != nullptr) row[epoch] = loss;
+  }
+  void record_bias(int64_t epoch, T bias) {
+    if (bias_row != nullptr) bias_row[epoch] = bias;
   }
   void stepped(int64_t epoch, T before, T after) {
     last_before = before;
@@ -177,8 +192,10 @@ BIASFIT_HD void bias_epoch(FitState<T>& state, const FitOptions& o,
   const int64_t epoch = state.epoch;
   const T before = state.bias;
   track.record(epoch, T(sums.loss));
+  track.record_bias(epoch, before);
   state.decide(sums, o);
   if (state.epoch > epoch) track.stepped(epoch, before, state.bias);
+  if (state.status == kRunning && track.poll.due()) state.status = kInterrupted;
 }
 
 // fit_bias for a fit of kN < kLanes points: small_chunk_sum (sum_chunk's
@@ -255,7 +272,9 @@ FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
                              const Weights<T>& w, T bias, const FitOptions& o,
                              Track<T>& track) {
   History<T> history;
-  const FitState<T> state = train(x, y, n, w, bias, o, 1, history);
+  const FitState<T> state = train(x, y, n, w, bias, o, 1, history,
+                                  {track.poll.stop() ? &FitStopPoll::asked : nullptr,
+                                   &track.poll});
   if (track.watch) {
     track.max_h = -std::numeric_limits<T>::infinity();
     for (int64_t i = 0; i < n; ++i) {
@@ -263,9 +282,11 @@ FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
       track.max_h = (hi > track.max_h || hi != hi) ? hi : track.max_h;
     }
   }
-  const int64_t seen = state.epoch + (state.status != kExhausted);
+  const int64_t seen =
+      state.epoch + (state.status != kExhausted && state.status != kInterrupted);
   for (int64_t e = 0; e < seen; ++e) {
     track.record(e, history.losses[e]);
+    track.record_bias(e, history.biases[e]);
     if (e < state.epoch) {
       track.stepped(e, history.biases[e],
                     e + 1 < seen ? history.biases[e + 1] : state.bias);
@@ -289,7 +310,9 @@ ParamFitState<T> fit_params_one(const T* x, const T* y, int64_t n,
           return epoch_chunk(point, weights, b, e);
         });
     track.record(state.epoch, T(sums.loss));
+    track.record_bias(state.epoch, state.params[kBiasIndex]);
     state.decide(sums, o);
+    if (state.status == kRunning && track.poll.due()) state.status = kInterrupted;
   }
   return state;
 }
@@ -305,10 +328,23 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
   Track<T> track;
   if (out.history != nullptr) track.row = out.history + k * out.history_len;
+  if (out.biases != nullptr) track.bias_row = out.biases + k * out.history_len;
   T* params = out.params + kNumParams * k;
   int64_t epoch, status, bad = -1;
-  if (d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
-    track.watch = o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
+  if (d.stop != nullptr && d.stop->requested()) {  // Ctrl-C: not run
+    for (int p = 0; p < kNumParams; ++p) params[p] = start[p];
+    out.loss[k] = std::numeric_limits<T>::quiet_NaN();
+    out.epochs[k] = 0;
+    out.status[k] = int8_t(kInterrupted);
+    out.bad_param[k] = -1;
+    for (T* row : {track.row, track.bias_row}) {
+      if (row != nullptr) std::fill(row, row + out.history_len, std::numeric_limits<T>::quiet_NaN());
+    }
+    return;
+  }
+  track.poll = FitStopPoll(d.stop, n);
+  if (!out.params_route && d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
+    track.watch = out.biases == nullptr && o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
     const FitOptions fo{o.sgd, o.epochs, o.tol};
     const Weights<T> w = Weights<T>::load(start);
     const T bias = start[kBiasIndex];
@@ -344,11 +380,13 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   out.epochs[k] = epoch;
   out.status[k] = int8_t(status);
   out.bad_param[k] = int8_t(bad);
-  if (track.row != nullptr) {
-    const int64_t seen = epoch + (status != kExhausted);
-    std::fill(track.row + std::min(seen, out.history_len),
-              track.row + out.history_len, std::numeric_limits<T>::quiet_NaN());
+  const int64_t seen = epoch + (status != kExhausted && status != kInterrupted);
+  for (T* row : {track.row, track.bias_row}) {
+    if (row == nullptr) continue;
+    std::fill(row + std::min(seen, out.history_len), row + out.history_len,
+              std::numeric_limits<T>::quiet_NaN());
   }
+  if (d.stop != nullptr) d.stop->after(track.poll.caller(), n * (seen + 1));
 }
 
 // Whether fit k runs in a vector lane (cpu/fit_many_lanes.h): final_bias

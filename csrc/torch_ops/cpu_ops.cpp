@@ -1,6 +1,6 @@
 // CPU kernels as stable-ABI ops: checks (torch_ops/checks.cpp), then the torch-free
 // loops of cpu/kernels.h and cpu/trainer.h.
-#include <Python.h>  // limited API: fit_params's Ctrl-C
+#include "torch_ops/python_signals.h"  // first: it includes Python.h (fit_params's Ctrl-C)
 
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
@@ -25,21 +25,6 @@ using namespace cpu;
 // torch's intra-op thread count (torch.set_num_threads): the sums' bits do
 // not depend on it, only their speed.
 int torch_threads() { return int(torch::stable::get_num_threads()); }
-
-// Ctrl-C during a long fit_params called from Python: Python's signal
-// handlers run here, on the calling thread (the op may run without the
-// GIL: take it). A handler's exception (KeyboardInterrupt) cannot travel
-// through the op, which returns normally: it is cleared, and the op reports
-// status kInterrupted for its Python caller to raise. Called from C++ with
-// no Python running, it never stops a fit.
-bool python_signal_pending(void*) {
-  if (!Py_IsInitialized()) return false;
-  const PyGILState_STATE gil = PyGILState_Ensure();
-  const bool raised = PyErr_CheckSignals() != 0;
-  if (raised) PyErr_Clear();
-  PyGILState_Release(gil);
-  return raised;
-}
 
 template <typename T>
 Weights<T> load_weights(const Tensor& w) {

@@ -1,6 +1,8 @@
 // The fit_many op on the CPU: checks (torch_ops/checks.cpp), then
 // cpu/fit_many.h's fits. Registered here, beside torch_ops/cpu_ops.cpp's
 // ops, in a second CPU block of the namespace.
+#include "torch_ops/python_signals.h"  // first: it includes Python.h (Ctrl-C)
+
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
@@ -14,12 +16,13 @@ namespace biasfit {
 namespace {
 
 // (params [K, 7], loss [K], epochs int64 [K], status int8 [K], bad_param
-// int8 [K], losses [K, E] or [K, 0])
-using ManyOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+// int8 [K], losses [K, E] or [K, 0], biases [K, E] (raw) or [K, 0])
+using ManyOutputs =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 ManyOutputs fit_many_cpu(Tensor inputs, Tensor labels, Tensor offsets,
                          Tensor start, Tensor settings, int64_t trained,
-                         int64_t optimizer, bool history) {
+                         int64_t optimizer, bool history, int64_t raw) {
   const int64_t fits = check_fit_many_args(inputs, labels, offsets, start,
                                            settings, trained, optimizer);
   const Tensor x = torch::stable::contiguous(inputs);
@@ -28,6 +31,8 @@ ManyOutputs fit_many_cpu(Tensor inputs, Tensor labels, Tensor offsets,
   const Tensor s = torch::stable::contiguous(start);
   const Tensor set = torch::stable::contiguous(settings);
   check_fit_many_values(x, y, o, s, set, optimizer);
+  if (raw < 0 || raw > 2) fail("raw must be 0, 1 or 2, got ", raw);
+  history = history || raw != 0;
   int64_t history_len = 0;
   if (history) {
     const double* rows = static_cast<const double*>(set.const_data_ptr());
@@ -41,6 +46,8 @@ ManyOutputs fit_many_cpu(Tensor inputs, Tensor labels, Tensor offsets,
   Tensor status = new_tensor(x, {fits}, ScalarType::Char);
   Tensor bad = new_tensor(x, {fits}, ScalarType::Char);
   Tensor losses = new_tensor(x, {fits, history_len});
+  Tensor biases = new_tensor(x, {fits, raw ? history_len : 0});
+  cpu::ManyStop stop({&python_signal_pending});
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
     const cpu::ManyData<T> d{
@@ -48,14 +55,20 @@ ManyOutputs fit_many_cpu(Tensor inputs, Tensor labels, Tensor offsets,
         o.numel() ? static_cast<const int64_t*>(o.const_data_ptr()) : nullptr,
         x.dim() == 2 ? x.size(1) : 0, fits, data_of<T>(s), s.size(0),
         static_cast<const double*>(set.const_data_ptr()), set.size(0), trained,
-        optimizer};
+        optimizer, &stop};
     const cpu::ManyOut<T> out{data_of<T>(params), data_of<T>(loss),
                               data_of<int64_t>(epochs), data_of<int8_t>(status),
                               data_of<int8_t>(bad),
-                              history ? data_of<T>(losses) : nullptr, history_len};
+                              history ? data_of<T>(losses) : nullptr, history_len,
+                              raw ? data_of<T>(biases) : nullptr, raw == 2};
     cpu::fit_many(d, out, int(torch::stable::get_num_threads()));
   });
-  return {params, loss, epochs, status, bad, losses};
+  // Ctrl-C: every fit says so (those stopped and those never run), for
+  // biasfit/many.py to raise KeyboardInterrupt.
+  if (stop.requested()) {
+    std::fill_n(data_of<int8_t>(status), fits, int8_t(kInterrupted));
+  }
+  return {params, loss, epochs, status, bad, losses, biases};
 }
 
 }  // namespace

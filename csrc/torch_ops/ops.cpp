@@ -235,11 +235,15 @@ STABLE_TORCH_LIBRARY_FRAGMENT(biasfit, m) {
   // eps, amsgrad, epochs, tol); trained, optimizer as fit_params's. Per fit:
   // final params [K, 7], last loss [K], epochs [K], status int8 [K]
   // (core/fit.h's, or 7: stalled), bad_param int8 [K]; losses [K, E] (E the
-  // most epochs, NaN after a fit's last) if history, else [K, 0].
+  // most epochs, NaN after a fit's last) if history, else [K, 0]. raw: 0
+  // fit_many's fits; 1 or 2: as fit_sgd (1) or fit_params (2) gives each
+  // (their vmap): no stall decided, history kept, and biases [K, E] each
+  // evaluated epoch's final_bias (else [K, 0]). Ctrl-C (from Python) stops
+  // the fits: status 5 for every fit.
   m.def("fit_many(Tensor inputs, Tensor labels, Tensor offsets, Tensor start, "
-        "Tensor settings, int trained, int optimizer, bool history) -> "
-        "(Tensor params, Tensor loss, Tensor epochs, Tensor status, "
-        "Tensor bad_param, Tensor losses)");
+        "Tensor settings, int trained, int optimizer, bool history, "
+        "int raw=0) -> (Tensor params, Tensor loss, Tensor epochs, "
+        "Tensor status, Tensor bad_param, Tensor losses, Tensor biases)");
 }
 namespace {
 constexpr char kFitMany[] = "biasfit::fit_many";
@@ -254,15 +258,17 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
 #ifdef BIASFIT_WITH_CUDA
   m.impl("fit_many",
          TORCH_BOX((&cuda_refused<kFitMany, kFitManyNoKernel,
-                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>,
+                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                             Tensor>,
                                   Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
-                                  int64_t, bool>)));
+                                  int64_t, bool, int64_t>)));
 #else
   m.impl("fit_many",
          TORCH_BOX((&cuda_refused<kFitMany, kNotBuilt,
-                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>,
+                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                             Tensor>,
                                   Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
-                                  int64_t, bool>)));
+                                  int64_t, bool, int64_t>)));
 #endif
 }
 }  // namespace biasfit
