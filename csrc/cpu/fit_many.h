@@ -107,7 +107,7 @@ struct ManyOut {
   int64_t history_len;
   // With history: each fit's evaluated epochs' final_bias in a row of
   // history_len, NaN after them, and no stall decided: the fits as the ops
-  // fit_sgd and fit_params give them (their vmap, biasfit/vmap_rules.py).
+  // fit_sgd and fit_params give them (their vmap, biasfit/vmap_fits.py).
   T* biases = nullptr;
   // Every fit through fit_params_one, as the fit_params op runs it (its
   // losses' bits can differ from fit_bias's for final_bias alone by SGD).
@@ -132,12 +132,14 @@ struct Track {
   int64_t stall_epoch = -1;
   T stall_bias = T(0), stall_loss = T(0);
 
-  void record(int64_t epoch, T loss) {
+  // bias: the final_bias the epoch's loss was taken at (kept in raw
+  // fits' bias_row, which come with a history row).
+  void record(int64_t epoch, T loss, T bias) {
     last_loss = loss;
-    if (row != nullptr) row[epoch] = loss;
-  }
-  void record_bias(int64_t epoch, T bias) {
-    if (bias_row != nullptr) bias_row[epoch] = bias;
+    if (row != nullptr) {
+      row[epoch] = loss;
+      if (bias_row != nullptr) bias_row[epoch] = bias;
+    }
   }
   void stepped(int64_t epoch, T before, T after) {
     last_before = before;
@@ -191,11 +193,9 @@ BIASFIT_HD void bias_epoch(FitState<T>& state, const FitOptions& o,
   const LossGrad sums = sums_at(state.bias);
   const int64_t epoch = state.epoch;
   const T before = state.bias;
-  track.record(epoch, T(sums.loss));
-  track.record_bias(epoch, before);
+  track.record(epoch, T(sums.loss), before);
   state.decide(sums, o);
   if (state.epoch > epoch) track.stepped(epoch, before, state.bias);
-  if (state.status == kRunning && track.poll.due()) state.status = kInterrupted;
 }
 
 // fit_bias for a fit of kN < kLanes points: small_chunk_sum (sum_chunk's
@@ -212,12 +212,12 @@ template <int kN, typename T>
   if (track.watch) track.max_h = max_with_nan(h, kN);
   PointLossFromHidden<T> point{h, y, T(0)};
   FitState<T> state = FitState<T>::start(bias, o.epochs);
-  while (state.status == kRunning) {
-    bias_epoch(state, o, track, [&](T b) {
+  run_epochs(state, o, kN, track.poll, [&](const FitOptions& span) {
+    bias_epoch(state, span, track, [&](T b) {
       point.bias = b;
       return small_chunk_sum(point, 0, kN);
     });
-  }
+  });
   return state;
 }
 
@@ -254,14 +254,14 @@ FitState<T> fit_bias(const T* x, const T* y, int64_t n, const Weights<T>& w,
     point.chunk_min_h = s.chunk_min_h.data();
   }
   if (track.watch) track.max_h = max_with_nan(h, n);
-  while (state.status == kRunning) {
-    bias_epoch(state, o, track, [&](T b) {
+  run_epochs(state, o, n, track.poll, [&](const FitOptions& span) {
+    bias_epoch(state, span, track, [&](T b) {
       point.bias = b;
       return serial_sum(n, s.partials, [&](int64_t from, int64_t to) {
         return sum_chunk(point, from, to);
       });
     });
-  }
+  });
   return state;
 }
 
@@ -285,8 +285,7 @@ FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
   const int64_t seen =
       state.epoch + (state.status != kExhausted && state.status != kInterrupted);
   for (int64_t e = 0; e < seen; ++e) {
-    track.record(e, history.losses[e]);
-    track.record_bias(e, history.biases[e]);
+    track.record(e, history.losses[e], history.biases[e]);
     if (e < state.epoch) {
       track.stepped(e, history.biases[e],
                     e + 1 < seen ? history.biases[e + 1] : state.bias);
@@ -302,18 +301,16 @@ ParamFitState<T> fit_params_one(const T* x, const T* y, int64_t n,
                                 ManyScratch<T>& s, Track<T>& track) {
   ParamFitState<T> state = ParamFitState<T>::start(start, o.epochs);
   const bool weights = (o.trained & ((1 << kNumWeights) - 1)) != 0;
-  while (state.status == kRunning) {
+  run_epochs(state, o, n, track.poll, [&](const ParamFitOptions& span) {
     const PointLossParamGrads<T> point{x, y, Weights<T>::load(state.params),
                                        state.params[kBiasIndex]};
     const ParamSums sums =
         serial_sum(n, s.param_partials, [&](int64_t b, int64_t e) {
           return epoch_chunk(point, weights, b, e);
         });
-    track.record(state.epoch, T(sums.loss));
-    track.record_bias(state.epoch, state.params[kBiasIndex]);
-    state.decide(sums, o);
-    if (state.status == kRunning && track.poll.due()) state.status = kInterrupted;
-  }
+    track.record(state.epoch, T(sums.loss), state.params[kBiasIndex]);
+    state.decide(sums, span);
+  });
   return state;
 }
 
@@ -342,7 +339,7 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
     }
     return;
   }
-  track.poll = FitStopPoll(d.stop, n);
+  track.poll = FitStopPoll(d.stop);
   if (!out.params_route && d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
     track.watch = out.biases == nullptr && o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
     const FitOptions fo{o.sgd, o.epochs, o.tol};

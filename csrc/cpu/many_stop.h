@@ -12,7 +12,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <limits>
 #include <thread>
 
 #include "cpu/trainer.h"
@@ -70,40 +69,54 @@ class ManyStop {
   std::atomic<bool> stopped_{false};
 };
 
-// One fit's checks: every kEvery / n epochs (none without a stop).
+// One fit's view of the stop: whether it has one, and asks from the
+// calling thread.
 class FitStopPoll {
  public:
   FitStopPoll() = default;
-  FitStopPoll(ManyStop* stop, int64_t n)
-      : stop_(stop),
-        caller_(stop != nullptr && stop->on_caller()),
-        every_(stop == nullptr ? std::numeric_limits<int64_t>::max()
-                               : std::max<int64_t>(1, ManyStop::kEvery /
-                                                          std::max<int64_t>(n, 1))) {}
+  explicit FitStopPoll(ManyStop* stop)
+      : stop_(stop), caller_(stop != nullptr && stop->on_caller()) {}
 
-  // Called once an epoch: whether the fit is to stop now.
-  bool due() {
-    if (++count_ < every_) return false;
-    count_ = 0;
-    return stop_->check(caller_);
-  }
-
-  ManyStop* stop() const { return stop_; }
+  bool active() const { return stop_ != nullptr; }
   bool caller() const { return caller_; }
+  ManyStop* stop() const { return stop_; }
+  bool check() { return stop_->check(caller_); }
 
   // As cpu/trainer.h's Interrupt, for a fit run through cpu::train (whose own
   // InterruptPoll calls it every ~100 ms). context: the FitStopPoll.
   static bool asked(void* context) {
-    const FitStopPoll& p = *static_cast<const FitStopPoll*>(context);
-    return p.stop_->check(p.caller_);
+    return static_cast<FitStopPoll*>(context)->check();
   }
 
  private:
   ManyStop* stop_ = nullptr;
   bool caller_ = false;
-  int64_t every_ = std::numeric_limits<int64_t>::max();
-  int64_t count_ = 0;
 };
+
+// A fit's epochs, epoch(options) each, until it stops: a fit that may run
+// past kEvery points' worth of epochs runs in spans of that many, with
+// options.epochs cut to the span's end and the stop checked between spans.
+// A span's end is an epoch count the fit then runs on from, as if its
+// options had never been cut (core/fit.h's kExhausted at epochs, nothing
+// else): so no epoch pays for a check, and the bits are the same.
+template <typename State, typename Options, typename Epoch>
+void run_epochs(State& state, const Options& o, int64_t n, FitStopPoll& poll,
+                const Epoch& epoch) {
+  const int64_t points = std::max<int64_t>(n, 1);
+  if (!poll.active() || o.epochs <= ManyStop::kEvery / points) {
+    while (state.status == kRunning) epoch(o);
+    return;
+  }
+  const int64_t span = std::max<int64_t>(1, ManyStop::kEvery / points);
+  Options cut = o;
+  while (state.status == kRunning) {
+    cut.epochs = std::min(o.epochs, state.epoch + span);
+    while (state.status == kRunning) epoch(cut);
+    if (state.status == kExhausted && state.epoch < o.epochs) {
+      state.status = poll.check() ? kInterrupted : kRunning;
+    }
+  }
+}
 
 }  // namespace cpu
 }  // namespace biasfit
