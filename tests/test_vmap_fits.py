@@ -302,3 +302,20 @@ def test_fit_params_of_the_bias_alone_keeps_fit_params_sums():
     w, b = start[:6], start[6]
     as_sgd = _sgd(x, y, w, b, (0.01, 0.5, 0.0, False, 0.0, False), epochs=50)
     assert not torch.equal(as_sgd[1], got[1][0])  # (else this test shows nothing)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_fits_run_in_spans_with_the_same_bits(dtype):
+    # 3000 points x 100 epochs: fit_many checks for Ctrl-C every ~64k
+    # points' worth of epochs, so these fits run in spans of 21 epochs
+    # (csrc/cpu/many_stop.h's run_epochs); the spans change no bit.
+    x, y = _data(3000, dtype, 17)
+    w = _weights(dtype)
+    bias = torch.tensor([-0.5, 0.7], dtype=dtype)
+    o = (1e-4, 0.9, 0.0, True, 0.0, False)
+    got = vmap(lambda b: _sgd(x, y, w, b, o, epochs=100, tol=0.0))(bias)
+    assert_stacked(got, [_sgd(x, y, w, b, o, epochs=100, tol=0.0) for b in bias])
+    params = torch.cat([w, bias[:1]]) + torch.tensor([[0.0], [0.1]], dtype=dtype)
+    got = vmap(lambda p: _params(x, y, p, 0x7f, 2, lr=1e-3, epochs=100, tol=0.0))(params)
+    assert_stacked(got, [_params(x, y, p, 0x7f, 2, lr=1e-3, epochs=100, tol=0.0)
+                         for p in params])
