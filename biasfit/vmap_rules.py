@@ -309,4 +309,6 @@ def _predict_grads_batched_fake(grad_out, inputs, weights, bias, needs):
     k, n = _batch(grad_out, inputs, weights, bias), inputs.shape[1]
     return (inputs.new_empty((k, 6 if needs & NEED_WEIGHTS else 0)), inputs.new_empty((k,)),
             inputs.new_empty((k, n if needs & NEED_INPUTS else 0)))
+
+
 from . import vmap_fits  # noqa: E402,F401  (issue 28: vmap of the fit ops onto fit_many)

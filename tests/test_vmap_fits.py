@@ -319,3 +319,17 @@ def test_long_fits_run_in_spans_with_the_same_bits(dtype):
     got = vmap(lambda p: _params(x, y, p, 0x7f, 2, lr=1e-3, epochs=100, tol=0.0))(params)
     assert_stacked(got, [_params(x, y, p, 0x7f, 2, lr=1e-3, epochs=100, tol=0.0)
                          for p in params])
+
+
+def test_vmap_of_vmap_of_fit_params_over_data_and_starts():
+    dtype = torch.float32
+    x, y = _data(12, dtype, 18)
+    xs, ys = x.reshape(2, 6), y.reshape(2, 6)                                 # outer: 2
+    start = torch.cat([_weights(dtype), torch.tensor([0.0], dtype=dtype)])
+    params = start + torch.linspace(-0.2, 0.2, 3, dtype=dtype)[:, None]       # inner: 3
+
+    def fit(x, y, p):
+        return _params(x, y, p, 0b1000011, 1, lr=0.02, amsgrad=True)
+    got = vmap(lambda x, y: vmap(lambda p: fit(x, y, p))(params))(xs, ys)
+    for i in range(2):
+        assert_stacked(tuple(t[i] for t in got), [fit(xs[i], ys[i], p) for p in params])
