@@ -189,6 +189,32 @@ def test_statuses_mix(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_lanes_many_fits(dtype):
+    """Thousands of small fits of final_bias by plain SGD: the vector lanes
+    (several groups of lanes, refilled as fits end at different epochs)
+    against the one-fit-at-a-time path that a history request takes, which
+    the tests above hold to fit_fused. Every status occurs."""
+    K = 3000
+    gen = torch.Generator().manual_seed(5)
+    sizes = torch.randint(1, 16, (K,), generator=gen)
+    offsets = [0] + torch.cumsum(sizes, 0).tolist()
+    x = torch.rand(offsets[-1], generator=gen, dtype=torch.float64).to(dtype)
+    y = (torch.rand(offsets[-1], generator=gen, dtype=torch.float64) * 1.2).to(dtype)
+    pick = lambda values: torch.tensor(values)[torch.randint(len(values), (K,), generator=gen)]
+    kwargs = dict(offsets=offsets, bias=pick([0.0, -5.0, -16.0, -40.0, 2.0, 1.5]).to(dtype),
+                  lr=pick([0.001, 0.01, 0.1, 0.5, 3.0, 1e4, 1e30]).tolist(),
+                  maximize=(torch.rand(K, generator=gen) < 0.1).tolist(),
+                  epochs=pick([0, 1, 7, 60, 100]).tolist(),
+                  tol=pick([1e-4, 0.0, 0.5, 1e9, 0.03]).tolist())
+    lean = biasfit.fit_many(x, y, **kwargs)
+    full = biasfit.fit_many(x, y, history=True, **kwargs)
+    for field in ("params", "loss", "epochs", "status", "bad_param"):
+        a, b = getattr(lean, field), getattr(full, field)
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), field
+    assert set(lean.counts()) == {"converged", "exhausted", "stalled", "diverged"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 @pytest.mark.parametrize("seed", range(2))
 def test_params_per_fit(dtype, optimizer, seed):

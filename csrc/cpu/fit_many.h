@@ -359,7 +359,8 @@ bool lane_fit(const ManyData<T>& d, int64_t k, const ManyOut<T>& out) {
   if (out.history != nullptr || n >= kLanes) return false;
   if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return false;
   const double* row = d.settings_of(k);
-  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0;
+  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0 &&
+         row[kColEpochs] <= double(kLaneMostEpochs<T>);
 }
 
 // The fits ks[0..count), each of kN points, kFitLanes at once.
@@ -386,7 +387,7 @@ void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
     out.status[r.id] = int8_t(r.status);
     out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
   };
-  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kN, T>(next, done); });
+  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kN, kLaneGroups, T>(next, done); });
 }
 
 template <typename T, int... kN>

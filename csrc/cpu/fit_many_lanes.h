@@ -1,23 +1,38 @@
 // cpu/fit_many.h's fits of final_bias alone by plain SGD (no momentum, no
 // weight decay) over fewer points than a chunk's lanes (the tutorial's
-// three), kFitLanes fits at once: a vector lane per fit. Free of torch, written
-// with GCC/Clang vector types, compiled for the best instruction set here
-// (cpu/isa.h's on_best_isa).
+// three), kFitLanes fits at once: a vector lane per fit, kLaneGroups groups
+// of lanes side by side. Free of torch, written with GCC/Clang vector types,
+// compiled for the best instruction set here (cpu/isa.h's on_best_isa).
 //
-// Every lane does what fit_bias_small does for its fit, in the same order
-// and rounding (the build never contracts a multiply and an add):
+// Every lane gives what fit_bias_small gives for its fit, bit for bit (the
+// build never contracts a multiply and an add):
 //   the points:  core/network.h's loss_grad_from_hidden, lane-wise;
-//   the sums:    cpu/reduce.h's small_chunk_sum (each point's lane starts
-//                from 0.0 + its value, then the same tree over kN points);
+//   the sums:    cpu/reduce.h's small_chunk_sum, the same tree over kN
+//                points;
 //   the epoch's end: core/fit.h's decide for these options (stop on a
 //                non-finite loss, or below tol; the step b + T(-lr) g; stop
 //                on a non-finite bias; stop after the last epoch), and
 //                cpu/fit_many.h's Track (the stall test).
+// Some steps are written differently for the same bits, to spare the vector
+// work of every epoch:
+//   - small_chunk_sum's first 0.0 + p is left out: it only turns -0.0 into
+//     +0.0, and neither r * r nor an active residual is ever -0.0 (z > 0
+//     makes z - y nonzero or +0.0);
+//   - the factor 2 of each point's gradient is taken once, after the sum:
+//     doubling is exact, so it commutes with every rounding of the tree;
+//   - maximize's sign goes into the lane's -lr: (-lr) (s g) = (s (-lr)) g
+//     exactly for s = +-1;
+//   - is_finite's v == v is implied by v - v == 0;
+//   - double(loss) < tol is compared in T, against tol_in's T;
+//   - a stall ends the fit at once: with every unit off the gradient is 0,
+//     so the bias, the loss and the stall test's outcome never change again
+//     (the fit would run out of epochs and report that stall).
 // A lane whose fit ends (rare: once a fit) leaves the vector code: the
 // lane's results go out and the next fit takes the lane.
 // tests/test_fit_many.py compares the results with fit_fused's, bit for bit.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -40,11 +55,17 @@ template <typename T>
 struct FitLaneTypes {
   typedef T V __attribute__((vector_size(kFitLanes * sizeof(T))));
   typedef double D __attribute__((vector_size(kFitLanes * sizeof(double))));
-  typedef int64_t M __attribute__((vector_size(kFitLanes * sizeof(int64_t))));
-  // A mask of V's element size, for a select between two V.
+  // A lane mask (what comparing two V gives), and a lane counter, of V's
+  // element size: masks and counters then take no conversions.
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-  typedef I MV __attribute__((vector_size(kFitLanes * sizeof(T))));
+  typedef I M __attribute__((vector_size(kFitLanes * sizeof(T))));
+  typedef std::make_unsigned_t<I> U __attribute__((vector_size(kFitLanes * sizeof(T))));
 };
+
+// The most epochs a lane's fit may run: its countdown is V's element size.
+template <typename T>
+constexpr int64_t kLaneMostEpochs =
+    std::numeric_limits<typename FitLaneTypes<T>::I>::max();
 
 // One lane's fit, as the lanes' caller hands it over and gets it back.
 template <typename T>
@@ -56,7 +77,7 @@ struct LaneFit {
   T bias;
   T neg_lr;     // T(-lr)
   bool maximize;
-  int64_t epochs;
+  int64_t epochs;  // 0 to kLaneMostEpochs
   double tol;
 };
 
@@ -67,47 +88,60 @@ struct LaneResult {
   int64_t epoch, status;
 };
 
-// Whether any lane of m is set, by halving (no lane-by-lane extraction).
+// The least T at or above tol: for any T loss, double(loss) < tol exactly
+// when loss < tol_in<T>(tol), so the lanes compare in T (NaN stays NaN).
+template <typename T>
+T tol_in(double tol) {
+  const T t = T(tol);
+  return double(t) < tol ? std::nextafter(t, std::numeric_limits<T>::infinity()) : t;
+}
+
+// Whether any lane of m is set.
 template <typename M>
 BIASFIT_HD bool any_lane(M m) {
-  typedef int64_t M4 __attribute__((vector_size(4 * sizeof(int64_t))));
-  typedef int64_t M2 __attribute__((vector_size(2 * sizeof(int64_t))));
-  const M4 m4 = __builtin_shufflevector(m, m, 0, 1, 2, 3) |
-                __builtin_shufflevector(m, m, 4, 5, 6, 7);
-  const M2 m2 = __builtin_shufflevector(m4, m4, 0, 1) |
-                __builtin_shufflevector(m4, m4, 2, 3);
-  return (m2[0] | m2[1]) != 0;
+  int64_t q[sizeof(M) / sizeof(int64_t)];
+  __builtin_memcpy(q, &m, sizeof(M));
+  int64_t any = 0;
+  for (unsigned i = 0; i < sizeof(M) / sizeof(int64_t); ++i) any |= q[i];
+  return any != 0;
 }
+
+// Lane groups a thread runs side by side. One group's epoch waits on its
+// own last step (the bias feeds the next epoch's points), so a single group
+// leaves the core idle between its few instructions; independent groups fill
+// that wait. benchmarks/bench_many.py's N = 3 cells measure the choice.
+#ifndef BIASFIT_LANE_GROUPS
+#define BIASFIT_LANE_GROUPS 4
+#endif
+constexpr int kLaneGroups = BIASFIT_LANE_GROUPS;
 
 // Runs every fit that next() hands out (next(LaneFit&) -> false when none
 // is left) and hands each result to done(LaneResult). kN < kLanes points a
-// fit. Inlined into each instruction set's caller.
-template <int kN, typename T, typename Next, typename Done>
+// fit, kG groups of kFitLanes lanes. Inlined into each instruction set's
+// caller.
+template <int kN, int kG, typename T, typename Next, typename Done>
 BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
   using V = typename FitLaneTypes<T>::V;
   using D = typename FitLaneTypes<T>::D;
   using M = typename FitLaneTypes<T>::M;
-  using MV = typename FitLaneTypes<T>::MV;
+  using U = typename FitLaneTypes<T>::U;
   constexpr int W = kFitLanes;
   // The lanes' state, vectors where every epoch reads it.
-  V h[kN], y[kN];
-  V b{}, neg_lr{}, max_h{}, sign{};
-  D tol{};
-  M open{};     // lanes with a fit whose stall is still to be found
-  M active{};   // lanes with a fit
-  for (int i = 0; i < kN; ++i) h[i] = y[i] = V{};
+  V h[kG][kN], y[kG][kN];
+  V b[kG], step[kG], max_h[kG], tol[kG];  // step: T(-lr), signed for maximize
+  M active[kG];  // lanes with a fit
+  U left[kG];    // the epochs left to each lane's fit, this one included
   // Per lane, read only when its fit ends or stalls.
-  int64_t ids[W] = {}, started[W] = {}, epochs[W] = {}, stall_epoch[W];
-  T stall_bias[W] = {}, stall_loss[W] = {}, last_before[W] = {};
-  int64_t t = 0;          // epochs run by the lanes so far
-  int64_t next_end = std::numeric_limits<int64_t>::max();
+  int64_t ids[kG][W], started[kG][W];
+  int64_t t = 0;  // epochs run by the lanes so far
+  int live = 0;   // lanes with a fit
   bool more = true;
 
   auto set = [](auto& v, int lane, auto value) { v[lane] = value; };
-  // Loads the next fit into `lane`, its first epoch the lanes' epoch
-  // `first`, or empties the lane; a fit of 0 epochs ends at once
+  // Loads the next fit into lane l of group g, its first epoch the lanes'
+  // epoch `first`, or empties the lane; a fit of 0 epochs ends at once
   // (exhausted, its loss NaN).
-  auto load = [&](int lane, int64_t first) {
+  auto load = [&](int g, int l, int64_t first) {
     LaneFit<T> f;
     while (more && (more = next(f))) {
       if (f.epochs == 0) {
@@ -118,109 +152,104 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
       T m = -std::numeric_limits<T>::infinity();
       for (int i = 0; i < kN; ++i) {
         const T hi = hidden(f.x[i], f.w);
-        set(h[i], lane, hi);
-        set(y[i], lane, f.y[i]);
+        set(h[g][i], l, hi);
+        set(y[g][i], l, f.y[i]);
         m = (hi > m || hi != hi) ? hi : m;
       }
-      set(max_h, lane, m);
-      set(b, lane, f.bias);
-      set(neg_lr, lane, f.neg_lr);
-      set(sign, lane, f.maximize ? T(-1) : T(1));
-      set(tol, lane, f.tol);
-      set(open, lane, int64_t(-1));
-      set(active, lane, int64_t(-1));
-      ids[lane] = f.id;
-      started[lane] = first;
-      epochs[lane] = f.epochs;
-      stall_epoch[lane] = -1;
+      set(max_h[g], l, m);
+      set(b[g], l, f.bias);
+      set(step[g], l, f.maximize ? -f.neg_lr : f.neg_lr);
+      set(tol[g], l, tol_in<T>(f.tol));
+      set(active[g], l, -1);
+      set(left[g], l, f.epochs);
+      ids[g][l] = f.id;
+      started[g][l] = first;
+      ++live;
       return;
     }
-    set(active, lane, int64_t(0));
-    set(open, lane, int64_t(0));
-    epochs[lane] = 0;
+    // An empty lane computes on zeros (never on a left-over NaN or
+    // subnormal, which could slow the vector) and reports nothing.
+    for (int i = 0; i < kN; ++i) set(h[g][i], l, T(0)), set(y[g][i], l, T(0));
+    set(b[g], l, T(0));
+    set(max_h[g], l, T(0));
+    set(active[g], l, 0);
+    set(left[g], l, 0);
   };
-  auto end_of = [&]() {
-    int64_t e = std::numeric_limits<int64_t>::max();
-    for (int l = 0; l < W; ++l) {
-      if (active[l] && started[l] + epochs[l] < e) e = started[l] + epochs[l];
-    }
-    return e;
-  };
-  for (int l = 0; l < W; ++l) load(l, 0);
-  next_end = end_of();
+  for (int g = 0; g < kG; ++g) {
+    for (int l = 0; l < W; ++l) load(g, l, 0);
+  }
 
-  static_assert(kFitLanes == 8, "any_lane halves 8 lanes");
-  while (any_lane(active)) {
-    // The points, and small_chunk_sum's lanes and tree over them.
-    D loss[kN], grad[kN];
-    for (int i = 0; i < kN; ++i) {
-      const V z = h[i] + b;
-      // core/network.h's relu, written out: its x86 forms for this
-      // vector width (__m512d's) need AVX-512.
-      const V r = (z < V{} ? V{} : z) - y[i];
-      const D rd = __builtin_convertvector(r, D);
-      loss[i] = D{} + rd * rd;
-      const V active_r = z > V{} ? r : V{};
-      grad[i] = D{} + 2.0 * __builtin_convertvector(active_r, D);
-    }
-    int used = kN;
-    for (int width = kLanes / 2; width > 0; width /= 2) {
-      for (int k = 0; k + width < used; ++k) {
-        loss[k] += loss[k + width];
-        grad[k] += grad[k + width];
+  while (live > 0) {
+    V stepped[kG], loss_t[kG];
+    M finite[kG], stops[kG], steps[kG], bad[kG], stalls[kG], ends[kG];
+    M event{};
+    for (int g = 0; g < kG; ++g) {
+      // The points, and small_chunk_sum's lanes and tree over them.
+      D loss[kN], grad[kN];
+      for (int i = 0; i < kN; ++i) {
+        const V z = h[g][i] + b[g];
+        // core/network.h's relu and active_residual, written out: its x86
+        // forms for this vector width (__m512d's) need AVX-512.
+        const V r = (z < V{} ? V{} : z) - y[g][i];
+        const D rd = __builtin_convertvector(r, D);
+        loss[i] = rd * rd;
+        grad[i] = __builtin_convertvector(z <= V{} ? V{} : r, D);
       }
-      used = used < width ? used : width;
+      int used = kN;
+      for (int width = kLanes / 2; width > 0; width /= 2) {
+        for (int k = 0; k + width < used; ++k) {
+          loss[k] += loss[k + width];
+          grad[k] += grad[k + width];
+        }
+        used = used < width ? used : width;
+      }
+      // core/fit.h's decide, lane-wise.
+      const V l_t = __builtin_convertvector(loss[0], V);
+      loss_t[g] = l_t;
+      finite[g] = l_t - l_t == V{};
+      stops[g] = active[g] & (~finite[g] | (l_t < tol[g]));
+      const V s = b[g] + step[g] * __builtin_convertvector(2.0 * grad[0], V);
+      stepped[g] = s;
+      steps[g] = active[g] & ~stops[g];
+      bad[g] = steps[g] & ~(s - s == V{});
+      stalls[g] = steps[g] & (max_h[g] + b[g] <= V{}) & (s <= b[g]);
+      ends[g] = steps[g] & (left[g] == 1);
+      left[g] -= 1;
+      event |= stops[g] | bad[g] | stalls[g] | ends[g];
     }
-    // core/fit.h's decide, lane-wise.
-    const V loss_t = __builtin_convertvector(loss[0], V);
-    const M finite = __builtin_convertvector(
-        (loss_t == loss_t) & (loss_t - loss_t == V{}), M);
-    const M converged = __builtin_convertvector(loss_t, D) < tol;
-    const M stops = active & (~finite | converged);
-    const V grad_t = sign * __builtin_convertvector(grad[0], V);
-    const V stepped = b + neg_lr * grad_t;
-    const M steps = active & ~stops;
-    const M bad = steps & __builtin_convertvector(
-                              ~((stepped == stepped) & (stepped - stepped == V{})), M);
-    const M stalls = steps & ~bad & open &
-                     __builtin_convertvector((max_h + b <= V{}) & (stepped <= b), M);
-    const bool event = t + 1 == next_end || any_lane(stops | bad | stalls);
-    if (__builtin_expect(!event, 1)) {
-      b = __builtin_convertvector(steps, MV) != 0 ? stepped : b;
+    if (__builtin_expect(!any_lane(event), 1)) {
+      for (int g = 0; g < kG; ++g) b[g] = steps[g] ? stepped[g] : b[g];
       ++t;
       continue;
     }
-    // Some lane's fit ends or stalls at this epoch: lane by lane. A lane
-    // refilled here starts at the next epoch, t + 1.
-    for (int l = 0; l < W; ++l) {
-      if (!active[l]) continue;
-      const int64_t epoch = t - started[l];
-      if (stops[l] || bad[l]) {
-        const int64_t status = !finite[l] ? kLossNonFinite
-                               : stops[l] ? kConverged : kBiasNonFinite;
-        done(LaneResult<T>{ids[l], stops[l] ? b[l] : stepped[l], loss_t[l], epoch,
-                           status});
-        load(l, t + 1);
-        continue;
-      }
-      if (stalls[l]) {
-        stall_epoch[l] = epoch;
-        stall_bias[l] = stepped[l];
-        stall_loss[l] = loss_t[l];
-        set(open, l, int64_t(0));
-      }
-      last_before[l] = b[l];
-      set(b, l, stepped[l]);
-      if (epoch + 1 == epochs[l]) {
-        const bool stalled = stall_epoch[l] >= 0 && stepped[l] <= last_before[l];
-        done(stalled ? LaneResult<T>{ids[l], stall_bias[l], stall_loss[l], stall_epoch[l],
-                                     kStalled}
-                     : LaneResult<T>{ids[l], stepped[l], loss_t[l], epochs[l], kExhausted});
-        load(l, t + 1);
+    // Some lane's fit ends or stalls at this epoch: those lanes one by one.
+    // A lane refilled here starts at the next epoch, t + 1.
+    for (int g = 0; g < kG; ++g) {
+      const V before = b[g];
+      b[g] = steps[g] ? stepped[g] : b[g];
+      const M ev = stops[g] | bad[g] | stalls[g] | ends[g];
+      if (!any_lane(ev)) continue;
+      for (int l = 0; l < W; ++l) {
+        if (!ev[l]) continue;
+        const int64_t epoch = t - started[g][l];
+        if (stops[g][l] || bad[g][l]) {
+          const int64_t status = !finite[g][l] ? kLossNonFinite
+                                 : stops[g][l] ? kConverged : kBiasNonFinite;
+          done(LaneResult<T>{ids[g][l], stops[g][l] ? before[l] : stepped[g][l],
+                             loss_t[g][l], epoch, status});
+          --live;
+          load(g, l, t + 1);
+          continue;
+        }
+        done(stalls[g][l] ? LaneResult<T>{ids[g][l], stepped[g][l], loss_t[g][l], epoch,
+                                          kStalled}
+                          : LaneResult<T>{ids[g][l], stepped[g][l], loss_t[g][l], epoch + 1,
+                                          kExhausted});
+        --live;
+        load(g, l, t + 1);
       }
     }
     ++t;
-    next_end = end_of();
   }
 }
 
