@@ -40,16 +40,18 @@ namespace biasfit {
 namespace cpu {
 
 // The columns of the settings table, float64, one row shared by every fit
-// or one row a fit: SGD's, Adam's, the epochs and the stop tolerance. A
-// flag column is 0 or 1.
+// or one row a fit: SGD's, Adam's, the epochs and fit's stop rules (tol, the
+// plateau's rtol and patience, and kColMean: 1 for the mean loss, whose
+// divisor is each fit's own point count). A flag column is 0 or 1.
 enum ManyColumn : int {
   kColLr = 0, kColMomentum, kColDampening, kColNesterov, kColWeightDecay,
   kColMaximize, kColBeta1, kColBeta2, kColEps, kColAmsgrad, kColEpochs,
-  kColTol, kManyColumns
+  kColTol, kColRtol, kColPatience, kColMean, kManyColumns
 };
 
+// A row's options for a fit of n points.
 inline ParamFitOptions many_options(const double* row, int64_t trained,
-                                    int64_t kind) {
+                                    int64_t kind, int64_t n) {
   const double lr = row[kColLr], wd = row[kColWeightDecay];
   const bool maximize = row[kColMaximize] != 0;
   return ParamFitOptions{
@@ -58,7 +60,8 @@ inline ParamFitOptions many_options(const double* row, int64_t trained,
                  row[kColNesterov] != 0, maximize},
       AdamOptions{lr, row[kColBeta1], row[kColBeta2], row[kColEps], wd,
                   row[kColAmsgrad] != 0, maximize, kind == kAdamW},
-      int64_t(row[kColEpochs]), row[kColTol]};
+      int64_t(row[kColEpochs]), row[kColTol], row[kColRtol],
+      int64_t(row[kColPatience]), row[kColMean] != 0 ? double(n) : 1.0};
 }
 
 // The fits' data: fit k's points are [offsets[k], offsets[k + 1]), or,
@@ -176,7 +179,7 @@ BIASFIT_HD void bias_epoch(FitState<T>& state, const FitOptions& o,
   const LossGrad sums = sums_at(state.bias);
   const int64_t epoch = state.epoch;
   const T before = state.bias;
-  track.record(epoch, T(sums.loss));
+  track.record(epoch, reduced<T>(sums.loss, o.divide_by));
   state.decide(sums, o);
   if (state.epoch > epoch) track.stepped(epoch, before, state.bias);
 }
@@ -288,7 +291,7 @@ ParamFitState<T> fit_params_one(const T* x, const T* y, int64_t n,
         serial_sum(n, s.param_partials, [&](int64_t b, int64_t e) {
           return epoch_chunk(point, weights, b, e);
         });
-    track.record(state.epoch, T(sums.loss));
+    track.record(state.epoch, reduced<T>(sums.loss, o.divide_by));
     state.decide(sums, o);
   }
   return state;
@@ -302,14 +305,14 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   const T* x = d.x + begin;
   const T* y = d.y + begin;
   const T* start = d.start_of(k);
-  const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+  const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind, n);
   Track<T> track;
   if (out.history != nullptr) track.row = out.history + k * out.history_len;
   T* params = out.params + kNumParams * k;
   int64_t epoch, status, bad = -1;
   if (d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
     track.watch = o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
-    const FitOptions fo{o.sgd, o.epochs, o.tol};
+    const FitOptions fo{o.sgd, o.epochs, o.tol, o.rtol, o.patience, o.divide_by};
     const Weights<T> w = Weights<T>::load(start);
     const T bias = start[kBiasIndex];
     const bool planned =
@@ -352,15 +355,16 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
 }
 
 // Whether fit k runs in a vector lane (cpu/fit_many_lanes.h): final_bias
-// alone by plain SGD over fewer than kLanes points, no history kept.
+// alone by plain SGD over fewer than kLanes points, the summed loss, no
+// plateau stop, no history kept.
 template <typename T>
 bool lane_fit(const ManyData<T>& d, int64_t k, const ManyOut<T>& out) {
   const int64_t n = d.end(k) - d.begin(k);
   if (out.history != nullptr || n >= kLanes) return false;
   if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return false;
   const double* row = d.settings_of(k);
-  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0 &&
-         row[kColEpochs] <= double(kLaneMostEpochs<T>);
+  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0 && row[kColRtol] == 0 &&
+         row[kColMean] == 0 && row[kColEpochs] <= double(kLaneMostEpochs<T>);
 }
 
 // The fits ks[0..count), each of kN points, kFitLanes at once.
@@ -372,7 +376,7 @@ void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
     if (i == count) return false;
     const int64_t k = ks[i++], begin = d.begin(k);
     const T* start = d.start_of(k);
-    const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+    const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind, kN);
     f = LaneFit<T>{k, d.x + begin, d.y + begin, Weights<T>::load(start),
                    start[kBiasIndex], T(-o.sgd.lr), o.sgd.maximize, o.epochs, o.tol};
     return true;

@@ -393,7 +393,7 @@ void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
   for (int64_t r = 0; r < settings.size(0); ++r) {
     const double* row = rows + r * cpu::kManyColumns;
     try {
-      const ParamFitOptions o = cpu::many_options(row, 0, optimizer);
+      const ParamFitOptions o = cpu::many_options(row, 0, optimizer, 1);
       check_sgd_options(o.sgd.lr, optimizer == kSgd ? o.sgd.momentum : 0.0,
                         o.sgd.dampening, optimizer == kSgd && o.sgd.nesterov,
                         o.sgd.weight_decay);
@@ -403,7 +403,12 @@ void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
         fail("epochs must be an integer in [0, 2**31 - 1], got ", epochs);
       }
       if (!(o.tol >= 0)) fail("tol must be >= 0, got ", o.tol);
-      for (int c : {cpu::kColNesterov, cpu::kColMaximize, cpu::kColAmsgrad}) {
+      const double patience = row[cpu::kColPatience];
+      if (!(patience >= 0 && patience <= 2147483647.0 && patience == std::floor(patience))) {
+        fail("patience must be a whole number of epochs, got ", patience);
+      }
+      check_stop_options(o.rtol, o.patience, o.divide_by);
+      for (int c : {cpu::kColNesterov, cpu::kColMaximize, cpu::kColAmsgrad, cpu::kColMean}) {
         if (row[c] != 0 && row[c] != 1) fail("a flag column must be 0 or 1, got ", row[c]);
       }
     } catch (const std::invalid_argument& e) {
