@@ -376,9 +376,10 @@ void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
     if (i == count) return false;
     const int64_t k = ks[i++], begin = d.begin(k);
     const T* start = d.start_of(k);
-    const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind, kN);
+    const double* row = d.settings_of(k);  // many_options's, the few a lane reads
     f = LaneFit<T>{k, d.x + begin, d.y + begin, Weights<T>::load(start),
-                   start[kBiasIndex], T(-o.sgd.lr), o.sgd.maximize, o.epochs, o.tol};
+                   start[kBiasIndex], T(-row[kColLr]), row[kColMaximize] != 0,
+                   int64_t(row[kColEpochs]), row[kColTol]};
     return true;
   };
   auto done = [&](const LaneResult<T>& r) {

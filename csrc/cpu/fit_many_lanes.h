@@ -109,11 +109,8 @@ BIASFIT_HD bool any_lane(M m) {
 // Lane groups a thread runs side by side. One group's epoch waits on its
 // own last step (the bias feeds the next epoch's points), so a single group
 // leaves the core idle between its few instructions; independent groups fill
-// that wait. benchmarks/bench_many.py's N = 3 cells measure the choice.
-#ifndef BIASFIT_LANE_GROUPS
-#define BIASFIT_LANE_GROUPS 4
-#endif
-constexpr int kLaneGroups = BIASFIT_LANE_GROUPS;
+// that wait. benchmarks/fit_many_lanes.cpp measures the choice.
+constexpr int kLaneGroups = 4;
 
 // Runs every fit that next() hands out (next(LaneFit&) -> false when none
 // is left) and hands each result to done(LaneResult). kN < kLanes points a
@@ -179,9 +176,10 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
     for (int l = 0; l < W; ++l) load(g, l, 0);
   }
 
+  const V inf = V{} + std::numeric_limits<T>::infinity();
   while (live > 0) {
     V stepped[kG], loss_t[kG];
-    M finite[kG], stops[kG], steps[kG], bad[kG], stalls[kG], ends[kG];
+    M go[kG];  // the lanes whose fit just steps this epoch
     M event{};
     for (int g = 0; g < kG; ++g) {
       // The points, and small_chunk_sum's lanes and tree over them.
@@ -203,48 +201,50 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
         }
         used = used < width ? used : width;
       }
-      // core/fit.h's decide, lane-wise.
+      // core/fit.h's decide, lane-wise: a lane just steps if its loss is
+      // finite and not below tol, its step finite, some unit on (no
+      // stall) and this is not its fit's last epoch; any other lane with
+      // a fit ends here, and the lane-by-lane code below says how.
       const V l_t = __builtin_convertvector(loss[0], V);
-      loss_t[g] = l_t;
-      finite[g] = l_t - l_t == V{};
-      stops[g] = active[g] & (~finite[g] | (l_t < tol[g]));
       const V s = b[g] + step[g] * __builtin_convertvector(2.0 * grad[0], V);
-      stepped[g] = s;
-      steps[g] = active[g] & ~stops[g];
-      bad[g] = steps[g] & ~(s - s == V{});
-      stalls[g] = steps[g] & (max_h[g] + b[g] <= V{}) & (s <= b[g]);
-      ends[g] = steps[g] & (left[g] == 1);
+      const M keep = (l_t >= tol[g]) & (l_t < inf) & (s - s == V{}) &
+                     ~(max_h[g] + b[g] <= V{}) & (left[g] != 1);
+      go[g] = active[g] & keep;
+      event |= active[g] & ~keep;
       left[g] -= 1;
-      event |= stops[g] | bad[g] | stalls[g] | ends[g];
+      loss_t[g] = l_t;
+      stepped[g] = s;
     }
     if (__builtin_expect(!any_lane(event), 1)) {
-      for (int g = 0; g < kG; ++g) b[g] = steps[g] ? stepped[g] : b[g];
+      for (int g = 0; g < kG; ++g) b[g] = go[g] ? stepped[g] : b[g];
       ++t;
       continue;
     }
-    // Some lane's fit ends or stalls at this epoch: those lanes one by one.
-    // A lane refilled here starts at the next epoch, t + 1.
+    // Some lanes' fits end at this epoch: those lanes one by one, in
+    // decide's order of tests. A lane refilled here starts at the next
+    // epoch, t + 1.
     for (int g = 0; g < kG; ++g) {
       const V before = b[g];
-      b[g] = steps[g] ? stepped[g] : b[g];
-      const M ev = stops[g] | bad[g] | stalls[g] | ends[g];
-      if (!any_lane(ev)) continue;
+      b[g] = go[g] ? stepped[g] : b[g];
+      const M ends = active[g] & ~go[g];
+      if (!any_lane(ends)) continue;
       for (int l = 0; l < W; ++l) {
-        if (!ev[l]) continue;
+        if (!ends[l]) continue;
+        const T loss = loss_t[g][l], after = stepped[g][l];
         const int64_t epoch = t - started[g][l];
-        if (stops[g][l] || bad[g][l]) {
-          const int64_t status = !finite[g][l] ? kLossNonFinite
-                                 : stops[g][l] ? kConverged : kBiasNonFinite;
-          done(LaneResult<T>{ids[g][l], stops[g][l] ? before[l] : stepped[g][l],
-                             loss_t[g][l], epoch, status});
-          --live;
-          load(g, l, t + 1);
-          continue;
+        LaneResult<T> r{ids[g][l], after, loss, epoch, kExhausted};
+        if (!is_finite(loss)) {
+          r.bias = before[l], r.status = kLossNonFinite;
+        } else if (loss < tol[g][l]) {
+          r.bias = before[l], r.status = kConverged;
+        } else if (!is_finite(after)) {
+          r.status = kBiasNonFinite;
+        } else if (max_h[g][l] + before[l] <= T(0)) {
+          r.status = kStalled;
+        } else {
+          r.epoch = epoch + 1;  // ran out of epochs
         }
-        done(stalls[g][l] ? LaneResult<T>{ids[g][l], stepped[g][l], loss_t[g][l], epoch,
-                                          kStalled}
-                          : LaneResult<T>{ids[g][l], stepped[g][l], loss_t[g][l], epoch + 1,
-                                          kExhausted});
+        done(r);
         --live;
         load(g, l, t + 1);
       }
