@@ -41,7 +41,8 @@ double run(Fits& f, int64_t K) {
     f.epochs[r.id] = r.epoch, f.status[r.id] = r.status;
   };
   const auto t0 = std::chrono::steady_clock::now();
-  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<3, kG, float>(next, done); });
+  FewPoints<3, kG, float> points;
+  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kG, float>(points, next, done); });
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 

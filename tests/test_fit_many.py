@@ -221,13 +221,17 @@ def test_stop_rules_per_fit(dtype, reduction, optimizer):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lanes_many_fits(dtype):
-    """Thousands of small fits of final_bias by plain SGD: the vector lanes
-    (several groups of lanes, refilled as fits end at different epochs)
-    against the one-fit-at-a-time path that a history request takes, which
-    the tests above hold to fit_fused. Every status occurs."""
+    """Thousands of fits of final_bias by plain SGD: the vector lanes (a
+    lane per fit; for fewer than 16 points several groups of lanes, for 16
+    to 255 points each lane summing its fit's 16-lane chunk; refilled as
+    fits end at different epochs) against the one-fit-at-a-time path that a
+    history request takes, which the tests above hold to fit_fused. Every
+    status occurs."""
     K = 3000
     gen = torch.Generator().manual_seed(5)
-    sizes = torch.randint(1, 16, (K,), generator=gen)
+    few = torch.randint(1, 16, (K,), generator=gen)
+    many = torch.tensor([16, 17, 31, 40, 100, 255])[torch.randint(6, (K,), generator=gen)]
+    sizes = torch.where(torch.rand(K, generator=gen) < 0.7, few, many)
     offsets = [0] + torch.cumsum(sizes, 0).tolist()
     x = torch.rand(offsets[-1], generator=gen, dtype=torch.float64).to(dtype)
     y = (torch.rand(offsets[-1], generator=gen, dtype=torch.float64) * 1.2).to(dtype)

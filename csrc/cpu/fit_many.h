@@ -155,6 +155,7 @@ T max_with_nan(const T* h, int64_t n) {
 template <typename T>
 struct ManyScratch {
   std::vector<T> h, chunk_min_h;
+  std::vector<T> lane_h, lane_y;  // cpu/fit_many_lanes.h's ManyPoints buffers
   std::vector<LossGrad> partials;
   std::vector<ParamSums> param_partials;
 };
@@ -354,23 +355,32 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   }
 }
 
-// Whether fit k runs in a vector lane (cpu/fit_many_lanes.h): final_bias
-// alone by plain SGD over fewer than kLanes points, the summed loss, no
-// plateau stop, no history kept.
+// Which vector lanes (cpu/fit_many_lanes.h) fit k runs in, if any: those
+// of final_bias alone by plain SGD, the summed loss, no plateau stop, no
+// history kept; kFew for fewer than kLanes points, kMany for more where
+// fit_fused sums one chunk and never regroups (below kRegroupMinPoints,
+// and no plan forced).
+enum class Lanes2 : int { kNone, kFew, kMany };
 template <typename T>
-bool lane_fit(const ManyData<T>& d, int64_t k, const ManyOut<T>& out) {
+Lanes2 lane_kind(const ManyData<T>& d, int64_t k, const ManyOut<T>& out,
+                 bool plans_forced) {
   const int64_t n = d.end(k) - d.begin(k);
-  if (out.history != nullptr || n >= kLanes) return false;
-  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return false;
+  if (out.history != nullptr) return Lanes2::kNone;
+  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return Lanes2::kNone;
   const double* row = d.settings_of(k);
-  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0 && row[kColRtol] == 0 &&
-         row[kColMean] == 0 && row[kColEpochs] <= double(kLaneMostEpochs<T>);
+  if (!(row[kColMomentum] == 0 && row[kColWeightDecay] == 0 && row[kColRtol] == 0 &&
+        row[kColMean] == 0 && row[kColEpochs] <= double(kLaneMostEpochs<T>))) {
+    return Lanes2::kNone;
+  }
+  if (n < kLanes) return Lanes2::kFew;
+  return n < kRegroupMinPoints && !plans_forced ? Lanes2::kMany : Lanes2::kNone;
 }
 
-// The fits ks[0..count), each of kN points, kFitLanes at once.
-template <int kN, typename T>
-void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
-               const ManyOut<T>& out) {
+// The fits ks[0..count) through run(next, done): next hands out their
+// starts and settings, done writes their results.
+template <typename T, typename Run>
+void run_lane_fits(const ManyData<T>& d, const int64_t* ks, int64_t count,
+                   const ManyOut<T>& out, const Run& run) {
   int64_t i = 0;
   auto next = [&](LaneFit<T>& f) {
     if (i == count) return false;
@@ -392,7 +402,34 @@ void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
     out.status[r.id] = int8_t(r.status);
     out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
   };
-  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kN, kLaneGroups, T>(next, done); });
+  run(next, done);
+}
+
+// The fits ks[0..count), each of kN < kLanes points.
+template <int kN, typename T>
+void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
+               const ManyOut<T>& out) {
+  run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
+    FewPoints<kN, kLaneGroups, T> points;
+    on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
+      run_fit_lanes<kLaneGroups, T>(points, next, done);
+    });
+  });
+}
+
+// The fits ks[0..count), each of n points (Lanes2::kMany).
+template <typename T>
+void fit_lanes_many(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t count,
+                    const ManyOut<T>& out, ManyScratch<T>& s) {
+  constexpr int kG = kManyLaneGroups;
+  s.lane_h.resize(size_t(kG * n * kFitLanes));
+  s.lane_y.resize(size_t(kG * n * kFitLanes));
+  run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
+    ManyPoints<kG, T> points{n, s.lane_h.data(), s.lane_y.data()};
+    on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
+      run_fit_lanes<kG, T>(points, next, done);
+    });
+  });
 }
 
 template <typename T, int... kN>
@@ -419,13 +456,21 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
       lane_runs<T>(std::make_integer_sequence<int, kLanes - 1>());
   run_team(threads_for(blocks, threads), [&](const Team&) {
     ManyScratch<T> scratch;
-    std::vector<int64_t> by_size[kLanes];  // lane fits of each size
+    std::vector<int64_t> by_size[kLanes];  // kFew lane fits of each size
+    std::vector<std::pair<int64_t, int64_t>> many;  // kMany lane fits: (n, k)
+    std::vector<int64_t> ks;
     for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
       const int64_t to = std::min(d.fits, (b + 1) * block);
       for (int64_t k = b * block; k < to; ++k) {
+        const int64_t n = d.end(k) - d.begin(k);
 #ifndef BIASFIT_NO_FIT_LANES
-        if (lane_fit(d, k, out)) {
-          by_size[d.end(k) - d.begin(k)].push_back(k);
+        const Lanes2 lanes = lane_kind(d, k, out, plans_forced);
+        if (lanes == Lanes2::kFew) {
+          by_size[n].push_back(k);
+          continue;
+        }
+        if (lanes == Lanes2::kMany) {
+          many.emplace_back(n, k);
           continue;
         }
 #endif
@@ -436,6 +481,21 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
         kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
         by_size[n].clear();
       }
+      // Fits of one size share lanes; a size with fewer fits than a
+      // group's lanes runs them one by one.
+      std::sort(many.begin(), many.end());
+      for (size_t i = 0; i < many.size();) {
+        size_t j = i;
+        ks.clear();
+        while (j < many.size() && many[j].first == many[i].first) ks.push_back(many[j++].second);
+        if (ks.size() >= size_t(kFitLanes)) {
+          fit_lanes_many(d, many[i].first, ks.data(), int64_t(ks.size()), out, scratch);
+        } else {
+          for (int64_t k : ks) fit_one(d, k, plans_forced, scratch, out);
+        }
+        i = j;
+      }
+      many.clear();
     }
   });
 }

@@ -1,14 +1,16 @@
 // cpu/fit_many.h's fits of final_bias alone by plain SGD (no momentum, no
-// weight decay) over fewer points than a chunk's lanes (the tutorial's
-// three), kFitLanes fits at once: a vector lane per fit, kLaneGroups groups
-// of lanes side by side. Free of torch, written with GCC/Clang vector types,
-// compiled for the best instruction set here (cpu/isa.h's on_best_isa).
+// weight decay) over fewer points than fit_fused would regroup, kFitLanes
+// fits at once: a vector lane per fit. Fits of fewer than kLanes points (the
+// tutorial's three) hold their points in vectors (FewPoints), kLaneGroups
+// groups of lanes side by side; larger ones read them from buffers
+// (ManyPoints). Free of torch, written with GCC/Clang vector types, compiled
+// for the best instruction set here (cpu/isa.h's on_best_isa).
 //
-// Every lane gives what fit_bias_small gives for its fit, bit for bit (the
-// build never contracts a multiply and an add):
+// Every lane gives what fit_fused gives for its fit, bit for bit (the build
+// never contracts a multiply and an add):
 //   the points:  core/network.h's loss_grad_from_hidden, lane-wise;
-//   the sums:    cpu/reduce.h's small_chunk_sum, the same tree over kN
-//                points;
+//   the sums:    cpu/reduce.h's order: small_chunk_sum's tree over kN
+//                points, or one chunk's 16 lanes and Lanes::tree;
 //   the epoch's end: core/fit.h's decide for these options (stop on a
 //                non-finite loss, or below tol; the step b + T(-lr) g; stop
 //                on a non-finite bias; stop after the last epoch), and
@@ -19,7 +21,9 @@
 //     +0.0, and neither r * r nor an active residual is ever -0.0 (z > 0
 //     makes z - y nonzero or +0.0);
 //   - the factor 2 of each point's gradient is taken once, after the sum:
-//     doubling is exact, so it commutes with every rounding of the tree;
+//     doubling is exact, so it commutes with every rounding of the tree
+//     (it could overflow only where r * r, and so the loss, is inf, and
+//     the fit then stops before its step);
 //   - maximize's sign goes into the lane's -lr: (-lr) (s g) = (s (-lr)) g
 //     exactly for s = +-1;
 //   - is_finite's v == v is implied by v - v == 0;
@@ -27,8 +31,8 @@
 //   - a stall ends the fit at once: with every unit off the gradient is 0,
 //     so the bias, the loss and the stall test's outcome never change again
 //     (the fit would run out of epochs and report that stall).
-// A lane whose fit ends (rare: once a fit) leaves the vector code: the
-// lane's results go out and the next fit takes the lane.
+// A lane whose fit ends (once a fit) leaves the vector code: the lane's
+// results go out and the next fit takes the lane.
 // tests/test_fit_many.py compares the results with fit_fused's, bit for bit.
 #pragma once
 
@@ -111,30 +115,182 @@ BIASFIT_HD bool any_lane(M m) {
 // leaves the core idle between its few instructions; independent groups fill
 // that wait. benchmarks/fit_many_lanes.cpp measures the choice.
 constexpr int kLaneGroups = 4;
+// The same for fits of kLanes points or more (ManyPoints), whose epoch is
+// long enough to keep the core busy alone.
+constexpr int kManyLaneGroups = 1;
+
+// Sets lane l of a vector (state kept in memory: the store is the cheap way).
+template <typename Vec, typename E>
+BIASFIT_HD void set_lane(Vec& v, int l, E value) {
+  v[l] = value;
+}
+
+// One epoch's points of a lane group, summed: point i of every lane's fit,
+// its loss r * r and active residual (relu'(z) r, before the gradient's
+// factor 2) in double. core/network.h's relu and active_residual are written
+// out: its x86 forms for these vector widths (__m512d's) need AVX-512.
+template <typename T>
+struct LanePoint {
+  using V = typename FitLaneTypes<T>::V;
+  using D = typename FitLaneTypes<T>::D;
+  D loss, residual;
+
+  BIASFIT_HD LanePoint(V h, V y, V b) {
+    const V z = h + b;
+    const V r = (z < V{} ? V{} : z) - y;
+    const D rd = __builtin_convertvector(r, D);
+    loss = rd * rd;
+    residual = __builtin_convertvector(z <= V{} ? V{} : r, D);
+  }
+};
+
+// The points of fits of kN < kLanes points (the tutorial's three), held in
+// vectors: small_chunk_sum's lanes (point i in lane i) and tree.
+template <int kN, int kG, typename T>
+struct FewPoints {
+  using V = typename FitLaneTypes<T>::V;
+  using D = typename FitLaneTypes<T>::D;
+  V h[kG][kN], y[kG][kN];
+
+  // Lane l of group g takes fit f's hidden values and labels; returns the
+  // largest hidden value (NaN if one is NaN), as torch's max.
+  BIASFIT_HD T load(int g, int l, const LaneFit<T>& f) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int i = 0; i < kN; ++i) {
+      const T hi = hidden(f.x[i], f.w);
+      set_lane(h[g][i], l, hi);
+      set_lane(y[g][i], l, f.y[i]);
+      m = (hi > m || hi != hi) ? hi : m;
+    }
+    return m;
+  }
+  BIASFIT_HD void clear(int g, int l) {
+    for (int i = 0; i < kN; ++i) set_lane(h[g][i], l, T(0)), set_lane(y[g][i], l, T(0));
+  }
+  BIASFIT_HD void sums(int g, V b, D& loss, D& residual) const {
+    D l[kN], r[kN];
+    for (int i = 0; i < kN; ++i) {
+      const LanePoint<T> p(h[g][i], y[g][i], b);
+      l[i] = p.loss, r[i] = p.residual;
+    }
+    int used = kN;
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int k = 0; k + width < used; ++k) {
+        l[k] += l[k + width];
+        r[k] += r[k + width];
+      }
+      used = used < width ? used : width;
+    }
+    loss = l[0], residual = r[0];
+  }
+};
+
+// The points of fits of n points, kLanes <= n < kChunk (one chunk), in
+// buffers of [kG][n][kFitLanes] (point i of every lane's fit side by side):
+// cpu/reduce.h's chunk order, point i into lane i % kLanes, each lane from
+// +0.0, then Lanes::tree. Lanes are summed two at a time, so that their
+// accumulators stay in registers.
+template <int kG, typename T>
+struct ManyPoints {
+  using V = typename FitLaneTypes<T>::V;
+  using D = typename FitLaneTypes<T>::D;
+  int64_t n;
+  T* h;  // kG * n * kFitLanes values each
+  T* y;
+
+  BIASFIT_HD const T* at(const T* buffer, int g, int64_t i) const {
+    return buffer + (g * n + i) * kFitLanes;
+  }
+  BIASFIT_HD static V load_vector(const T* p) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  BIASFIT_HD T load(int g, int l, const LaneFit<T>& f) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      const T hi = hidden(f.x[i], f.w);
+      h[(g * n + i) * kFitLanes + l] = hi;
+      y[(g * n + i) * kFitLanes + l] = f.y[i];
+      m = (hi > m || hi != hi) ? hi : m;
+    }
+    return m;
+  }
+  BIASFIT_HD void clear(int g, int l) {
+    for (int64_t i = 0; i < n; ++i) {
+      h[(g * n + i) * kFitLanes + l] = T(0);
+      y[(g * n + i) * kFitLanes + l] = T(0);
+    }
+  }
+  // Half a lane group's accumulator: a vector of 8 doubles would be
+  // lowered to memory traffic when a loop carries it (GCC, AVX2).
+  typedef double D4 __attribute__((vector_size(4 * sizeof(double))));
+  BIASFIT_HD static D4 low(V v) {
+    const D d = __builtin_convertvector(v, D);
+    return __builtin_shufflevector(d, d, 0, 1, 2, 3);
+  }
+  BIASFIT_HD static D4 high(V v) {
+    const D d = __builtin_convertvector(v, D);
+    return __builtin_shufflevector(d, d, 4, 5, 6, 7);
+  }
+  // Point i of the group's fits into lane accumulators (low and high halves).
+  BIASFIT_HD void add(int g, int64_t i, V b, D4* l, D4* r) const {
+    const V z = load_vector(at(h, g, i)) + b;
+    const V q = (z < V{} ? V{} : z) - load_vector(at(y, g, i));
+    const V a = z <= V{} ? V{} : q;
+    const D4 q_lo = low(q), q_hi = high(q);
+    l[0] += q_lo * q_lo;
+    l[1] += q_hi * q_hi;
+    r[0] += low(a);
+    r[1] += high(a);
+  }
+  BIASFIT_HD void sums(int g, V b, D& loss, D& residual) const {
+    static_assert(kFitLanes == 8, "two halves of 4 lanes");
+    D l[kLanes], r[kLanes];
+    for (int j = 0; j < kLanes; j += 2) {
+      D4 l0[2] = {}, l1[2] = {}, r0[2] = {}, r1[2] = {};
+      int64_t i = j;
+      for (; i + 1 < n; i += kLanes) {
+        add(g, i, b, l0, r0);
+        add(g, i + 1, b, l1, r1);
+      }
+      if (i < n) add(g, i, b, l0, r0);
+      l[j] = __builtin_shufflevector(l0[0], l0[1], 0, 1, 2, 3, 4, 5, 6, 7);
+      l[j + 1] = __builtin_shufflevector(l1[0], l1[1], 0, 1, 2, 3, 4, 5, 6, 7);
+      r[j] = __builtin_shufflevector(r0[0], r0[1], 0, 1, 2, 3, 4, 5, 6, 7);
+      r[j + 1] = __builtin_shufflevector(r1[0], r1[1], 0, 1, 2, 3, 4, 5, 6, 7);
+    }
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int k = 0; k < width; ++k) {
+        l[k] += l[k + width];
+        r[k] += r[k + width];
+      }
+    }
+    loss = l[0], residual = r[0];
+  }
+};
 
 // Runs every fit that next() hands out (next(LaneFit&) -> false when none
-// is left) and hands each result to done(LaneResult). kN < kLanes points a
-// fit, kG groups of kFitLanes lanes. Inlined into each instruction set's
-// caller.
-template <int kN, int kG, typename T, typename Next, typename Done>
-BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
+// is left), kG groups of kFitLanes lanes over `points` (FewPoints or
+// ManyPoints), and hands each result to done(LaneResult). Inlined into each
+// instruction set's caller.
+template <int kG, typename T, typename Points, typename Next, typename Done>
+BIASFIT_HD void run_fit_lanes(Points& points, const Next& next, const Done& done) {
   using V = typename FitLaneTypes<T>::V;
   using D = typename FitLaneTypes<T>::D;
   using M = typename FitLaneTypes<T>::M;
   using U = typename FitLaneTypes<T>::U;
   constexpr int W = kFitLanes;
   // The lanes' state, vectors where every epoch reads it.
-  V h[kG][kN], y[kG][kN];
   V b[kG], step[kG], max_h[kG], tol[kG];  // step: T(-lr), signed for maximize
   M active[kG];  // lanes with a fit
   U left[kG];    // the epochs left to each lane's fit, this one included
-  // Per lane, read only when its fit ends or stalls.
+  // Per lane, read only when its fit ends.
   int64_t ids[kG][W], started[kG][W];
   int64_t t = 0;  // epochs run by the lanes so far
   int live = 0;   // lanes with a fit
   bool more = true;
 
-  auto set = [](auto& v, int lane, auto value) { v[lane] = value; };
   // Loads the next fit into lane l of group g, its first epoch the lanes'
   // epoch `first`, or empties the lane; a fit of 0 epochs ends at once
   // (exhausted, its loss NaN).
@@ -146,19 +302,12 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
                            kExhausted});
         continue;
       }
-      T m = -std::numeric_limits<T>::infinity();
-      for (int i = 0; i < kN; ++i) {
-        const T hi = hidden(f.x[i], f.w);
-        set(h[g][i], l, hi);
-        set(y[g][i], l, f.y[i]);
-        m = (hi > m || hi != hi) ? hi : m;
-      }
-      set(max_h[g], l, m);
-      set(b[g], l, f.bias);
-      set(step[g], l, f.maximize ? -f.neg_lr : f.neg_lr);
-      set(tol[g], l, tol_in<T>(f.tol));
-      set(active[g], l, -1);
-      set(left[g], l, f.epochs);
+      set_lane(max_h[g], l, points.load(g, l, f));
+      set_lane(b[g], l, f.bias);
+      set_lane(step[g], l, f.maximize ? -f.neg_lr : f.neg_lr);
+      set_lane(tol[g], l, tol_in<T>(f.tol));
+      set_lane(active[g], l, -1);
+      set_lane(left[g], l, f.epochs);
       ids[g][l] = f.id;
       started[g][l] = first;
       ++live;
@@ -166,11 +315,11 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
     }
     // An empty lane computes on zeros (never on a left-over NaN or
     // subnormal, which could slow the vector) and reports nothing.
-    for (int i = 0; i < kN; ++i) set(h[g][i], l, T(0)), set(y[g][i], l, T(0));
-    set(b[g], l, T(0));
-    set(max_h[g], l, T(0));
-    set(active[g], l, 0);
-    set(left[g], l, 0);
+    points.clear(g, l);
+    set_lane(b[g], l, T(0));
+    set_lane(max_h[g], l, T(0));
+    set_lane(active[g], l, 0);
+    set_lane(left[g], l, 0);
   };
   for (int g = 0; g < kG; ++g) {
     for (int l = 0; l < W; ++l) load(g, l, 0);
@@ -182,31 +331,14 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
     M go[kG];  // the lanes whose fit just steps this epoch
     M event{};
     for (int g = 0; g < kG; ++g) {
-      // The points, and small_chunk_sum's lanes and tree over them.
-      D loss[kN], grad[kN];
-      for (int i = 0; i < kN; ++i) {
-        const V z = h[g][i] + b[g];
-        // core/network.h's relu and active_residual, written out: its x86
-        // forms for this vector width (__m512d's) need AVX-512.
-        const V r = (z < V{} ? V{} : z) - y[g][i];
-        const D rd = __builtin_convertvector(r, D);
-        loss[i] = rd * rd;
-        grad[i] = __builtin_convertvector(z <= V{} ? V{} : r, D);
-      }
-      int used = kN;
-      for (int width = kLanes / 2; width > 0; width /= 2) {
-        for (int k = 0; k + width < used; ++k) {
-          loss[k] += loss[k + width];
-          grad[k] += grad[k + width];
-        }
-        used = used < width ? used : width;
-      }
+      D loss, residual;
+      points.sums(g, b[g], loss, residual);
       // core/fit.h's decide, lane-wise: a lane just steps if its loss is
       // finite and not below tol, its step finite, some unit on (no
       // stall) and this is not its fit's last epoch; any other lane with
       // a fit ends here, and the lane-by-lane code below says how.
-      const V l_t = __builtin_convertvector(loss[0], V);
-      const V s = b[g] + step[g] * __builtin_convertvector(2.0 * grad[0], V);
+      const V l_t = __builtin_convertvector(loss, V);
+      const V s = b[g] + step[g] * __builtin_convertvector(2.0 * residual, V);
       const M keep = (l_t >= tol[g]) & (l_t < inf) & (s - s == V{}) &
                      ~(max_h[g] + b[g] <= V{}) & (left[g] != 1);
       go[g] = active[g] & keep;

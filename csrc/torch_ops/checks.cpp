@@ -4,6 +4,7 @@
 
 #include <torch/csrc/stable/device.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cpu/fit_many.h"
@@ -317,8 +318,18 @@ void check_rows(const Tensor& t, const char* name, int64_t fits, int64_t width,
 
 template <typename T>
 void check_finite(const T* v, int64_t n, const char* name) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(v[i])) fail(name, " holds a non-finite value (", v[i], ") at ", i);
+  // By blocks without an early exit, which the compiler vectorizes (v - v
+  // is 0 exactly for finite v); a block with a bad value is searched again
+  // for the first one.
+  constexpr int64_t kBlock = 1024;
+  for (int64_t from = 0; from < n; from += kBlock) {
+    const int64_t to = std::min(n, from + kBlock);
+    bool finite = true;
+    for (int64_t i = from; i < to; ++i) finite &= v[i] - v[i] == T(0);
+    if (finite) continue;
+    for (int64_t i = from; i < to; ++i) {
+      if (!std::isfinite(v[i])) fail(name, " holds a non-finite value (", v[i], ") at ", i);
+    }
   }
 }
 
