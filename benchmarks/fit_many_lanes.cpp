@@ -86,7 +86,7 @@ int main(int argc, char** argv) {
     std::sort(times[c].begin(), times[c].end());
     const double t = times[c][times[c].size() / 2];
     std::printf("  %d group(s) of %d lanes: %.3g fits/s, %.2f ns a fit-epoch\n", groups[c],
-                kFitLanes, K / t, t / epochs * 1e9);
+                kFitLanes<float>, K / t, t / epochs * 1e9);
   }
   return 0;
 }

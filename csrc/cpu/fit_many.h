@@ -422,8 +422,8 @@ template <typename T>
 void fit_lanes_many(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t count,
                     const ManyOut<T>& out, ManyScratch<T>& s) {
   constexpr int kG = kManyLaneGroups;
-  s.lane_h.resize(size_t(kG * n * kFitLanes));
-  s.lane_y.resize(size_t(kG * n * kFitLanes));
+  s.lane_h.resize(size_t(kG * n * kFitLanes<T>));
+  s.lane_y.resize(size_t(kG * n * kFitLanes<T>));
   run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
     ManyPoints<kG, T> points{n, s.lane_h.data(), s.lane_y.data()};
     on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
@@ -445,6 +445,9 @@ inline int64_t many_block(int64_t fits, int threads) {
   return std::clamp<int64_t>(fits / (int64_t(threads) * 64), 1, 256);
 }
 
+// Lane fits a thread gathers before it runs them (fewer at its last block).
+constexpr int64_t kLaneBatch = 512;
+
 // Every fit of d, on up to `threads` threads.
 template <typename T>
 void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
@@ -456,9 +459,33 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
       lane_runs<T>(std::make_integer_sequence<int, kLanes - 1>());
   run_team(threads_for(blocks, threads), [&](const Team&) {
     ManyScratch<T> scratch;
-    std::vector<int64_t> by_size[kLanes];  // kFew lane fits of each size
-    std::vector<std::pair<int64_t, int64_t>> many;  // kMany lane fits: (n, k)
+    // Lane fits wait here until there are enough to fill the lanes many
+    // times over (or no more blocks): blocks stay small, for sharing out
+    // fits of different lengths, and lanes stay full.
+    std::vector<int64_t> by_size[kLanes];  // Lanes2::kFew fits of each size
+    std::vector<std::pair<int64_t, int64_t>> many;  // Lanes2::kMany fits: (n, k)
     std::vector<int64_t> ks;
+    auto run_few = [&](int n) {
+      kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
+      by_size[n].clear();
+    };
+    auto run_many = [&]() {
+      // Fits of one size share lanes; a size with fewer fits than a
+      // group's lanes runs them one by one.
+      std::sort(many.begin(), many.end());
+      for (size_t i = 0; i < many.size();) {
+        size_t j = i;
+        ks.clear();
+        while (j < many.size() && many[j].first == many[i].first) ks.push_back(many[j++].second);
+        if (ks.size() >= size_t(kFitLanes<T>)) {
+          fit_lanes_many(d, many[i].first, ks.data(), int64_t(ks.size()), out, scratch);
+        } else {
+          for (int64_t k : ks) fit_one(d, k, plans_forced, scratch, out);
+        }
+        i = j;
+      }
+      many.clear();
+    };
     for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
       const int64_t to = std::min(d.fits, (b + 1) * block);
       for (int64_t k = b * block; k < to; ++k) {
@@ -467,36 +494,22 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
         const Lanes2 lanes = lane_kind(d, k, out, plans_forced);
         if (lanes == Lanes2::kFew) {
           by_size[n].push_back(k);
+          if (by_size[n].size() >= size_t(kLaneBatch)) run_few(int(n));
           continue;
         }
         if (lanes == Lanes2::kMany) {
           many.emplace_back(n, k);
+          if (many.size() >= size_t(kLaneBatch)) run_many();
           continue;
         }
 #endif
         fit_one(d, k, plans_forced, scratch, out);
       }
-      for (int n = 1; n < kLanes; ++n) {
-        if (by_size[n].empty()) continue;
-        kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
-        by_size[n].clear();
-      }
-      // Fits of one size share lanes; a size with fewer fits than a
-      // group's lanes runs them one by one.
-      std::sort(many.begin(), many.end());
-      for (size_t i = 0; i < many.size();) {
-        size_t j = i;
-        ks.clear();
-        while (j < many.size() && many[j].first == many[i].first) ks.push_back(many[j++].second);
-        if (ks.size() >= size_t(kFitLanes)) {
-          fit_lanes_many(d, many[i].first, ks.data(), int64_t(ks.size()), out, scratch);
-        } else {
-          for (int64_t k : ks) fit_one(d, k, plans_forced, scratch, out);
-        }
-        i = j;
-      }
-      many.clear();
     }
+    for (int n = 1; n < kLanes; ++n) {
+      if (!by_size[n].empty()) run_few(n);
+    }
+    run_many();
   });
 }
 

@@ -1,5 +1,5 @@
 // cpu/fit_many.h's fits of final_bias alone by plain SGD (no momentum, no
-// weight decay) over fewer points than fit_fused would regroup, kFitLanes
+// weight decay) over fewer points than fit_fused would regroup, kFitLanes<T>
 // fits at once: a vector lane per fit. Fits of fewer than kLanes points (the
 // tutorial's three) hold their points in vectors (FewPoints), kLaneGroups
 // groups of lanes side by side; larger ones read them from buffers
@@ -49,7 +49,11 @@
 namespace biasfit {
 namespace cpu {
 
-constexpr int kFitLanes = 8;
+// Lanes a vector holds: 256 bits of T (8 floats or 4 doubles), the
+// widest every x86-64 CPU the build dispatches to has (AVX2), and two
+// vectors elsewhere; wider generic vectors cost more than they gain.
+template <typename T>
+constexpr int kFitLanes = 32 / sizeof(T);
 
 // The status of a fit that stalled (biasfit/stall.py): beside core/fit.h's
 // FitStatus values; biasfit/many.py reads it as STALLED.
@@ -57,13 +61,13 @@ constexpr int64_t kStalled = 7;
 
 template <typename T>
 struct FitLaneTypes {
-  typedef T V __attribute__((vector_size(kFitLanes * sizeof(T))));
-  typedef double D __attribute__((vector_size(kFitLanes * sizeof(double))));
+  typedef T V __attribute__((vector_size(kFitLanes<T> * sizeof(T))));
+  typedef double D __attribute__((vector_size(kFitLanes<T> * sizeof(double))));
   // A lane mask (what comparing two V gives), and a lane counter, of V's
   // element size: masks and counters then take no conversions.
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-  typedef I M __attribute__((vector_size(kFitLanes * sizeof(T))));
-  typedef std::make_unsigned_t<I> U __attribute__((vector_size(kFitLanes * sizeof(T))));
+  typedef I M __attribute__((vector_size(kFitLanes<T> * sizeof(T))));
+  typedef std::make_unsigned_t<I> U __attribute__((vector_size(kFitLanes<T> * sizeof(T))));
 };
 
 // The most epochs a lane's fit may run: its countdown is V's element size.
@@ -186,7 +190,7 @@ struct FewPoints {
 };
 
 // The points of fits of n points, kLanes <= n < kChunk (one chunk), in
-// buffers of [kG][n][kFitLanes] (point i of every lane's fit side by side):
+// buffers of [kG][n][kFitLanes<T>] (point i of every lane's fit side by side):
 // cpu/reduce.h's chunk order, point i into lane i % kLanes, each lane from
 // +0.0, then Lanes::tree. Lanes are summed two at a time, so that their
 // accumulators stay in registers.
@@ -195,11 +199,11 @@ struct ManyPoints {
   using V = typename FitLaneTypes<T>::V;
   using D = typename FitLaneTypes<T>::D;
   int64_t n;
-  T* h;  // kG * n * kFitLanes values each
+  T* h;  // kG * n * kFitLanes<T> values each
   T* y;
 
   BIASFIT_HD const T* at(const T* buffer, int g, int64_t i) const {
-    return buffer + (g * n + i) * kFitLanes;
+    return buffer + (g * n + i) * kFitLanes<T>;
   }
   BIASFIT_HD static V load_vector(const T* p) {
     V v;
@@ -210,55 +214,67 @@ struct ManyPoints {
     T m = -std::numeric_limits<T>::infinity();
     for (int64_t i = 0; i < n; ++i) {
       const T hi = hidden(f.x[i], f.w);
-      h[(g * n + i) * kFitLanes + l] = hi;
-      y[(g * n + i) * kFitLanes + l] = f.y[i];
+      h[(g * n + i) * kFitLanes<T> + l] = hi;
+      y[(g * n + i) * kFitLanes<T> + l] = f.y[i];
       m = (hi > m || hi != hi) ? hi : m;
     }
     return m;
   }
   BIASFIT_HD void clear(int g, int l) {
     for (int64_t i = 0; i < n; ++i) {
-      h[(g * n + i) * kFitLanes + l] = T(0);
-      y[(g * n + i) * kFitLanes + l] = T(0);
+      h[(g * n + i) * kFitLanes<T> + l] = T(0);
+      y[(g * n + i) * kFitLanes<T> + l] = T(0);
     }
   }
-  // Half a lane group's accumulator: a vector of 8 doubles would be
-  // lowered to memory traffic when a loop carries it (GCC, AVX2).
+  // A lane group's accumulators by halves of 4 doubles: a vector of 8
+  // doubles would be lowered to memory traffic when a loop carries it
+  // (GCC, AVX2).
   typedef double D4 __attribute__((vector_size(4 * sizeof(double))));
-  BIASFIT_HD static D4 low(V v) {
+  static constexpr int kHalves = sizeof(D) / sizeof(D4);  // 2 for float, 1 for double
+  template <int kHalf>
+  BIASFIT_HD static D4 half(V v) {
     const D d = __builtin_convertvector(v, D);
-    return __builtin_shufflevector(d, d, 0, 1, 2, 3);
+    if constexpr (kHalves == 1) {
+      return d;
+    } else if constexpr (kHalf == 0) {
+      return __builtin_shufflevector(d, d, 0, 1, 2, 3);
+    } else {
+      return __builtin_shufflevector(d, d, 4, 5, 6, 7);
+    }
   }
-  BIASFIT_HD static D4 high(V v) {
-    const D d = __builtin_convertvector(v, D);
-    return __builtin_shufflevector(d, d, 4, 5, 6, 7);
+  BIASFIT_HD static D join(const D4* halves) {
+    if constexpr (kHalves == 1) {
+      return halves[0];
+    } else {
+      return __builtin_shufflevector(halves[0], halves[1], 0, 1, 2, 3, 4, 5, 6, 7);
+    }
   }
-  // Point i of the group's fits into lane accumulators (low and high halves).
+  // Point i of the group's fits into the lanes' accumulators, by halves.
   BIASFIT_HD void add(int g, int64_t i, V b, D4* l, D4* r) const {
     const V z = load_vector(at(h, g, i)) + b;
     const V q = (z < V{} ? V{} : z) - load_vector(at(y, g, i));
     const V a = z <= V{} ? V{} : q;
-    const D4 q_lo = low(q), q_hi = high(q);
-    l[0] += q_lo * q_lo;
-    l[1] += q_hi * q_hi;
-    r[0] += low(a);
-    r[1] += high(a);
+    const D4 q0 = half<0>(q);
+    l[0] += q0 * q0;
+    r[0] += half<0>(a);
+    if constexpr (kHalves == 2) {
+      const D4 q1 = half<1>(q);
+      l[1] += q1 * q1;
+      r[1] += half<1>(a);
+    }
   }
   BIASFIT_HD void sums(int g, V b, D& loss, D& residual) const {
-    static_assert(kFitLanes == 8, "two halves of 4 lanes");
     D l[kLanes], r[kLanes];
     for (int j = 0; j < kLanes; j += 2) {
-      D4 l0[2] = {}, l1[2] = {}, r0[2] = {}, r1[2] = {};
+      D4 l0[kHalves] = {}, l1[kHalves] = {}, r0[kHalves] = {}, r1[kHalves] = {};
       int64_t i = j;
       for (; i + 1 < n; i += kLanes) {
         add(g, i, b, l0, r0);
         add(g, i + 1, b, l1, r1);
       }
       if (i < n) add(g, i, b, l0, r0);
-      l[j] = __builtin_shufflevector(l0[0], l0[1], 0, 1, 2, 3, 4, 5, 6, 7);
-      l[j + 1] = __builtin_shufflevector(l1[0], l1[1], 0, 1, 2, 3, 4, 5, 6, 7);
-      r[j] = __builtin_shufflevector(r0[0], r0[1], 0, 1, 2, 3, 4, 5, 6, 7);
-      r[j + 1] = __builtin_shufflevector(r1[0], r1[1], 0, 1, 2, 3, 4, 5, 6, 7);
+      l[j] = join(l0), l[j + 1] = join(l1);
+      r[j] = join(r0), r[j + 1] = join(r1);
     }
     for (int width = kLanes / 2; width > 0; width /= 2) {
       for (int k = 0; k < width; ++k) {
@@ -271,7 +287,7 @@ struct ManyPoints {
 };
 
 // Runs every fit that next() hands out (next(LaneFit&) -> false when none
-// is left), kG groups of kFitLanes lanes over `points` (FewPoints or
+// is left), kG groups of kFitLanes<T> lanes over `points` (FewPoints or
 // ManyPoints), and hands each result to done(LaneResult). Inlined into each
 // instruction set's caller.
 template <int kG, typename T, typename Points, typename Next, typename Done>
@@ -280,7 +296,7 @@ BIASFIT_HD void run_fit_lanes(Points& points, const Next& next, const Done& done
   using D = typename FitLaneTypes<T>::D;
   using M = typename FitLaneTypes<T>::M;
   using U = typename FitLaneTypes<T>::U;
-  constexpr int W = kFitLanes;
+  constexpr int W = kFitLanes<T>;
   // The lanes' state, vectors where every epoch reads it.
   V b[kG], step[kG], max_h[kG], tol[kG];  // step: T(-lr), signed for maximize
   M active[kG];  // lanes with a fit
