@@ -139,7 +139,8 @@ def train_groups(args) -> int:
     draws = resample_indices([len(x) for x in xs], args.bootstrap, args.seed)
     result = fit_groups(xs, ys, draws, dtype=DTYPES[args.dtype], bias=args.init_bias,
                         lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                        weight_decay=args.weight_decay, epochs=args.epochs, tol=args.tol)
+                        weight_decay=args.weight_decay, epochs=args.epochs, tol=args.tol,
+                        reduction=args.reduction, rtol=args.rtol, patience=args.patience)
     table = table_of(keys, xs, result, args.bootstrap, args.ci)
     write_table(table, args.json, sys.stdout)
     return 0
@@ -158,7 +159,7 @@ def table_of(keys, xs, result, resamples, ci):
         if resamples:
             first = len(keys) + g * resamples
             good = [bias[k] for k in range(first, first + resamples)
-                    if names[k] in ("converged", "exhausted")]
+                    if names[k] in ("converged", "plateau", "exhausted")]
             lo, hi = (np.quantile(good, [(1 - ci) / 2, 1 - (1 - ci) / 2]).tolist()
                       if good else (math.nan, math.nan))
             row.update({"bootstrap_ok": len(good), "final_bias_lo": lo, "final_bias_hi": hi})

@@ -17,18 +17,19 @@ import torch
 from . import _direct, distributed
 from .engine import MAX_EPOCHS, cached_tutorial_weights
 from .model import PARAM_NAMES
+from .train import REDUCTIONS
 
 # csrc/cpu/fit_many.h's kStalled, beside core/fit.h's statuses.
 STALLED = 7
 STATUS_NAMES = {_direct.CONVERGED: "converged", _direct.EXHAUSTED: "exhausted",
                 _direct.LOSS_NONFINITE: "diverged", _direct.BIAS_NONFINITE: "diverged",
-                STALLED: "stalled"}
+                _direct.PLATEAU: "plateau", STALLED: "stalled"}
 OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
 
 # The settings table's columns (csrc/cpu/fit_many.h's ManyColumn), each a
 # setting that may be shared (a number) or given per fit (K of them).
 _COLUMNS = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize",
-            "beta1", "beta2", "eps", "amsgrad", "epochs", "tol")
+            "beta1", "beta2", "eps", "amsgrad", "epochs", "tol", "rtol", "patience", "mean")
 _FLAGS = ("nesterov", "maximize", "amsgrad")
 
 
@@ -39,8 +40,8 @@ class ManyResult:
     params: [K, 7] final values (PARAM_NAMES' order); loss: the last
     evaluated epoch's loss (NaN for a fit of 0 epochs), as FitResult's
     final_loss; epochs: the epoch each fit stopped at (FitResult.epochs_run);
-    status: int8 codes (STATUS_NAMES: converged, exhausted, stalled,
-    diverged); bad_param: the parameter that became inf/NaN (-1: none);
+    status: int8 codes (STATUS_NAMES: converged, exhausted, plateau,
+    stalled, diverged); bad_param: the parameter that became inf/NaN (-1: none);
     losses: [K, E] every evaluated epoch's loss, NaN after a fit's last
     (only with history=True, else None)."""
     params: torch.Tensor
@@ -62,7 +63,8 @@ class ManyResult:
         return self.status == _direct.CONVERGED
 
     def status_names(self) -> list:
-        """Each fit's status as a word: converged, exhausted, stalled, diverged."""
+        """Each fit's status as a word: converged, exhausted, plateau, stalled,
+        diverged."""
         return [STATUS_NAMES[int(s)] for s in self.status.tolist()]
 
     def counts(self) -> dict:
@@ -91,6 +93,13 @@ def _settings(fits, values: dict) -> torch.Tensor:
     if all(isinstance(v, (bool, numbers.Real)) for v in values.values()):
         return torch.tensor([[float(values[c]) for c in _COLUMNS]], dtype=torch.float64)
     return torch.stack([_per_fit(c, values[c], fits) for c in _COLUMNS], dim=1)
+
+
+def _mean(reduction):
+    """The mean column's flag for reduction (one for every fit)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction == "mean"
 
 
 def _data(inputs, labels, offsets):
@@ -137,7 +146,7 @@ def fit_many(inputs, labels, *, offsets=None, weights=None, bias=0.0,
              trained=("final_bias",), optimizer="sgd", lr=0.1, momentum=0.0,
              dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False,
              betas=(0.9, 0.999), eps=1e-8, amsgrad=False, epochs=100, tol=1e-4,
-             history=False) -> ManyResult:
+             reduction="sum", rtol=0.0, patience=10, history=False) -> ManyResult:
     """K independent fits in one native call, on torch's intra-op threads.
 
     inputs, labels: [K, N] (K fits of N points), or 1-D with offsets (K + 1
@@ -147,7 +156,10 @@ def fit_many(inputs, labels, *, offsets=None, weights=None, bias=0.0,
     trained: the parameters that train (names from PARAM_NAMES), optimizer
     "sgd", "adam" or "adamw" with torch.optim's settings; each setting (lr,
     momentum, ..., betas' two values, epochs, tol) one number shared by every
-    fit or one per fit. history: keep every epoch's loss ([K, E]).
+    fit or one per fit. The stop rules are fit's: tol, and the plateau stop
+    (rtol > 0 for patience epochs), rtol and patience likewise shared or per
+    fit; reduction "sum" or "mean" (each fit's mean over its own points).
+    history: keep every epoch's loss ([K, E]).
     Each fit equals fit_fused / fit(engine="fused") on its points alone.
     Bad input raises one ValueError naming the argument, before any fit runs.
     """
@@ -164,7 +176,8 @@ def fit_many(inputs, labels, *, offsets=None, weights=None, bias=0.0,
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     values = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                   weight_decay=weight_decay, maximize=maximize, beta1=betas[0],
-                  beta2=betas[1], eps=eps, amsgrad=amsgrad, epochs=epochs, tol=tol)
+                  beta2=betas[1], eps=eps, amsgrad=amsgrad, epochs=epochs, tol=tol,
+                  rtol=rtol, patience=patience, mean=_mean(reduction))
     for name in _FLAGS:
         flag = values[name]
         if not (isinstance(flag, bool) or isinstance(flag, torch.Tensor)

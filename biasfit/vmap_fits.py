@@ -11,9 +11,10 @@ leaves the rest of its [epochs] rows unspecified; under vmap they are NaN,
 as fit_many's own histories are (docs/many.md).
 
 What fit_many does not run goes through a loop of the unbatched op over
-the fits, so the results are the same either way: the plateau stop (rtol >
-0), a mean loss (divide_by != 1), arguments the op would refuse (then with
-its own error) and tensors on a device without fit_many's kernels.
+the fits, so the results are the same either way: a divide_by other than 1
+(the summed loss) or the fit's points (the mean), arguments the op would
+refuse (then with its own error) and tensors on a device without
+fit_many's kernels.
 
 A vmap of a vmap reaches fit_many's own rule below, which folds the outer
 batch into the fits. Ctrl-C during the call raises KeyboardInterrupt.
@@ -96,6 +97,16 @@ def _run_many(info, x, y, start, settings, trained, optimizer, raw):
     return out
 
 
+def _stop_columns(divide_by, n, rtol, patience):
+    """fit_many's (rtol, patience, mean) for the op's plateau stop and
+    divide_by, or None where it has no column for divide_by."""
+    if divide_by == 1:
+        return (rtol, patience, 0.0)
+    if divide_by == n:
+        return (rtol, patience, 1.0)
+    return None
+
+
 def _info(*columns):
     return torch.stack([c.to(torch.int64) for c in columns], dim=1)
 
@@ -108,13 +119,14 @@ def _fit_sgd_vmap(info, in_dims, inputs, labels, weights, bias, lr, momentum, da
             weight_decay, maximize, epochs, tol, rtol, patience, divide_by)
     out = None
     data = _data_rows(info, in_dims, inputs, labels)
-    if (data is not None and not rtol > 0 and divide_by == 1
-            and _one_fit_numel(weights, in_dims[2]) == 6 and _one_fit_numel(bias, in_dims[3]) == 1):
+    stop = data and _stop_columns(divide_by, data[0].shape[1], rtol, patience)
+    if (stop is not None and _one_fit_numel(weights, in_dims[2]) == 6
+            and _one_fit_numel(bias, in_dims[3]) == 1):
         w, b = _rows(weights, in_dims[2], 6), _rows(bias, in_dims[3], 1)
         rows = max(w.shape[0], b.shape[0])
         start = torch.cat([w.expand(rows, 6), b.expand(rows, 1)], dim=1)
         settings = torch.tensor([[lr, momentum, dampening, float(nesterov), weight_decay,
-                                  float(maximize), *_ADAM_UNUSED, epochs, tol]],
+                                  float(maximize), *_ADAM_UNUSED, epochs, tol, *stop]],
                                 dtype=torch.float64)
         out = _run_many(info, *data, start, settings, _BIAS_ONLY, _SGD, 1)
     if out is None:
@@ -132,11 +144,11 @@ def _fit_params_vmap(info, in_dims, inputs, labels, params, trained, optimizer, 
             divide_by)
     out = None
     data = _data_rows(info, in_dims, inputs, labels)
-    if (data is not None and not rtol > 0 and divide_by == 1
-            and _one_fit_numel(params, in_dims[2]) == 7):
+    stop = data and _stop_columns(divide_by, data[0].shape[1], rtol, patience)
+    if stop is not None and _one_fit_numel(params, in_dims[2]) == 7:
         settings = torch.tensor([[lr, momentum, dampening, float(nesterov), weight_decay,
                                   float(maximize), beta1, beta2, eps, float(amsgrad),
-                                  epochs, tol]], dtype=torch.float64)
+                                  epochs, tol, *stop]], dtype=torch.float64)
         out = _run_many(info, *data, _rows(params, in_dims[2], 7), settings, trained,
                         optimizer, 2)
     if out is None:
@@ -148,7 +160,7 @@ def _fit_params_vmap(info, in_dims, inputs, labels, params, trained, optimizer, 
 # -- fit_many's own rule: a vmap of a vmap of the fit ops ------------------------
 #
 # Under an outer vmap of B, fit_many's [K, N] data, [1 or K, 7] start and
-# [1 or K, 12] settings fold into B * K fits of one call (offsets empty:
+# [1 or K, columns] settings fold into B * K fits of one call (offsets empty:
 # the form the rules above pass); the outputs unfold to [B, K, ...].
 
 def _fold(info, dim, t, fits, data=False):

@@ -42,19 +42,26 @@ def run(tmp_path, capsys, *args, text=PLATE):
 def single(x, y, **kw):
     try:
         r = biasfit.fit_fused(torch.tensor(x), torch.tensor(y), on_stall="raise", **kw)
-        return r.epochs_run, r.final_bias, r.final_loss, "converged" if r.converged else "exhausted"
+        status = {"converged": "converged", "plateau": "plateau", "max_epochs": "exhausted"}
+        return r.epochs_run, r.final_bias, r.final_loss, status[r.stop_reason]
     except biasfit.StalledError as e:
         return e.epoch, e.result.final_bias, e.result.final_loss, "stalled"
 
 
-def test_group_table_equals_single_fits(tmp_path, capsys):
-    code, out, _ = run(tmp_path, capsys, "--group-col", "compound", "--json", "--lr", "0.05")
+@pytest.mark.parametrize("args, kw", [
+    ((), {}),
+    (("--reduction", "mean", "--rtol", "0.01", "--patience", "3"),
+     dict(reduction="mean", rtol=0.01, patience=3)),
+])
+def test_group_table_equals_single_fits(tmp_path, capsys, args, kw):
+    code, out, _ = run(tmp_path, capsys, "--group-col", "compound", "--json", "--lr", "0.05",
+                       *args)
     assert code == 0
     rows = json.loads(out)
     assert [r["group"] for r in rows] == list(GROUPS)
     for row in rows:
         x, y = GROUPS[row["group"]]
-        epochs, bias, loss, status = single(x, y, lr=0.05)
+        epochs, bias, loss, status = single(x, y, lr=0.05, **kw)
         assert (row["points"], row["epochs"], row["final_bias"], row["status"]) == \
             (len(x), epochs, bias, status)
         assert row["loss"] == loss

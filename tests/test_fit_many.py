@@ -21,6 +21,12 @@ def same(a, b):
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
+def stop_rules(s):
+    """The settings' stop rules beside tol (fit's defaults where absent)."""
+    return dict(reduction=s.get("reduction", "sum"), rtol=s.get("rtol", 0.0),
+                patience=s.get("patience", 10))
+
+
 def single(x, y, w, b, trained, optimizer, s):
     """One fit alone by the public routes: (status, epochs, final values,
     losses) as fit_many reports them."""
@@ -35,7 +41,7 @@ def single(x, y, w, b, trained, optimizer, s):
             x, y, weights=torch.tensor(w, dtype=dtype), bias=b, lr=s["lr"],
             momentum=s["momentum"], dampening=s["dampening"], nesterov=s["nesterov"],
             weight_decay=s["weight_decay"], maximize=s["maximize"], epochs=s["epochs"],
-            tol=s["tol"], callback=record, on_stall="raise")
+            tol=s["tol"], callback=record, on_stall="raise", **stop_rules(s))
         values = lambda r: list(w) + [r.final_bias]  # noqa: E731
     else:
         model = biasfit.BasicNN(final_bias=b, dtype=dtype)
@@ -55,7 +61,7 @@ def single(x, y, w, b, trained, optimizer, s):
                       maximize=s["maximize"])
         run = lambda: biasfit.fit(model, x, y, optimizer=opt, epochs=s["epochs"],  # noqa: E731
                                   tol=s["tol"], callback=record, engine="fused",
-                                  on_stall="raise")
+                                  on_stall="raise", **stop_rules(s))
         values = lambda r: [getattr(model, n).item() for n in PARAM_NAMES]  # noqa: E731
     try:
         r = run()
@@ -63,7 +69,8 @@ def single(x, y, w, b, trained, optimizer, s):
         return "stalled", e.epoch, values(e.result)[:6] + [e.result.final_bias], seen[:e.epoch + 1]
     except DivergedError as e:
         return "diverged", e.epoch, None, seen
-    return ("converged" if r.converged else "exhausted"), r.epochs_run, values(r), seen
+    status = {"converged": "converged", "plateau": "plateau", "max_epochs": "exhausted"}
+    return status[r.stop_reason], r.epochs_run, values(r), seen
 
 
 def check_batch(x_flat, y_flat, offsets, starts, trained, optimizer, settings, per_fit):
@@ -74,6 +81,10 @@ def check_batch(x_flat, y_flat, offsets, starts, trained, optimizer, settings, p
     kwargs = {k: ([p[k] for p in per_fit] if k in settings else per_fit[0][k])
               for k in ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize",
                         "eps", "amsgrad", "epochs", "tol")}
+    rules = [stop_rules(p) for p in per_fit]
+    kwargs["reduction"] = rules[0]["reduction"]
+    for k in ("rtol", "patience"):
+        kwargs[k] = [r[k] for r in rules] if k in settings else rules[0][k]
     betas = [p["betas"] for p in per_fit]
     kwargs["betas"] = ((betas[0][0], betas[0][1]) if "betas" not in settings
                        else ([q[0] for q in betas], [q[1] for q in betas]))
@@ -186,6 +197,56 @@ def test_statuses_mix(dtype):
     names = check_batch(x, y, offsets, starts, ("final_bias",), "sgd",
                         {"lr", "epochs", "maximize"}, per_fit)
     assert names == ["converged", "exhausted", "stalled", "diverged"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_stop_rules_per_fit(dtype, reduction, optimizer):
+    """fit's other stop rules: the plateau stop (rtol and patience per fit)
+    and the mean loss (each fit over its own points), final_bias alone or
+    with a weight, against single fits; some fits end on their plateau."""
+    rng = random.Random(21)
+    x, y, offsets = ragged(rng, [3, 5, 40], dtype)
+    K = len(offsets) - 1
+    make = sgd_settings if optimizer == "sgd" else adam_settings
+    per_fit = [dict(make(rng, epochs=80), tol=1e-12, rtol=rng.choice([0.0, 1e-3, 0.05]),
+                    patience=rng.choice([1, 3, 10]), reduction=reduction) for _ in range(K)]
+    per_fit[0].update(rtol=0.05, patience=2, lr=0.01, epochs=80)
+    starts = [start(rng) for _ in range(K)]
+    trained = ("final_bias",) if optimizer == "sgd" else ("w11", "final_bias")
+    names = check_batch(x, y, offsets, starts, trained, optimizer, set(per_fit[0]), per_fit)
+    assert "plateau" in names
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lanes_many_fits(dtype):
+    """Thousands of fits of final_bias by plain SGD: the vector lanes (a
+    lane per fit; for fewer than 16 points several groups of lanes, for 16
+    to 255 points each lane summing its fit's 16-lane chunk; refilled as
+    fits end at different epochs) against the one-fit-at-a-time path that a
+    history request takes, which the tests above hold to fit_fused. Every
+    status occurs."""
+    K = 3000
+    gen = torch.Generator().manual_seed(5)
+    few = torch.randint(1, 16, (K,), generator=gen)
+    many = torch.tensor([16, 17, 31, 40, 100, 255])[torch.randint(6, (K,), generator=gen)]
+    sizes = torch.where(torch.rand(K, generator=gen) < 0.7, few, many)
+    offsets = [0] + torch.cumsum(sizes, 0).tolist()
+    x = torch.rand(offsets[-1], generator=gen, dtype=torch.float64).to(dtype)
+    y = (torch.rand(offsets[-1], generator=gen, dtype=torch.float64) * 1.2).to(dtype)
+    pick = lambda values: torch.tensor(values)[torch.randint(len(values), (K,), generator=gen)]
+    kwargs = dict(offsets=offsets, bias=pick([0.0, -5.0, -16.0, -40.0, 2.0, 1.5]).to(dtype),
+                  lr=pick([0.001, 0.01, 0.1, 0.5, 3.0, 1e4, 1e30]).tolist(),
+                  maximize=(torch.rand(K, generator=gen) < 0.1).tolist(),
+                  epochs=pick([0, 1, 7, 60, 100]).tolist(),
+                  tol=pick([1e-4, 0.0, 0.5, 1e9, 0.03]).tolist())
+    lean = biasfit.fit_many(x, y, **kwargs)
+    full = biasfit.fit_many(x, y, history=True, **kwargs)
+    for field in ("params", "loss", "epochs", "status", "bad_param"):
+        a, b = getattr(lean, field), getattr(full, field)
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), field
+    assert set(lean.counts()) == {"converged", "exhausted", "stalled", "diverged"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -248,17 +248,30 @@ def test_vmap_of_vmap_is_one_fit_many_call(many_calls):
     assert many_calls == {"fit_many": 2, "fit_sgd": 0, "fit_params": 0}
 
 
-def test_plateau_stop_and_mean_loss_go_through_the_loop(many_calls):
-    dtype = torch.float64
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plateau_stop_and_mean_loss(dtype, many_calls):
+    # rtol/patience and divide_by = the points (the mean) are fit_many's own
+    # settings; another divide_by goes through a loop of the op.
     x, y = _data(6, dtype, 14)
     w, bs = _weights(dtype), torch.tensor([-1.0, 0.0, 2.0], dtype=dtype)
     o = SGD_OPTIONS["plain"]
-
-    def fit(b):
-        return ops.fit_sgd(x, y, w, b, *o, 200, 0.0, 1e-3, 3, 6.0)
-    assert_stacked(vmap(fit)(bs), [fit(b) for b in bs])
-    assert many_calls["fit_many"] == 0 and many_calls["fit_sgd"] == 3
-    assert vmap(fit)(bs)[3][:, 1].tolist() == [_direct.PLATEAU] * 3
+    for divide_by, many in ((6.0, 1), (1.0, 1), (2.5, 0)):
+        def fit(b):
+            return ops.fit_sgd(x, y, w, b, *o, 200, 0.0, 1e-3, 3, divide_by)
+        got = vmap(fit)(bs)
+        assert_stacked(got, [fit(b) for b in bs])
+        assert many_calls["fit_many"] == many, divide_by
+        many_calls["fit_many"] = 0
+        p = torch.cat([w, torch.tensor([0.5], dtype=dtype)])
+        got = vmap(lambda p: ops.fit_params(x, y, p, 0x7f, 1, 0.01, 0.0, 0.0, False, 0.0, False,
+                                            0.9, 0.999, 1e-8, False, 300, 0.0, 1e-3, 3,
+                                            divide_by))(p.expand(2, 7))
+        assert_stacked(got, [ops.fit_params(x, y, p, 0x7f, 1, 0.01, 0.0, 0.0, False, 0.0,
+                                            False, 0.9, 0.999, 1e-8, False, 300, 0.0, 1e-3,
+                                            3, divide_by)] * 2)
+        assert many_calls["fit_many"] == many, divide_by
+        many_calls["fit_many"] = 0
+        assert _direct.PLATEAU in got[3][:, 1].tolist() or divide_by != 6.0
 
 
 def test_bad_input_gets_the_ops_own_error():

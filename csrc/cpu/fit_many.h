@@ -42,16 +42,18 @@ namespace biasfit {
 namespace cpu {
 
 // The columns of the settings table, float64, one row shared by every fit
-// or one row a fit: SGD's, Adam's, the epochs and the stop tolerance. A
-// flag column is 0 or 1.
+// or one row a fit: SGD's, Adam's, the epochs and fit's stop rules (tol, the
+// plateau's rtol and patience, and kColMean: 1 for the mean loss, whose
+// divisor is each fit's own point count). A flag column is 0 or 1.
 enum ManyColumn : int {
   kColLr = 0, kColMomentum, kColDampening, kColNesterov, kColWeightDecay,
   kColMaximize, kColBeta1, kColBeta2, kColEps, kColAmsgrad, kColEpochs,
-  kColTol, kManyColumns
+  kColTol, kColRtol, kColPatience, kColMean, kManyColumns
 };
 
+// A row's options for a fit of n points.
 inline ParamFitOptions many_options(const double* row, int64_t trained,
-                                    int64_t kind) {
+                                    int64_t kind, int64_t n) {
   const double lr = row[kColLr], wd = row[kColWeightDecay];
   const bool maximize = row[kColMaximize] != 0;
   return ParamFitOptions{
@@ -60,7 +62,8 @@ inline ParamFitOptions many_options(const double* row, int64_t trained,
                  row[kColNesterov] != 0, maximize},
       AdamOptions{lr, row[kColBeta1], row[kColBeta2], row[kColEps], wd,
                   row[kColAmsgrad] != 0, maximize, kind == kAdamW},
-      int64_t(row[kColEpochs]), row[kColTol]};
+      int64_t(row[kColEpochs]), row[kColTol], row[kColRtol],
+      int64_t(row[kColPatience]), row[kColMean] != 0 ? double(n) : 1.0};
 }
 
 // The fits' data: fit k's points are [offsets[k], offsets[k + 1]), or,
@@ -169,6 +172,7 @@ T max_with_nan(const T* h, int64_t n) {
 template <typename T>
 struct ManyScratch {
   std::vector<T> h, chunk_min_h;
+  std::vector<T> lane_h, lane_y;  // cpu/fit_many_lanes.h's ManyPoints buffers
   std::vector<LossGrad> partials;
   std::vector<ParamSums> param_partials;
 };
@@ -193,7 +197,7 @@ BIASFIT_HD void bias_epoch(FitState<T>& state, const FitOptions& o,
   const LossGrad sums = sums_at(state.bias);
   const int64_t epoch = state.epoch;
   const T before = state.bias;
-  track.record(epoch, T(sums.loss), before);
+  track.record(epoch, reduced<T>(sums.loss, o.divide_by), before);
   state.decide(sums, o);
   if (state.epoch > epoch) track.stepped(epoch, before, state.bias);
 }
@@ -308,7 +312,8 @@ ParamFitState<T> fit_params_one(const T* x, const T* y, int64_t n,
         serial_sum(n, s.param_partials, [&](int64_t b, int64_t e) {
           return epoch_chunk(point, weights, b, e);
         });
-    track.record(state.epoch, T(sums.loss), state.params[kBiasIndex]);
+    track.record(state.epoch, reduced<T>(sums.loss, o.divide_by),
+                 state.params[kBiasIndex]);
     state.decide(sums, span);
   });
   return state;
@@ -322,7 +327,7 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   const T* x = d.x + begin;
   const T* y = d.y + begin;
   const T* start = d.start_of(k);
-  const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+  const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind, n);
   Track<T> track;
   if (out.history != nullptr) track.row = out.history + k * out.history_len;
   if (out.biases != nullptr) track.bias_row = out.biases + k * out.history_len;
@@ -342,7 +347,7 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   track.poll = FitStopPoll(d.stop);
   if (!out.params_route && d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
     track.watch = out.biases == nullptr && o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
-    const FitOptions fo{o.sgd, o.epochs, o.tol};
+    const FitOptions fo{o.sgd, o.epochs, o.tol, o.rtol, o.patience, o.divide_by};
     const Weights<T> w = Weights<T>::load(start);
     const T bias = start[kBiasIndex];
     const bool planned =
@@ -386,29 +391,41 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   if (d.stop != nullptr) d.stop->after(track.poll.caller(), n * (seen + 1));
 }
 
-// Whether fit k runs in a vector lane (cpu/fit_many_lanes.h): final_bias
-// alone by plain SGD over fewer than kLanes points, no history kept.
+// Which vector lanes (cpu/fit_many_lanes.h) fit k runs in, if any: those
+// of final_bias alone by plain SGD, the summed loss, no plateau stop, no
+// history kept; kFew for fewer than kLanes points, kMany for more where
+// fit_fused sums one chunk and never regroups (below kRegroupMinPoints,
+// and no plan forced).
+enum class Lanes2 : int { kNone, kFew, kMany };
 template <typename T>
-bool lane_fit(const ManyData<T>& d, int64_t k, const ManyOut<T>& out) {
+Lanes2 lane_kind(const ManyData<T>& d, int64_t k, const ManyOut<T>& out,
+                 bool plans_forced) {
   const int64_t n = d.end(k) - d.begin(k);
-  if (out.history != nullptr || n >= kLanes) return false;
-  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return false;
+  if (out.history != nullptr) return Lanes2::kNone;
+  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return Lanes2::kNone;
   const double* row = d.settings_of(k);
-  return row[kColMomentum] == 0 && row[kColWeightDecay] == 0;
+  if (!(row[kColMomentum] == 0 && row[kColWeightDecay] == 0 && row[kColRtol] == 0 &&
+        row[kColMean] == 0 && row[kColEpochs] <= double(kLaneMostEpochs<T>))) {
+    return Lanes2::kNone;
+  }
+  if (n < kLanes) return Lanes2::kFew;
+  return n < kRegroupMinPoints && !plans_forced ? Lanes2::kMany : Lanes2::kNone;
 }
 
-// The fits ks[0..count), each of kN points, kFitLanes at once.
-template <int kN, typename T>
-void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
-               const ManyOut<T>& out) {
+// The fits ks[0..count) through run(next, done): next hands out their
+// starts and settings, done writes their results.
+template <typename T, typename Run>
+void run_lane_fits(const ManyData<T>& d, const int64_t* ks, int64_t count,
+                   const ManyOut<T>& out, const Run& run) {
   int64_t i = 0;
   auto next = [&](LaneFit<T>& f) {
     if (i == count) return false;
     const int64_t k = ks[i++], begin = d.begin(k);
     const T* start = d.start_of(k);
-    const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind);
+    const double* row = d.settings_of(k);  // many_options's, the few a lane reads
     f = LaneFit<T>{k, d.x + begin, d.y + begin, Weights<T>::load(start),
-                   start[kBiasIndex], T(-o.sgd.lr), o.sgd.maximize, o.epochs, o.tol};
+                   start[kBiasIndex], T(-row[kColLr]), row[kColMaximize] != 0,
+                   int64_t(row[kColEpochs]), row[kColTol]};
     return true;
   };
   auto done = [&](const LaneResult<T>& r) {
@@ -421,7 +438,34 @@ void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
     out.status[r.id] = int8_t(r.status);
     out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
   };
-  on_best_isa([&]() BIASFIT_INLINE_LAMBDA { run_fit_lanes<kN, T>(next, done); });
+  run(next, done);
+}
+
+// The fits ks[0..count), each of kN < kLanes points.
+template <int kN, typename T>
+void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
+               const ManyOut<T>& out) {
+  run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
+    FewPoints<kN, kLaneGroups, T> points;
+    on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
+      run_fit_lanes<kLaneGroups, T>(points, next, done);
+    });
+  });
+}
+
+// The fits ks[0..count), each of n points (Lanes2::kMany).
+template <typename T>
+void fit_lanes_many(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t count,
+                    const ManyOut<T>& out, ManyScratch<T>& s) {
+  constexpr int kG = kManyLaneGroups;
+  s.lane_h.resize(size_t(kG * n * kFitLanes<T>));
+  s.lane_y.resize(size_t(kG * n * kFitLanes<T>));
+  run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
+    ManyPoints<kG, T> points{n, s.lane_h.data(), s.lane_y.data()};
+    on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
+      run_fit_lanes<kG, T>(points, next, done);
+    });
+  });
 }
 
 template <typename T, int... kN>
@@ -437,6 +481,9 @@ inline int64_t many_block(int64_t fits, int threads) {
   return std::clamp<int64_t>(fits / (int64_t(threads) * 64), 1, 256);
 }
 
+// Lane fits a thread gathers before it runs them (fewer at its last block).
+constexpr int64_t kLaneBatch = 512;
+
 // Every fit of d, on up to `threads` threads.
 template <typename T>
 void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
@@ -448,24 +495,57 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
       lane_runs<T>(std::make_integer_sequence<int, kLanes - 1>());
   run_team(threads_for(blocks, threads), [&](const Team&) {
     ManyScratch<T> scratch;
-    std::vector<int64_t> by_size[kLanes];  // lane fits of each size
+    // Lane fits wait here until there are enough to fill the lanes many
+    // times over (or no more blocks): blocks stay small, for sharing out
+    // fits of different lengths, and lanes stay full.
+    std::vector<int64_t> by_size[kLanes];  // Lanes2::kFew fits of each size
+    std::vector<std::pair<int64_t, int64_t>> many;  // Lanes2::kMany fits: (n, k)
+    std::vector<int64_t> ks;
+    auto run_few = [&](int n) {
+      kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
+      by_size[n].clear();
+    };
+    auto run_many = [&]() {
+      // Fits of one size share lanes; a size with fewer fits than a
+      // group's lanes runs them one by one.
+      std::sort(many.begin(), many.end());
+      for (size_t i = 0; i < many.size();) {
+        size_t j = i;
+        ks.clear();
+        while (j < many.size() && many[j].first == many[i].first) ks.push_back(many[j++].second);
+        if (ks.size() >= size_t(kFitLanes<T>)) {
+          fit_lanes_many(d, many[i].first, ks.data(), int64_t(ks.size()), out, scratch);
+        } else {
+          for (int64_t k : ks) fit_one(d, k, plans_forced, scratch, out);
+        }
+        i = j;
+      }
+      many.clear();
+    };
     for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
       const int64_t to = std::min(d.fits, (b + 1) * block);
       for (int64_t k = b * block; k < to; ++k) {
+        const int64_t n = d.end(k) - d.begin(k);
 #ifndef BIASFIT_NO_FIT_LANES
-        if (lane_fit(d, k, out)) {
-          by_size[d.end(k) - d.begin(k)].push_back(k);
+        const Lanes2 lanes = lane_kind(d, k, out, plans_forced);
+        if (lanes == Lanes2::kFew) {
+          by_size[n].push_back(k);
+          if (by_size[n].size() >= size_t(kLaneBatch)) run_few(int(n));
+          continue;
+        }
+        if (lanes == Lanes2::kMany) {
+          many.emplace_back(n, k);
+          if (many.size() >= size_t(kLaneBatch)) run_many();
           continue;
         }
 #endif
         fit_one(d, k, plans_forced, scratch, out);
       }
-      for (int n = 1; n < kLanes; ++n) {
-        if (by_size[n].empty()) continue;
-        kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
-        by_size[n].clear();
-      }
     }
+    for (int n = 1; n < kLanes; ++n) {
+      if (!by_size[n].empty()) run_few(n);
+    }
+    run_many();
   });
 }
 

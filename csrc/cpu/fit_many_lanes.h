@@ -1,23 +1,42 @@
 // cpu/fit_many.h's fits of final_bias alone by plain SGD (no momentum, no
-// weight decay) over fewer points than a chunk's lanes (the tutorial's
-// three), kFitLanes fits at once: a vector lane per fit. Free of torch, written
-// with GCC/Clang vector types, compiled for the best instruction set here
-// (cpu/isa.h's on_best_isa).
+// weight decay) over fewer points than fit_fused would regroup, kFitLanes<T>
+// fits at once: a vector lane per fit. Fits of fewer than kLanes points (the
+// tutorial's three) hold their points in vectors (FewPoints), kLaneGroups
+// groups of lanes side by side; larger ones read them from buffers
+// (ManyPoints). Free of torch, written with GCC/Clang vector types, compiled
+// for the best instruction set here (cpu/isa.h's on_best_isa).
 //
-// Every lane does what fit_bias_small does for its fit, in the same order
-// and rounding (the build never contracts a multiply and an add):
+// Every lane gives what fit_fused gives for its fit, bit for bit (the build
+// never contracts a multiply and an add):
 //   the points:  core/network.h's loss_grad_from_hidden, lane-wise;
-//   the sums:    cpu/reduce.h's small_chunk_sum (each point's lane starts
-//                from 0.0 + its value, then the same tree over kN points);
+//   the sums:    cpu/reduce.h's order: small_chunk_sum's tree over kN
+//                points, or one chunk's 16 lanes and Lanes::tree;
 //   the epoch's end: core/fit.h's decide for these options (stop on a
 //                non-finite loss, or below tol; the step b + T(-lr) g; stop
 //                on a non-finite bias; stop after the last epoch), and
 //                cpu/fit_many.h's Track (the stall test).
-// A lane whose fit ends (rare: once a fit) leaves the vector code: the
-// lane's results go out and the next fit takes the lane.
+// Some steps are written differently for the same bits, to spare the vector
+// work of every epoch:
+//   - small_chunk_sum's first 0.0 + p is left out: it only turns -0.0 into
+//     +0.0, and neither r * r nor an active residual is ever -0.0 (z > 0
+//     makes z - y nonzero or +0.0);
+//   - the factor 2 of each point's gradient is taken once, after the sum:
+//     doubling is exact, so it commutes with every rounding of the tree
+//     (it could overflow only where r * r, and so the loss, is inf, and
+//     the fit then stops before its step);
+//   - maximize's sign goes into the lane's -lr: (-lr) (s g) = (s (-lr)) g
+//     exactly for s = +-1;
+//   - is_finite's v == v is implied by v - v == 0;
+//   - double(loss) < tol is compared in T, against tol_in's T;
+//   - a stall ends the fit at once: with every unit off the gradient is 0,
+//     so the bias, the loss and the stall test's outcome never change again
+//     (the fit would run out of epochs and report that stall).
+// A lane whose fit ends (once a fit) leaves the vector code: the lane's
+// results go out and the next fit takes the lane.
 // tests/test_fit_many.py compares the results with fit_fused's, bit for bit.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -30,7 +49,11 @@
 namespace biasfit {
 namespace cpu {
 
-constexpr int kFitLanes = 8;
+// Lanes a vector holds: 256 bits of T (8 floats or 4 doubles), the
+// widest every x86-64 CPU the build dispatches to has (AVX2), and two
+// vectors elsewhere; wider generic vectors cost more than they gain.
+template <typename T>
+constexpr int kFitLanes = 32 / sizeof(T);
 
 // The status of a fit that stalled (biasfit/stall.py): beside core/fit.h's
 // FitStatus values; biasfit/many.py reads it as STALLED.
@@ -38,13 +61,19 @@ constexpr int64_t kStalled = 7;
 
 template <typename T>
 struct FitLaneTypes {
-  typedef T V __attribute__((vector_size(kFitLanes * sizeof(T))));
-  typedef double D __attribute__((vector_size(kFitLanes * sizeof(double))));
-  typedef int64_t M __attribute__((vector_size(kFitLanes * sizeof(int64_t))));
-  // A mask of V's element size, for a select between two V.
+  typedef T V __attribute__((vector_size(kFitLanes<T> * sizeof(T))));
+  typedef double D __attribute__((vector_size(kFitLanes<T> * sizeof(double))));
+  // A lane mask (what comparing two V gives), and a lane counter, of V's
+  // element size: masks and counters then take no conversions.
   typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-  typedef I MV __attribute__((vector_size(kFitLanes * sizeof(T))));
+  typedef I M __attribute__((vector_size(kFitLanes<T> * sizeof(T))));
+  typedef std::make_unsigned_t<I> U __attribute__((vector_size(kFitLanes<T> * sizeof(T))));
 };
+
+// The most epochs a lane's fit may run: its countdown is V's element size.
+template <typename T>
+constexpr int64_t kLaneMostEpochs =
+    std::numeric_limits<typename FitLaneTypes<T>::I>::max();
 
 // One lane's fit, as the lanes' caller hands it over and gets it back.
 template <typename T>
@@ -56,7 +85,7 @@ struct LaneFit {
   T bias;
   T neg_lr;     // T(-lr)
   bool maximize;
-  int64_t epochs;
+  int64_t epochs;  // 0 to kLaneMostEpochs
   double tol;
 };
 
@@ -67,47 +96,221 @@ struct LaneResult {
   int64_t epoch, status;
 };
 
-// Whether any lane of m is set, by halving (no lane-by-lane extraction).
-template <typename M>
-BIASFIT_HD bool any_lane(M m) {
-  typedef int64_t M4 __attribute__((vector_size(4 * sizeof(int64_t))));
-  typedef int64_t M2 __attribute__((vector_size(2 * sizeof(int64_t))));
-  const M4 m4 = __builtin_shufflevector(m, m, 0, 1, 2, 3) |
-                __builtin_shufflevector(m, m, 4, 5, 6, 7);
-  const M2 m2 = __builtin_shufflevector(m4, m4, 0, 1) |
-                __builtin_shufflevector(m4, m4, 2, 3);
-  return (m2[0] | m2[1]) != 0;
+// The least T at or above tol: for any T loss, double(loss) < tol exactly
+// when loss < tol_in<T>(tol), so the lanes compare in T (NaN stays NaN).
+template <typename T>
+T tol_in(double tol) {
+  const T t = T(tol);
+  return double(t) < tol ? std::nextafter(t, std::numeric_limits<T>::infinity()) : t;
 }
 
+// Whether any lane of m is set.
+template <typename M>
+BIASFIT_HD bool any_lane(M m) {
+  int64_t q[sizeof(M) / sizeof(int64_t)];
+  __builtin_memcpy(q, &m, sizeof(M));
+  int64_t any = 0;
+  for (unsigned i = 0; i < sizeof(M) / sizeof(int64_t); ++i) any |= q[i];
+  return any != 0;
+}
+
+// Lane groups a thread runs side by side. One group's epoch waits on its
+// own last step (the bias feeds the next epoch's points), so a single group
+// leaves the core idle between its few instructions; independent groups fill
+// that wait. benchmarks/fit_many_lanes.cpp measures the choice.
+constexpr int kLaneGroups = 4;
+// The same for fits of kLanes points or more (ManyPoints), whose epoch is
+// long enough to keep the core busy alone.
+constexpr int kManyLaneGroups = 1;
+
+// Sets lane l of a vector (state kept in memory: the store is the cheap way).
+template <typename Vec, typename E>
+BIASFIT_HD void set_lane(Vec& v, int l, E value) {
+  v[l] = value;
+}
+
+// One epoch's points of a lane group, summed: point i of every lane's fit,
+// its loss r * r and active residual (relu'(z) r, before the gradient's
+// factor 2) in double. core/network.h's relu and active_residual are written
+// out: its x86 forms for these vector widths (__m512d's) need AVX-512.
+template <typename T>
+struct LanePoint {
+  using V = typename FitLaneTypes<T>::V;
+  using D = typename FitLaneTypes<T>::D;
+  D loss, residual;
+
+  BIASFIT_HD LanePoint(V h, V y, V b) {
+    const V z = h + b;
+    const V r = (z < V{} ? V{} : z) - y;
+    const D rd = __builtin_convertvector(r, D);
+    loss = rd * rd;
+    residual = __builtin_convertvector(z <= V{} ? V{} : r, D);
+  }
+};
+
+// The points of fits of kN < kLanes points (the tutorial's three), held in
+// vectors: small_chunk_sum's lanes (point i in lane i) and tree.
+template <int kN, int kG, typename T>
+struct FewPoints {
+  using V = typename FitLaneTypes<T>::V;
+  using D = typename FitLaneTypes<T>::D;
+  V h[kG][kN], y[kG][kN];
+
+  // Lane l of group g takes fit f's hidden values and labels; returns the
+  // largest hidden value (NaN if one is NaN), as torch's max.
+  BIASFIT_HD T load(int g, int l, const LaneFit<T>& f) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int i = 0; i < kN; ++i) {
+      const T hi = hidden(f.x[i], f.w);
+      set_lane(h[g][i], l, hi);
+      set_lane(y[g][i], l, f.y[i]);
+      m = (hi > m || hi != hi) ? hi : m;
+    }
+    return m;
+  }
+  BIASFIT_HD void clear(int g, int l) {
+    for (int i = 0; i < kN; ++i) set_lane(h[g][i], l, T(0)), set_lane(y[g][i], l, T(0));
+  }
+  BIASFIT_HD void sums(int g, V b, D& loss, D& residual) const {
+    D l[kN], r[kN];
+    for (int i = 0; i < kN; ++i) {
+      const LanePoint<T> p(h[g][i], y[g][i], b);
+      l[i] = p.loss, r[i] = p.residual;
+    }
+    int used = kN;
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int k = 0; k + width < used; ++k) {
+        l[k] += l[k + width];
+        r[k] += r[k + width];
+      }
+      used = used < width ? used : width;
+    }
+    loss = l[0], residual = r[0];
+  }
+};
+
+// The points of fits of n points, kLanes <= n < kChunk (one chunk), in
+// buffers of [kG][n][kFitLanes<T>] (point i of every lane's fit side by side):
+// cpu/reduce.h's chunk order, point i into lane i % kLanes, each lane from
+// +0.0, then Lanes::tree. Lanes are summed two at a time, so that their
+// accumulators stay in registers.
+template <int kG, typename T>
+struct ManyPoints {
+  using V = typename FitLaneTypes<T>::V;
+  using D = typename FitLaneTypes<T>::D;
+  int64_t n;
+  T* h;  // kG * n * kFitLanes<T> values each
+  T* y;
+
+  BIASFIT_HD const T* at(const T* buffer, int g, int64_t i) const {
+    return buffer + (g * n + i) * kFitLanes<T>;
+  }
+  BIASFIT_HD static V load_vector(const T* p) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof(V));
+    return v;
+  }
+  BIASFIT_HD T load(int g, int l, const LaneFit<T>& f) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      const T hi = hidden(f.x[i], f.w);
+      h[(g * n + i) * kFitLanes<T> + l] = hi;
+      y[(g * n + i) * kFitLanes<T> + l] = f.y[i];
+      m = (hi > m || hi != hi) ? hi : m;
+    }
+    return m;
+  }
+  BIASFIT_HD void clear(int g, int l) {
+    for (int64_t i = 0; i < n; ++i) {
+      h[(g * n + i) * kFitLanes<T> + l] = T(0);
+      y[(g * n + i) * kFitLanes<T> + l] = T(0);
+    }
+  }
+  // A lane group's accumulators by halves of 4 doubles: a vector of 8
+  // doubles would be lowered to memory traffic when a loop carries it
+  // (GCC, AVX2).
+  typedef double D4 __attribute__((vector_size(4 * sizeof(double))));
+  static constexpr int kHalves = sizeof(D) / sizeof(D4);  // 2 for float, 1 for double
+  template <int kHalf>
+  BIASFIT_HD static D4 half(V v) {
+    const D d = __builtin_convertvector(v, D);
+    if constexpr (kHalves == 1) {
+      return d;
+    } else if constexpr (kHalf == 0) {
+      return __builtin_shufflevector(d, d, 0, 1, 2, 3);
+    } else {
+      return __builtin_shufflevector(d, d, 4, 5, 6, 7);
+    }
+  }
+  BIASFIT_HD static D join(const D4* halves) {
+    if constexpr (kHalves == 1) {
+      return halves[0];
+    } else {
+      return __builtin_shufflevector(halves[0], halves[1], 0, 1, 2, 3, 4, 5, 6, 7);
+    }
+  }
+  // Point i of the group's fits into the lanes' accumulators, by halves.
+  BIASFIT_HD void add(int g, int64_t i, V b, D4* l, D4* r) const {
+    const V z = load_vector(at(h, g, i)) + b;
+    const V q = (z < V{} ? V{} : z) - load_vector(at(y, g, i));
+    const V a = z <= V{} ? V{} : q;
+    const D4 q0 = half<0>(q);
+    l[0] += q0 * q0;
+    r[0] += half<0>(a);
+    if constexpr (kHalves == 2) {
+      const D4 q1 = half<1>(q);
+      l[1] += q1 * q1;
+      r[1] += half<1>(a);
+    }
+  }
+  BIASFIT_HD void sums(int g, V b, D& loss, D& residual) const {
+    D l[kLanes], r[kLanes];
+    for (int j = 0; j < kLanes; j += 2) {
+      D4 l0[kHalves] = {}, l1[kHalves] = {}, r0[kHalves] = {}, r1[kHalves] = {};
+      int64_t i = j;
+      for (; i + 1 < n; i += kLanes) {
+        add(g, i, b, l0, r0);
+        add(g, i + 1, b, l1, r1);
+      }
+      if (i < n) add(g, i, b, l0, r0);
+      l[j] = join(l0), l[j + 1] = join(l1);
+      r[j] = join(r0), r[j + 1] = join(r1);
+    }
+    for (int width = kLanes / 2; width > 0; width /= 2) {
+      for (int k = 0; k < width; ++k) {
+        l[k] += l[k + width];
+        r[k] += r[k + width];
+      }
+    }
+    loss = l[0], residual = r[0];
+  }
+};
+
 // Runs every fit that next() hands out (next(LaneFit&) -> false when none
-// is left) and hands each result to done(LaneResult). kN < kLanes points a
-// fit. Inlined into each instruction set's caller.
-template <int kN, typename T, typename Next, typename Done>
-BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
+// is left), kG groups of kFitLanes<T> lanes over `points` (FewPoints or
+// ManyPoints), and hands each result to done(LaneResult). Inlined into each
+// instruction set's caller.
+template <int kG, typename T, typename Points, typename Next, typename Done>
+BIASFIT_HD void run_fit_lanes(Points& points, const Next& next, const Done& done) {
   using V = typename FitLaneTypes<T>::V;
   using D = typename FitLaneTypes<T>::D;
   using M = typename FitLaneTypes<T>::M;
-  using MV = typename FitLaneTypes<T>::MV;
-  constexpr int W = kFitLanes;
+  using U = typename FitLaneTypes<T>::U;
+  constexpr int W = kFitLanes<T>;
   // The lanes' state, vectors where every epoch reads it.
-  V h[kN], y[kN];
-  V b{}, neg_lr{}, max_h{}, sign{};
-  D tol{};
-  M open{};     // lanes with a fit whose stall is still to be found
-  M active{};   // lanes with a fit
-  for (int i = 0; i < kN; ++i) h[i] = y[i] = V{};
-  // Per lane, read only when its fit ends or stalls.
-  int64_t ids[W] = {}, started[W] = {}, epochs[W] = {}, stall_epoch[W];
-  T stall_bias[W] = {}, stall_loss[W] = {}, last_before[W] = {};
-  int64_t t = 0;          // epochs run by the lanes so far
-  int64_t next_end = std::numeric_limits<int64_t>::max();
+  V b[kG], step[kG], max_h[kG], tol[kG];  // step: T(-lr), signed for maximize
+  M active[kG];  // lanes with a fit
+  U left[kG];    // the epochs left to each lane's fit, this one included
+  // Per lane, read only when its fit ends.
+  int64_t ids[kG][W], started[kG][W];
+  int64_t t = 0;  // epochs run by the lanes so far
+  int live = 0;   // lanes with a fit
   bool more = true;
 
-  auto set = [](auto& v, int lane, auto value) { v[lane] = value; };
-  // Loads the next fit into `lane`, its first epoch the lanes' epoch
-  // `first`, or empties the lane; a fit of 0 epochs ends at once
+  // Loads the next fit into lane l of group g, its first epoch the lanes'
+  // epoch `first`, or empties the lane; a fit of 0 epochs ends at once
   // (exhausted, its loss NaN).
-  auto load = [&](int lane, int64_t first) {
+  auto load = [&](int g, int l, int64_t first) {
     LaneFit<T> f;
     while (more && (more = next(f))) {
       if (f.epochs == 0) {
@@ -115,112 +318,86 @@ BIASFIT_HD void run_fit_lanes(const Next& next, const Done& done) {
                            kExhausted});
         continue;
       }
-      T m = -std::numeric_limits<T>::infinity();
-      for (int i = 0; i < kN; ++i) {
-        const T hi = hidden(f.x[i], f.w);
-        set(h[i], lane, hi);
-        set(y[i], lane, f.y[i]);
-        m = (hi > m || hi != hi) ? hi : m;
-      }
-      set(max_h, lane, m);
-      set(b, lane, f.bias);
-      set(neg_lr, lane, f.neg_lr);
-      set(sign, lane, f.maximize ? T(-1) : T(1));
-      set(tol, lane, f.tol);
-      set(open, lane, int64_t(-1));
-      set(active, lane, int64_t(-1));
-      ids[lane] = f.id;
-      started[lane] = first;
-      epochs[lane] = f.epochs;
-      stall_epoch[lane] = -1;
+      set_lane(max_h[g], l, points.load(g, l, f));
+      set_lane(b[g], l, f.bias);
+      set_lane(step[g], l, f.maximize ? -f.neg_lr : f.neg_lr);
+      set_lane(tol[g], l, tol_in<T>(f.tol));
+      set_lane(active[g], l, -1);
+      set_lane(left[g], l, f.epochs);
+      ids[g][l] = f.id;
+      started[g][l] = first;
+      ++live;
       return;
     }
-    set(active, lane, int64_t(0));
-    set(open, lane, int64_t(0));
-    epochs[lane] = 0;
+    // An empty lane computes on zeros (never on a left-over NaN or
+    // subnormal, which could slow the vector) and reports nothing.
+    points.clear(g, l);
+    set_lane(b[g], l, T(0));
+    set_lane(max_h[g], l, T(0));
+    set_lane(active[g], l, 0);
+    set_lane(left[g], l, 0);
   };
-  auto end_of = [&]() {
-    int64_t e = std::numeric_limits<int64_t>::max();
-    for (int l = 0; l < W; ++l) {
-      if (active[l] && started[l] + epochs[l] < e) e = started[l] + epochs[l];
-    }
-    return e;
-  };
-  for (int l = 0; l < W; ++l) load(l, 0);
-  next_end = end_of();
+  for (int g = 0; g < kG; ++g) {
+    for (int l = 0; l < W; ++l) load(g, l, 0);
+  }
 
-  static_assert(kFitLanes == 8, "any_lane halves 8 lanes");
-  while (any_lane(active)) {
-    // The points, and small_chunk_sum's lanes and tree over them.
-    D loss[kN], grad[kN];
-    for (int i = 0; i < kN; ++i) {
-      const V z = h[i] + b;
-      // core/network.h's relu, written out: its x86 forms for this
-      // vector width (__m512d's) need AVX-512.
-      const V r = (z < V{} ? V{} : z) - y[i];
-      const D rd = __builtin_convertvector(r, D);
-      loss[i] = D{} + rd * rd;
-      const V active_r = z > V{} ? r : V{};
-      grad[i] = D{} + 2.0 * __builtin_convertvector(active_r, D);
+  const V inf = V{} + std::numeric_limits<T>::infinity();
+  while (live > 0) {
+    V stepped[kG], loss_t[kG];
+    M go[kG];  // the lanes whose fit just steps this epoch
+    M event{};
+    for (int g = 0; g < kG; ++g) {
+      D loss, residual;
+      points.sums(g, b[g], loss, residual);
+      // core/fit.h's decide, lane-wise: a lane just steps if its loss is
+      // finite and not below tol, its step finite, some unit on (no
+      // stall) and this is not its fit's last epoch; any other lane with
+      // a fit ends here, and the lane-by-lane code below says how.
+      const V l_t = __builtin_convertvector(loss, V);
+      const V s = b[g] + step[g] * __builtin_convertvector(2.0 * residual, V);
+      const M keep = (l_t >= tol[g]) & (l_t < inf) & (s - s == V{}) &
+                     ~(max_h[g] + b[g] <= V{}) & (left[g] != 1);
+      go[g] = active[g] & keep;
+      event |= active[g] & ~keep;
+      left[g] -= 1;
+      loss_t[g] = l_t;
+      stepped[g] = s;
     }
-    int used = kN;
-    for (int width = kLanes / 2; width > 0; width /= 2) {
-      for (int k = 0; k + width < used; ++k) {
-        loss[k] += loss[k + width];
-        grad[k] += grad[k + width];
-      }
-      used = used < width ? used : width;
-    }
-    // core/fit.h's decide, lane-wise.
-    const V loss_t = __builtin_convertvector(loss[0], V);
-    const M finite = __builtin_convertvector(
-        (loss_t == loss_t) & (loss_t - loss_t == V{}), M);
-    const M converged = __builtin_convertvector(loss_t, D) < tol;
-    const M stops = active & (~finite | converged);
-    const V grad_t = sign * __builtin_convertvector(grad[0], V);
-    const V stepped = b + neg_lr * grad_t;
-    const M steps = active & ~stops;
-    const M bad = steps & __builtin_convertvector(
-                              ~((stepped == stepped) & (stepped - stepped == V{})), M);
-    const M stalls = steps & ~bad & open &
-                     __builtin_convertvector((max_h + b <= V{}) & (stepped <= b), M);
-    const bool event = t + 1 == next_end || any_lane(stops | bad | stalls);
-    if (__builtin_expect(!event, 1)) {
-      b = __builtin_convertvector(steps, MV) != 0 ? stepped : b;
+    if (__builtin_expect(!any_lane(event), 1)) {
+      for (int g = 0; g < kG; ++g) b[g] = go[g] ? stepped[g] : b[g];
       ++t;
       continue;
     }
-    // Some lane's fit ends or stalls at this epoch: lane by lane. A lane
-    // refilled here starts at the next epoch, t + 1.
-    for (int l = 0; l < W; ++l) {
-      if (!active[l]) continue;
-      const int64_t epoch = t - started[l];
-      if (stops[l] || bad[l]) {
-        const int64_t status = !finite[l] ? kLossNonFinite
-                               : stops[l] ? kConverged : kBiasNonFinite;
-        done(LaneResult<T>{ids[l], stops[l] ? b[l] : stepped[l], loss_t[l], epoch,
-                           status});
-        load(l, t + 1);
-        continue;
-      }
-      if (stalls[l]) {
-        stall_epoch[l] = epoch;
-        stall_bias[l] = stepped[l];
-        stall_loss[l] = loss_t[l];
-        set(open, l, int64_t(0));
-      }
-      last_before[l] = b[l];
-      set(b, l, stepped[l]);
-      if (epoch + 1 == epochs[l]) {
-        const bool stalled = stall_epoch[l] >= 0 && stepped[l] <= last_before[l];
-        done(stalled ? LaneResult<T>{ids[l], stall_bias[l], stall_loss[l], stall_epoch[l],
-                                     kStalled}
-                     : LaneResult<T>{ids[l], stepped[l], loss_t[l], epochs[l], kExhausted});
-        load(l, t + 1);
+    // Some lanes' fits end at this epoch: those lanes one by one, in
+    // decide's order of tests. A lane refilled here starts at the next
+    // epoch, t + 1.
+    for (int g = 0; g < kG; ++g) {
+      const V before = b[g];
+      b[g] = go[g] ? stepped[g] : b[g];
+      const M ends = active[g] & ~go[g];
+      if (!any_lane(ends)) continue;
+      for (int l = 0; l < W; ++l) {
+        if (!ends[l]) continue;
+        const T loss = loss_t[g][l], after = stepped[g][l];
+        const int64_t epoch = t - started[g][l];
+        LaneResult<T> r{ids[g][l], after, loss, epoch, kExhausted};
+        if (!is_finite(loss)) {
+          r.bias = before[l], r.status = kLossNonFinite;
+        } else if (loss < tol[g][l]) {
+          r.bias = before[l], r.status = kConverged;
+        } else if (!is_finite(after)) {
+          r.status = kBiasNonFinite;
+        } else if (max_h[g][l] + before[l] <= T(0)) {
+          r.status = kStalled;
+        } else {
+          r.epoch = epoch + 1;  // ran out of epochs
+        }
+        done(r);
+        --live;
+        load(g, l, t + 1);
       }
     }
     ++t;
-    next_end = end_of();
   }
 }
 
