@@ -75,6 +75,14 @@ MANY_FITS = {
     # at a time, not the vector lanes): between fits.
     "many_small": ("x, y = biasfit.tutorial_data(); x, y = x.repeat(1_000_000, 1), y.repeat(1_000_000, 1)",
                    "biasfit.fit_many(x, y, lr=1e-3, momentum=0.5, epochs=100_000, tol=0.0)"),
+    # 1e6 tutorial fits by plain SGD: the vector lanes that hold their
+    # points in registers (csrc/cpu/fit_many_lanes.h's FewPoints).
+    "lanes_few": ("x, y = biasfit.tutorial_data(); x, y = x.repeat(1_000_000, 1), y.repeat(1_000_000, 1)",
+                  "biasfit.fit_many(x, y, lr=1e-3, epochs=1_000_000, tol=0.0)"),
+    # 1e5 fits of 100 points by plain SGD: the lanes that read them from
+    # buffers (ManyPoints).
+    "lanes_many": ("x = torch.linspace(-0.5, 1.5, 100).repeat(100_000, 1); y = torch.rand(100_000, 100)",
+                   "biasfit.fit_many(x, y, lr=1e-4, epochs=1_000_000, tol=0.0)"),
     # every parameter by Adam (fit_many's fit_params route), with a history.
     "adam_history": ("x = torch.linspace(-0.5, 1.5, 1_000_000).repeat(2, 1); y = torch.rand(2, 1_000_000)",
                      "biasfit.fit_many(x, y, trained=biasfit.model.PARAM_NAMES, optimizer='adam', "

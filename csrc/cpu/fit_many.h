@@ -412,14 +412,19 @@ Lanes2 lane_kind(const ManyData<T>& d, int64_t k, const ManyOut<T>& out,
   return n < kRegroupMinPoints && !plans_forced ? Lanes2::kMany : Lanes2::kNone;
 }
 
-// The fits ks[0..count) through run(next, done): next hands out their
-// starts and settings, done writes their results.
+// The fits ks[0..count), each of n points, through run(next, done, stop):
+// next hands out their starts and settings (none once Ctrl-C is seen), done
+// writes their results, stop reports work and says whether to stop.
 template <typename T, typename Run>
-void run_lane_fits(const ManyData<T>& d, const int64_t* ks, int64_t count,
+void run_lane_fits(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t count,
                    const ManyOut<T>& out, const Run& run) {
+  const bool caller = d.stop != nullptr && d.stop->on_caller();
+  auto stop = [&](int64_t lane_epochs) {
+    return d.stop != nullptr && d.stop->after(caller, lane_epochs * n);
+  };
   int64_t i = 0;
   auto next = [&](LaneFit<T>& f) {
-    if (i == count) return false;
+    if (i == count || (d.stop != nullptr && d.stop->requested())) return false;
     const int64_t k = ks[i++], begin = d.begin(k);
     const T* start = d.start_of(k);
     const double* row = d.settings_of(k);  // many_options's, the few a lane reads
@@ -438,17 +443,17 @@ void run_lane_fits(const ManyData<T>& d, const int64_t* ks, int64_t count,
     out.status[r.id] = int8_t(r.status);
     out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
   };
-  run(next, done);
+  run(next, done, stop);
 }
 
 // The fits ks[0..count), each of kN < kLanes points.
 template <int kN, typename T>
 void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
                const ManyOut<T>& out) {
-  run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
+  run_lane_fits(d, kN, ks, count, out, [&](const auto& next, const auto& done, const auto& stop) {
     FewPoints<kN, kLaneGroups, T> points;
     on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
-      run_fit_lanes<kLaneGroups, T>(points, next, done);
+      run_fit_lanes<kLaneGroups, T>(points, next, done, stop);
     });
   });
 }
@@ -460,10 +465,10 @@ void fit_lanes_many(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t 
   constexpr int kG = kManyLaneGroups;
   s.lane_h.resize(size_t(kG * n * kFitLanes<T>));
   s.lane_y.resize(size_t(kG * n * kFitLanes<T>));
-  run_lane_fits(d, ks, count, out, [&](const auto& next, const auto& done) {
+  run_lane_fits(d, n, ks, count, out, [&](const auto& next, const auto& done, const auto& stop) {
     ManyPoints<kG, T> points{n, s.lane_h.data(), s.lane_y.data()};
     on_best_isa([&]() BIASFIT_INLINE_LAMBDA {
-      run_fit_lanes<kG, T>(points, next, done);
+      run_fit_lanes<kG, T>(points, next, done, stop);
     });
   });
 }

@@ -286,12 +286,19 @@ struct ManyPoints {
   }
 };
 
+// Epochs of a lane runner between two calls of its stop (Ctrl-C).
+constexpr int64_t kLanePollEpochs = 1024;
+
 // Runs every fit that next() hands out (next(LaneFit&) -> false when none
 // is left), kG groups of kFitLanes<T> lanes over `points` (FewPoints or
-// ManyPoints), and hands each result to done(LaneResult). Inlined into each
-// instruction set's caller.
-template <int kG, typename T, typename Points, typename Next, typename Done>
-BIASFIT_HD void run_fit_lanes(Points& points, const Next& next, const Done& done) {
+// ManyPoints), and hands each result to done(LaneResult). Every
+// kLanePollEpochs epochs it calls stop(lane_epochs run since), and returns
+// at once if that says so (cpu/many_stop.h: the fits left have no result).
+// Inlined into each instruction set's caller.
+template <int kG, typename T, typename Points, typename Next, typename Done,
+          typename Stop>
+BIASFIT_HD void run_fit_lanes(Points& points, const Next& next, const Done& done,
+                              const Stop& stop) {
   using V = typename FitLaneTypes<T>::V;
   using D = typename FitLaneTypes<T>::D;
   using M = typename FitLaneTypes<T>::M;
@@ -343,6 +350,7 @@ BIASFIT_HD void run_fit_lanes(Points& points, const Next& next, const Done& done
 
   const V inf = V{} + std::numeric_limits<T>::infinity();
   while (live > 0) {
+    if (t % kLanePollEpochs == kLanePollEpochs - 1 && stop(kLanePollEpochs * kG * W)) return;
     V stepped[kG], loss_t[kG];
     M go[kG];  // the lanes whose fit just steps this epoch
     M event{};
