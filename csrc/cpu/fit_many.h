@@ -30,6 +30,7 @@
 
 #include "core/fit.h"
 #include "core/fit_params.h"
+#include "core/many.h"
 #include "cpu/fit_many_lanes.h"
 #include "cpu/kernels.h"
 #include "cpu/many_stop.h"
@@ -41,132 +42,24 @@
 namespace biasfit {
 namespace cpu {
 
-// The columns of the settings table, float64, one row shared by every fit
-// or one row a fit: SGD's, Adam's, the epochs and fit's stop rules (tol, the
-// plateau's rtol and patience, and kColMean: 1 for the mean loss, whose
-// divisor is each fit's own point count). A flag column is 0 or 1.
-enum ManyColumn : int {
-  kColLr = 0, kColMomentum, kColDampening, kColNesterov, kColWeightDecay,
-  kColMaximize, kColBeta1, kColBeta2, kColEps, kColAmsgrad, kColEpochs,
-  kColTol, kColRtol, kColPatience, kColMean, kManyColumns
-};
+// core/many.h's pieces (shared with the CUDA fits, cuda/kernels_many.cuh),
+// by the names this file and torch_ops/ had for them here.
+using biasfit::kColLr, biasfit::kColMomentum, biasfit::kColDampening,
+      biasfit::kColNesterov, biasfit::kColWeightDecay, biasfit::kColMaximize,
+      biasfit::kColBeta1, biasfit::kColBeta2, biasfit::kColEps,
+      biasfit::kColAmsgrad, biasfit::kColEpochs, biasfit::kColTol,
+      biasfit::kColRtol, biasfit::kColPatience, biasfit::kColMean,
+      biasfit::kManyColumns, biasfit::bias_epoch, biasfit::ManyColumn,
+      biasfit::ManyData, biasfit::ManyOut, biasfit::many_options,
+      biasfit::max_with_nan;
+static_assert(kStalled == biasfit::kStalled, "one value of the stalled status");
 
-// A row's options for a fit of n points.
-inline ParamFitOptions many_options(const double* row, int64_t trained,
-                                    int64_t kind, int64_t n) {
-  const double lr = row[kColLr], wd = row[kColWeightDecay];
-  const bool maximize = row[kColMaximize] != 0;
-  return ParamFitOptions{
-      trained, kind,
-      SgdOptions{lr, row[kColMomentum], row[kColDampening], wd,
-                 row[kColNesterov] != 0, maximize},
-      AdamOptions{lr, row[kColBeta1], row[kColBeta2], row[kColEps], wd,
-                  row[kColAmsgrad] != 0, maximize, kind == kAdamW},
-      int64_t(row[kColEpochs]), row[kColTol], row[kColRtol],
-      int64_t(row[kColPatience]), row[kColMean] != 0 ? double(n) : 1.0};
-}
-
-// The fits' data: fit k's points are [offsets[k], offsets[k + 1]), or,
-// without offsets, [k n, (k + 1) n). start: rows of the seven starting
-// values (one row for every fit, or one a fit); settings: rows of
-// kManyColumns (likewise).
+// core/many.h's Track and, on the CPU, Ctrl-C's checks within the fit.
 template <typename T>
-struct ManyData {
-  const T* x;
-  const T* y;
-  const int64_t* offsets;  // K + 1 values, or null
-  int64_t n;               // points a fit without offsets
-  int64_t fits;
-  const T* start;
-  int64_t start_rows;
-  const double* settings;
-  int64_t settings_rows;
-  int64_t trained;  // bit p: parameter p trains (core/fit_params.h)
-  int64_t kind;     // OptimizerKind
-  ManyStop* stop = nullptr;  // Ctrl-C (cpu/many_stop.h), or null: never
-
-  int64_t begin(int64_t k) const { return offsets ? offsets[k] : k * n; }
-  int64_t end(int64_t k) const { return offsets ? offsets[k + 1] : (k + 1) * n; }
-  const T* start_of(int64_t k) const {
-    return start + kNumParams * (start_rows == 1 ? 0 : k);
-  }
-  const double* settings_of(int64_t k) const {
-    return settings + kManyColumns * (settings_rows == 1 ? 0 : k);
-  }
+struct ManyTrack : Track<T> {
+  FitStopPoll poll;
+  ManyTrack() : Track<T>(Track<T>::start()) {}
 };
-
-// What each fit gives: its seven final values, its last evaluated loss
-// (NaN if it ran no epoch), the epoch it stopped at, its status and the
-// parameter that became inf/NaN (-1: none); and, if history is not null,
-// its evaluated epochs' losses in a row of history_len, NaN after them.
-template <typename T>
-struct ManyOut {
-  T* params;
-  T* loss;
-  int64_t* epochs;
-  int8_t* status;
-  int8_t* bad_param;
-  T* history;
-  int64_t history_len;
-  // With history: each fit's evaluated epochs' final_bias in a row of
-  // history_len, NaN after them, and no stall decided: the fits as the ops
-  // fit_sgd and fit_params give them (their vmap, biasfit/vmap_fits.py).
-  T* biases = nullptr;
-  // Every fit through fit_params_one, as the fit_params op runs it (its
-  // losses' bits can differ from fit_bias's for final_bias alone by SGD).
-  bool params_route = false;
-};
-
-// What a fit keeps of its epochs instead of a history: the last loss, and
-// biasfit/stall.py's stall test as the epochs go. A fit stalls at the first
-// epoch e whose bias turns every unit off (fl(max h + b_e) <= 0) and whose
-// step does not go up (b_{e+1} <= b_e), if it then runs out of epochs with a
-// last step that did not go up; it ends there: epoch e, bias b_{e+1}, loss
-// of epoch e.
-template <typename T>
-struct Track {
-  T* row = nullptr;     // the fit's history row, or null
-  T* bias_row = nullptr;  // its biases' row (ManyOut::biases), or null
-  FitStopPoll poll;       // Ctrl-C's checks within the fit
-  bool watch = false;   // whether it can stall: bias-only SGD, may_stall
-  T max_h = T(0);       // its largest hidden value (NaN if one is NaN)
-  T last_loss = std::numeric_limits<T>::quiet_NaN();
-  T last_before = T(0);  // the bias its last step started from
-  int64_t stall_epoch = -1;
-  T stall_bias = T(0), stall_loss = T(0);
-
-  // bias: the final_bias the epoch's loss was taken at (kept in raw
-  // fits' bias_row, which come with a history row).
-  void record(int64_t epoch, T loss, T bias) {
-    last_loss = loss;
-    if (row != nullptr) {
-      row[epoch] = loss;
-      if (bias_row != nullptr) bias_row[epoch] = bias;
-    }
-  }
-  void stepped(int64_t epoch, T before, T after) {
-    last_before = before;
-    if (watch && stall_epoch < 0 && add_rn(max_h, before) <= T(0) &&
-        after <= before) {
-      stall_epoch = epoch;
-      stall_bias = after;
-      stall_loss = last_loss;
-    }
-  }
-  // Whether a fit that ended with `status` at bias `final` stalled.
-  bool stalled(int64_t status, T final) const {
-    return watch && status == kExhausted && stall_epoch >= 0 &&
-           final <= last_before;
-  }
-};
-
-// torch's max over hidden values: NaN wins.
-template <typename T>
-T max_with_nan(const T* h, int64_t n) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = (h[i] > m || h[i] != h[i]) ? h[i] : m;
-  return m;
-}
 
 // One thread's buffers, kept from fit to fit.
 template <typename T>
@@ -190,18 +83,6 @@ Sum serial_sum(int64_t n, std::vector<Sum>& partials, const Chunk& chunk) {
   return pairwise_total(partials);
 }
 
-// One epoch of a fit of final_bias alone, from hidden h, and its end.
-template <typename T, typename Sums>
-BIASFIT_HD void bias_epoch(FitState<T>& state, const FitOptions& o,
-                                      Track<T>& track, const Sums& sums_at) {
-  const LossGrad sums = sums_at(state.bias);
-  const int64_t epoch = state.epoch;
-  const T before = state.bias;
-  track.record(epoch, reduced<T>(sums.loss, o.divide_by), before);
-  state.decide(sums, o);
-  if (state.epoch > epoch) track.stepped(epoch, before, state.bias);
-}
-
 // fit_bias for a fit of kN < kLanes points: small_chunk_sum (sum_chunk's
 // route for them, the same text) with its count known, so the compiler
 // unrolls the points and the tree, and the whole epoch inlined (flatten):
@@ -210,7 +91,7 @@ template <int kN, typename T>
 [[gnu::flatten]] FitState<T> fit_bias_small(const T* x, const T* y,
                                             const Weights<T>& w, T bias,
                                             const FitOptions& o,
-                                            Track<T>& track) {
+                                            ManyTrack<T>& track) {
   T h[kN];
   for (int i = 0; i < kN; ++i) h[i] = hidden(x[i], w);
   if (track.watch) track.max_h = max_with_nan(h, kN);
@@ -228,7 +109,7 @@ template <int kN, typename T>
 template <typename T, int... kN>
 constexpr auto small_fits(std::integer_sequence<int, kN...>) {
   using Fn = FitState<T> (*)(const T*, const T*, const Weights<T>&, T,
-                             const FitOptions&, Track<T>&);
+                             const FitOptions&, ManyTrack<T>&);
   return std::array<Fn, sizeof...(kN)>{&fit_bias_small<kN + 1, T>...};
 }
 
@@ -237,7 +118,7 @@ constexpr auto small_fits(std::integer_sequence<int, kN...>) {
 template <typename T>
 FitState<T> fit_bias(const T* x, const T* y, int64_t n, const Weights<T>& w,
                      T bias, const FitOptions& o, ManyScratch<T>& s,
-                     Track<T>& track) {
+                     ManyTrack<T>& track) {
 #ifndef BIASFIT_NO_SMALL_CHUNK
   static constexpr auto kSmall =
       small_fits<T>(std::make_integer_sequence<int, kLanes - 1>());
@@ -274,7 +155,7 @@ FitState<T> fit_bias(const T* x, const T* y, int64_t n, const Weights<T>& w,
 template <typename T>
 FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
                              const Weights<T>& w, T bias, const FitOptions& o,
-                             Track<T>& track) {
+                             ManyTrack<T>& track) {
   History<T> history;
   const FitState<T> state = train(x, y, n, w, bias, o, 1, history,
                                   {track.poll.stop() ? &FitStopPoll::asked : nullptr,
@@ -302,7 +183,7 @@ FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
 template <typename T>
 ParamFitState<T> fit_params_one(const T* x, const T* y, int64_t n,
                                 const T* start, const ParamFitOptions& o,
-                                ManyScratch<T>& s, Track<T>& track) {
+                                ManyScratch<T>& s, ManyTrack<T>& track) {
   ParamFitState<T> state = ParamFitState<T>::start(start, o.epochs);
   const bool weights = (o.trained & ((1 << kNumWeights) - 1)) != 0;
   run_epochs(state, o, n, track.poll, [&](const ParamFitOptions& span) {
@@ -328,7 +209,7 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   const T* y = d.y + begin;
   const T* start = d.start_of(k);
   const ParamFitOptions o = many_options(d.settings_of(k), d.trained, d.kind, n);
-  Track<T> track;
+  ManyTrack<T> track;
   if (out.history != nullptr) track.row = out.history + k * out.history_len;
   if (out.biases != nullptr) track.bias_row = out.biases + k * out.history_len;
   T* params = out.params + kNumParams * k;

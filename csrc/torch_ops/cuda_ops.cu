@@ -27,6 +27,7 @@
 #include "core/fit.h"
 #include "cuda/launch.h"
 #include "cuda/launch_batched.h"
+#include "cuda/launch_many.h"
 #include "core/network.h"
 
 namespace biasfit {
@@ -592,6 +593,84 @@ STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
   m.impl("fused_loss_grads_sums_batched",
          TORCH_BOX(&cuda::fused_loss_grads_sums_batched_cuda));
   m.impl("predict_grads_batched", TORCH_BOX(&cuda::predict_grads_batched_cuda));
+}
+
+}  // namespace biasfit
+
+// ---- fit_many: K fits in one call (cuda/launch_many.h) ----------------------
+
+namespace biasfit {
+namespace cuda {
+namespace {
+
+// (params [K, 7], loss [K], epochs int64 [K], status int8 [K], bad_param
+// int8 [K], losses [K, E] or [K, 0], biases [K, E] (raw) or [K, 0]), as
+// torch_ops/fit_many_cpu.cpp's. (No Ctrl-C check: the GPU runs every fit
+// in one launch a route.)
+using ManyOutputs =
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// The CPU op's checks, every one before any fit runs, read on host copies
+// (the data's too: its values are checked finite); offsets and settings may
+// come on either device (biasfit.fit_many makes them on the CPU). The only
+// place fit_many waits for the device.
+ManyOutputs fit_many_cuda(Tensor inputs, Tensor labels, Tensor offsets, Tensor start,
+                          Tensor settings, int64_t trained, int64_t optimizer,
+                          bool history, int64_t raw) {
+  const int64_t fits = check_fit_many_args(inputs, labels, offsets, start, settings,
+                                           trained, optimizer);
+  check_on_cuda(inputs);
+  const DeviceGuard guard(inputs.get_device_index());
+  const torch::stable::Device cpu(torch::headeronly::DeviceType::CPU);
+  const auto on = [](const Tensor& t, torch::stable::Device d) {
+    return torch::stable::contiguous(torch::stable::to(t, d));
+  };
+  const Tensor host_o = on(offsets, cpu), host_set = on(settings, cpu);
+  check_fit_many_values(on(inputs, cpu), on(labels, cpu), host_o, on(start, cpu), host_set,
+                        optimizer);
+  if (raw < 0 || raw > 2) fail("raw must be 0, 1 or 2, got ", raw);
+  history = history || raw != 0;
+  int64_t history_len = 0;
+  if (history) {
+    const double* rows = data_of<double>(host_set);
+    for (int64_t r = 0; r < host_set.size(0); ++r) {
+      history_len = std::max(history_len, int64_t(rows[r * kManyColumns + kColEpochs]));
+    }
+  }
+  const Tensor x = torch::stable::contiguous(inputs);
+  const Tensor y = torch::stable::contiguous(labels);
+  const Tensor o = on(offsets, inputs.device());
+  const Tensor s = torch::stable::contiguous(start);
+  const Tensor set = on(settings, inputs.device());
+  Tensor params = new_tensor(x, {fits, kNumParams});
+  Tensor loss = new_tensor(x, {fits});
+  Tensor epochs = new_tensor(x, {fits}, ScalarType::Long);
+  Tensor status = new_tensor(x, {fits}, ScalarType::Char);
+  Tensor bad = new_tensor(x, {fits}, ScalarType::Char);
+  Tensor losses = new_tensor(x, {fits, history_len});
+  Tensor biases = new_tensor(x, {fits, raw ? history_len : 0});
+  CudaLauncher launcher(x);
+  dispatch_float(x.scalar_type(), [&](auto zero) {
+    using T = decltype(zero);
+    const ManyData<T> d{data_of<T>(x), data_of<T>(y),
+                        o.numel() ? data_of<int64_t>(o) : nullptr,
+                        x.dim() == 2 ? x.size(1) : 0, fits, data_of<T>(s), s.size(0),
+                        data_of<double>(set), set.size(0), trained, optimizer};
+    const ManyOut<T> out{data_of<T>(params), data_of<T>(loss), data_of<int64_t>(epochs),
+                         data_of<int8_t>(status), data_of<int8_t>(bad),
+                         history ? data_of<T>(losses) : nullptr, history_len,
+                         raw ? data_of<T>(biases) : nullptr, raw == 2};
+    fit_many<T>(launcher, d, out, x.numel(),
+                host_o.numel() ? data_of<int64_t>(host_o) : nullptr);
+  });
+  return {params, loss, epochs, status, bad, losses, biases};
+}
+
+}  // namespace
+}  // namespace cuda
+
+STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
+  m.impl("fit_many", TORCH_BOX(&cuda::fit_many_cuda));
 }
 
 }  // namespace biasfit

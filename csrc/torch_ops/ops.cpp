@@ -245,32 +245,20 @@ STABLE_TORCH_LIBRARY_FRAGMENT(biasfit, m) {
         "int raw=0) -> (Tensor params, Tensor loss, Tensor epochs, "
         "Tensor status, Tensor bad_param, Tensor losses, Tensor biases)");
 }
+// A CUDA build registers its CUDA kernel in torch_ops/cuda_ops.cu.
+#ifndef BIASFIT_WITH_CUDA
 namespace {
 constexpr char kFitMany[] = "biasfit::fit_many";
-#ifdef BIASFIT_WITH_CUDA
-// Its CUDA kernels are yet to come: a CUDA tensor gets one line saying so
-// rather than the dispatcher's generic error.
-constexpr char kFitManyNoKernel[] =
-    " has no CUDA kernel yet: its fits run on the CPU's threads; pass CPU tensors";
-#endif
 }  // namespace
 STABLE_TORCH_LIBRARY_IMPL(biasfit, CUDA, m) {
-#ifdef BIASFIT_WITH_CUDA
-  m.impl("fit_many",
-         TORCH_BOX((&cuda_refused<kFitMany, kFitManyNoKernel,
-                                  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
-                                             Tensor>,
-                                  Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
-                                  int64_t, bool, int64_t>)));
-#else
   m.impl("fit_many",
          TORCH_BOX((&cuda_refused<kFitMany, kNotBuilt,
                                   std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                              Tensor>,
                                   Tensor, Tensor, Tensor, Tensor, Tensor, int64_t,
                                   int64_t, bool, int64_t>)));
-#endif
 }
+#endif
 }  // namespace biasfit
 
 #ifdef BIASFIT_WITH_CUDA
