@@ -143,11 +143,12 @@ def probe_ptx(tmp_path, source, csrc=ROOT / "csrc"):
 @pytest.mark.skipif(check_cuda_compile.find_nvcc() is None, reason="no nvcc on this machine")
 def test_kernel_math_has_nothing_to_fuse_even_with_fmad_true(tmp_path):
     # tests/cuda_emu/fma_probe.cu instantiates every kernel (fused_loss,
-    # fit_sgd, every gradient, fit_params) for both dtypes: with contraction
+    # fit_sgd, every gradient, fit_params, fit_many) for both dtypes: with contraction
     # allowed, every multiply must still be a round-to-nearest one (core/rounding.h)
     # and no FMA may appear, so each point rounds as on the CPU.
     ptx = probe_ptx(tmp_path, ROOT / "tests" / "cuda_emu" / "fma_probe.cu")
     assert "fit_params_one_block_kernel" in ptx and "ParamSumsSink" in ptx
+    assert "many_team_kernel" in ptx and "many_thread_kernel" in ptx
     assert contractible(ptx) == []
     # The check bites: core/sgd.h's step written as plain operators is caught.
     mutant = tmp_path / "csrc"

@@ -279,3 +279,25 @@ def test_raw_fits(harness, tmp_path, monkeypatch, raw):
         want = check(harness, tmp_path / str(route), monkeypatch, x, y, offsets, start,
                      settings, BIAS, 0, route=route, raw=raw)
         assert 7 not in want["status"]  # the stalled fit is not decided stalled
+
+
+def test_regrouped_cpu_fits_within_bound(harness, tmp_path, monkeypatch):
+    """Where the CPU regroups a final_bias fit's points (256 or more,
+    cpu/plan.h) it sums another order; the GPU always sums the streamed one.
+    There the two agree within 1e-13 relative in float64 (docs/many.md),
+    with the same epochs and statuses."""
+    rng = random.Random(9)
+    sizes = [300, 2000, 5000]
+    x, y, offsets = problem(rng, sizes, np.float64)
+    x = x * 1.2 - 0.1
+    start = np.array([list(eh.TUTORIAL_WEIGHTS) + [-1.0]])
+    settings = np.array([row(rng, "sgd", lr=1e-6, epochs=30.0, tol=0.0, rtol=0.0, mean=0.0,
+                             momentum=0.0, weight_decay=0.0, maximize=0.0)])
+    monkeypatch.setenv("BIASFIT_TRAINER_PLAN", "regroup")
+    want = on_cpu(x, y, offsets, start, settings, BIAS, 0, True)
+    got = emulated(harness, tmp_path, x, y, offsets, start, settings, BIAS, 0,
+                   want["losses"].shape[1])
+    for field in ("epochs", "status", "bad_param"):
+        assert (got[field] == want[field]).all(), field
+    for field in ("params", "loss", "losses"):
+        np.testing.assert_allclose(got[field], want[field], rtol=1e-13, atol=0)

@@ -16,15 +16,12 @@
 #include <vector>
 
 #include "core/network.h"
+#include "core/sum_order.h"
 #include "cpu/parallel.h"
 
 namespace biasfit {
 
-constexpr int64_t kChunk = int64_t(1) << 14;
-// 16 lanes: one AVX-512 vector of floats per step, and enough independent
-// accumulators to keep a core's FP adders busy (8 left the trainer's epoch
-// latency-bound at 0.5 cycles a point).
-constexpr int kLanes = 16;
+// kChunk and kLanes: core/sum_order.h (the GPU's fit_many sums this order too).
 
 inline int64_t num_chunks(int64_t n) { return (n + kChunk - 1) / kChunk; }
 

@@ -4,7 +4,7 @@
 // FitState::decide, core/fit_params.h's ParamFitState::decide) and its
 // points (core/network.h). cuda/launch_many.h queues them.
 //
-// Each fit sums in the CPU's order (cpu/reduce.h), not the single-fit CUDA
+// Each fit sums in the CPU's order (cpu/reduce.h, core/sum_order.h), not the single-fit CUDA
 // kernels' grid order: chunks of kChunk points, point i of a chunk into
 // lane i % kLanes, the lanes in their fixed tree, the chunks' sums in
 // pairwise_total's tree. So each fit's epochs, losses and parameters are
@@ -36,7 +36,7 @@
 #include "core/fit_params.h"
 #include "core/many.h"
 #include "core/network.h"
-#include "cpu/reduce.h"
+#include "core/sum_order.h"
 #include "cuda/kernels.cuh"
 #include "cuda/kernels_grads.cuh"
 #include "cuda/reduce.cuh"

@@ -4,6 +4,7 @@
 // because csrc/core/rounding.h rounds each multiply and add on its own.
 #include "cuda/launch.h"
 #include "cuda/launch_batched.h"
+#include "cuda/launch_many.h"
 
 namespace bc = biasfit::cuda;
 
@@ -35,6 +36,10 @@ void* probe() {
       reinterpret_cast<void*>(bc::batched_partial_sums_kernel<true, bc::PredictGradsPoint<T>, T>),
       reinterpret_cast<void*>(bc::batched_finish_kernel<bc::LossRows<T>>),
       reinterpret_cast<void*>(bc::batched_finish_kernel<bc::ParamGradsRows<T>>),
+      // fit_many's routes.
+      reinterpret_cast<void*>(bc::many_thread_kernel<T>),
+      reinterpret_cast<void*>(bc::many_team_kernel<bc::kWarpSize, T>),
+      reinterpret_cast<void*>(bc::many_team_kernel<bc::kThreads, T>),
   };
   return kernels[0];
 }
