@@ -301,3 +301,25 @@ def test_regrouped_cpu_fits_within_bound(harness, tmp_path, monkeypatch):
         assert (got[field] == want[field]).all(), field
     for field in ("params", "loss", "losses"):
         np.testing.assert_allclose(got[field], want[field], rtol=1e-13, atol=0)
+
+
+def test_threadsanitizer_finds_no_race(tmp_path, monkeypatch):
+    """Each route's barriers (the team's shared state, lanes and chunk sums)
+    under ThreadSanitizer, on fits of one and of several chunks."""
+    from test_cuda_emu_strict import TSAN_ENV, tsan_works
+    if not tsan_works():
+        pytest.fail("g++ cannot build with -fsanitize=thread (libtsan missing?)")
+    binary = tmp_path / "harness_many_tsan"
+    command = [eh.GXX, *eh.FLAGS, *eh.TSAN_FLAGS, f"-I{eh.CSRC}", f"-I{eh.EMU}",
+               str(eh.EMU / "harness_many.cpp"), "-o", str(binary)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for name, value in TSAN_ENV.items():
+        monkeypatch.setenv(name, value)
+    rng = random.Random(12)
+    x, y, offsets = problem(rng, [3, 40, CHUNK + 3], np.float32)
+    for route in (THREAD, WARP, BLOCK):
+        for trained, kind in ((BIAS, 0), (0b1000101, 1)):
+            settings = np.array([row(rng, "adam" if kind else "sgd", epochs=2.0, tol=0.0)])
+            check(binary, tmp_path / f"{route}{kind}", monkeypatch, x, y, offsets,
+                  starts(rng, 3, np.float32), settings, trained, kind, route=route)
