@@ -23,7 +23,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <initializer_list>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -212,19 +211,12 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
   ManyTrack<T> track;
   if (out.history != nullptr) track.row = out.history + k * out.history_len;
   if (out.biases != nullptr) track.bias_row = out.biases + k * out.history_len;
-  T* params = out.params + kNumParams * k;
-  int64_t epoch, status, bad = -1;
   if (d.stop != nullptr && d.stop->requested()) {  // Ctrl-C: not run
-    for (int p = 0; p < kNumParams; ++p) params[p] = start[p];
-    out.loss[k] = std::numeric_limits<T>::quiet_NaN();
-    out.epochs[k] = 0;
-    out.status[k] = int8_t(kInterrupted);
-    out.bad_param[k] = -1;
-    for (T* row : {track.row, track.bias_row}) {
-      if (row != nullptr) std::fill(row, row + out.history_len, std::numeric_limits<T>::quiet_NaN());
-    }
+    write_fit(out, k, track, start, 0, kInterrupted, -1);
     return;
   }
+  T params[kNumParams];
+  int64_t epoch, status, bad = -1;
   track.poll = FitStopPoll(d.stop);
   if (!out.params_route && d.trained == (int64_t(1) << kBiasIndex) && d.kind == kSgd) {
     track.watch = out.biases == nullptr && o.sgd.weight_decay == 0 && o.sgd.momentum <= 1;
@@ -252,24 +244,8 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
     status = state.status;
     bad = state.bad_param;
   }
-  T loss = track.last_loss;
-  if (track.stalled(status, params[kBiasIndex])) {
-    status = kStalled;
-    epoch = track.stall_epoch;
-    params[kBiasIndex] = track.stall_bias;
-    loss = track.stall_loss;
-  }
-  out.loss[k] = loss;
-  out.epochs[k] = epoch;
-  out.status[k] = int8_t(status);
-  out.bad_param[k] = int8_t(bad);
-  const int64_t seen = epoch + (status != kExhausted && status != kInterrupted);
-  for (T* row : {track.row, track.bias_row}) {
-    if (row == nullptr) continue;
-    std::fill(row + std::min(seen, out.history_len), row + out.history_len,
-              std::numeric_limits<T>::quiet_NaN());
-  }
-  if (d.stop != nullptr) d.stop->after(track.poll.caller(), n * (seen + 1));
+  write_fit(out, k, track, params, epoch, status, bad);
+  if (d.stop != nullptr) d.stop->after(track.poll.caller(), n * (out.epochs[k] + 1));
 }
 
 // Which vector lanes (cpu/fit_many_lanes.h) fit k runs in, if any: those
