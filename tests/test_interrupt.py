@@ -38,23 +38,29 @@ FITS = {
 }
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("fit", sorted(FITS))
-def test_sigint_interrupts_a_native_fit_within_a_second(fit):
-    script = SCRIPT.replace("FIT", FITS[fit])
+def interrupt_child(script, settle):
+    """Runs script in a child that prints "fitting" as it starts its fit;
+    sends SIGINT `settle` seconds after that line. Returns the child's
+    (returncode, stdout, stderr) and the seconds from SIGINT to its exit."""
     child = subprocess.Popen([sys.executable, "-c", script], cwd=CHILD_CWD,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              preexec_fn=default_sigint)
     try:
         assert child.stdout.readline().strip() == "fitting"
-        time.sleep(1.0)  # well inside the native loop by now
+        time.sleep(settle)  # well inside the native loop by then
         sent = time.perf_counter()
         os.kill(child.pid, signal.SIGINT)
         out, err = child.communicate(timeout=60)
-        waited = time.perf_counter() - sent
+        return child.returncode, out, err, time.perf_counter() - sent
     finally:
         child.kill()
-    assert child.returncode == 130, out + err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("fit", sorted(FITS))
+def test_sigint_interrupts_a_native_fit_within_a_second(fit):
+    code, out, err, waited = interrupt_child(SCRIPT.replace("FIT", FITS[fit]), 1.0)
+    assert code == 130, out + err
     assert "interrupted after" in out
     # The loop checks for signals about every 100 ms; a loaded 2-core
     # machine gets a generous margin, the old behaviour took the whole fit.
@@ -159,18 +165,7 @@ def test_sigint_during_train_group_col_exits_130_with_one_line(tmp_path):
                            "--epochs", "100000000", "--tol", "0", "--lr", "1e-6",
                            "--momentum", "0.5"]))
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=CHILD_CWD,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=default_sigint)
-    try:
-        assert child.stdout.readline().strip() == "fitting"
-        time.sleep(1.5)  # the table read, well inside fit_many by now
-        sent = time.perf_counter()
-        os.kill(child.pid, signal.SIGINT)
-        out, err = child.communicate(timeout=60)
-        waited = time.perf_counter() - sent
-    finally:
-        child.kill()
-    assert child.returncode == 130, out + err
+    code, out, err, waited = interrupt_child(script, 1.5)  # 1.5 s: the table read too
+    assert code == 130, out + err
     assert (out, err) == ("", "biasfit train: interrupted\n")
     assert waited < 3.0, f"took {waited:.2f} s to stop"  # (with the child's exit)

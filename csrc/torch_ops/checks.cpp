@@ -429,4 +429,26 @@ void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
   }
 }
 
+ManyTensors new_many_outputs(const Tensor& like, int64_t fits,
+                             const Tensor& host_settings, bool history, int64_t raw) {
+  if (raw < 0 || raw > 2) fail("raw must be 0, 1 or 2, got ", raw);
+  history = history || raw != 0;
+  int64_t history_len = 0;
+  if (history) {
+    const double* rows = static_cast<const double*>(host_settings.const_data_ptr());
+    for (int64_t r = 0; r < host_settings.size(0); ++r) {
+      history_len = std::max(history_len, int64_t(rows[r * kManyColumns + kColEpochs]));
+    }
+  }
+  return {new_tensor(like, {fits, kNumParams}),
+          new_tensor(like, {fits}),
+          new_tensor(like, {fits}, ScalarType::Long),
+          new_tensor(like, {fits}, ScalarType::Char),
+          new_tensor(like, {fits}, ScalarType::Char),
+          new_tensor(like, {fits, history_len}),
+          new_tensor(like, {fits, raw ? history_len : 0}),
+          history,
+          history_len};
+}
+
 }  // namespace biasfit

@@ -135,7 +135,7 @@ T* data_of(const Tensor& t) {
 // inputs and labels float32/float64 of one shape and device, [K, N] with
 // offsets empty, or 1-D with offsets int64 [K + 1] rising from 0 to the
 // points' count (no empty fit); start [1 or K, 7] in inputs' dtype;
-// settings float64 [1 or K, 12] in cpu/fit_many.h's columns; trained and
+// settings float64 [1 or K, kManyColumns] in core/many.h's columns; trained and
 // optimizer as fit_params's. Returns K. check_fit_many_values then reads
 // the values (CPU tensors, contiguous): offsets, every point, start and
 // every settings row (as fit_params's options), finite where they must be.
@@ -146,5 +146,18 @@ int64_t check_fit_many_args(const Tensor& inputs, const Tensor& labels,
 void check_fit_many_values(const Tensor& inputs, const Tensor& labels,
                            const Tensor& offsets, const Tensor& start,
                            const Tensor& settings, int64_t optimizer);
+
+// fit_many's outputs (ops.cpp's schema) on like's device, for both
+// backends: params [K, 7], loss [K], epochs int64 [K], status and bad_param
+// int8 [K], losses [K, E] with a history (else [K, 0]) and biases [K, E] for
+// raw fits (else [K, 0]); E is the most epochs of host_settings' rows (a
+// CPU tensor). raw (0, 1 or 2, checked here) keeps a history too.
+struct ManyTensors {
+  Tensor params, loss, epochs, status, bad, losses, biases;
+  bool history;
+  int64_t history_len;
+};
+ManyTensors new_many_outputs(const Tensor& like, int64_t fits,
+                             const Tensor& host_settings, bool history, int64_t raw);
 
 }  // namespace biasfit

@@ -628,27 +628,12 @@ ManyOutputs fit_many_cuda(Tensor inputs, Tensor labels, Tensor offsets, Tensor s
   const Tensor host_o = on(offsets, cpu), host_set = on(settings, cpu);
   check_fit_many_values(on(inputs, cpu), on(labels, cpu), host_o, on(start, cpu), host_set,
                         optimizer);
-  if (raw < 0 || raw > 2) fail("raw must be 0, 1 or 2, got ", raw);
-  history = history || raw != 0;
-  int64_t history_len = 0;
-  if (history) {
-    const double* rows = data_of<double>(host_set);
-    for (int64_t r = 0; r < host_set.size(0); ++r) {
-      history_len = std::max(history_len, int64_t(rows[r * kManyColumns + kColEpochs]));
-    }
-  }
   const Tensor x = torch::stable::contiguous(inputs);
   const Tensor y = torch::stable::contiguous(labels);
   const Tensor o = on(offsets, inputs.device());
   const Tensor s = torch::stable::contiguous(start);
   const Tensor set = on(settings, inputs.device());
-  Tensor params = new_tensor(x, {fits, kNumParams});
-  Tensor loss = new_tensor(x, {fits});
-  Tensor epochs = new_tensor(x, {fits}, ScalarType::Long);
-  Tensor status = new_tensor(x, {fits}, ScalarType::Char);
-  Tensor bad = new_tensor(x, {fits}, ScalarType::Char);
-  Tensor losses = new_tensor(x, {fits, history_len});
-  Tensor biases = new_tensor(x, {fits, raw ? history_len : 0});
+  const ManyTensors t = new_many_outputs(x, fits, host_set, history, raw);
   CudaLauncher launcher(x);
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
@@ -656,14 +641,14 @@ ManyOutputs fit_many_cuda(Tensor inputs, Tensor labels, Tensor offsets, Tensor s
                         o.numel() ? data_of<int64_t>(o) : nullptr,
                         x.dim() == 2 ? x.size(1) : 0, fits, data_of<T>(s), s.size(0),
                         data_of<double>(set), set.size(0), trained, optimizer};
-    const ManyOut<T> out{data_of<T>(params), data_of<T>(loss), data_of<int64_t>(epochs),
-                         data_of<int8_t>(status), data_of<int8_t>(bad),
-                         history ? data_of<T>(losses) : nullptr, history_len,
-                         raw ? data_of<T>(biases) : nullptr, raw == 2};
+    const ManyOut<T> out{data_of<T>(t.params), data_of<T>(t.loss), data_of<int64_t>(t.epochs),
+                         data_of<int8_t>(t.status), data_of<int8_t>(t.bad),
+                         t.history ? data_of<T>(t.losses) : nullptr, t.history_len,
+                         raw ? data_of<T>(t.biases) : nullptr, raw == 2};
     fit_many<T>(launcher, d, out, x.numel(),
                 host_o.numel() ? data_of<int64_t>(host_o) : nullptr);
   });
-  return {params, loss, epochs, status, bad, losses, biases};
+  return {t.params, t.loss, t.epochs, t.status, t.bad, t.losses, t.biases};
 }
 
 }  // namespace

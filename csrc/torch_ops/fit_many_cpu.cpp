@@ -31,22 +31,7 @@ ManyOutputs fit_many_cpu(Tensor inputs, Tensor labels, Tensor offsets,
   const Tensor s = torch::stable::contiguous(start);
   const Tensor set = torch::stable::contiguous(settings);
   check_fit_many_values(x, y, o, s, set, optimizer);
-  if (raw < 0 || raw > 2) fail("raw must be 0, 1 or 2, got ", raw);
-  history = history || raw != 0;
-  int64_t history_len = 0;
-  if (history) {
-    const double* rows = static_cast<const double*>(set.const_data_ptr());
-    for (int64_t r = 0; r < set.size(0); ++r) {
-      history_len = std::max(history_len, int64_t(rows[r * cpu::kManyColumns + cpu::kColEpochs]));
-    }
-  }
-  Tensor params = new_tensor(x, {fits, kNumParams});
-  Tensor loss = new_tensor(x, {fits});
-  Tensor epochs = new_tensor(x, {fits}, ScalarType::Long);
-  Tensor status = new_tensor(x, {fits}, ScalarType::Char);
-  Tensor bad = new_tensor(x, {fits}, ScalarType::Char);
-  Tensor losses = new_tensor(x, {fits, history_len});
-  Tensor biases = new_tensor(x, {fits, raw ? history_len : 0});
+  const ManyTensors t = new_many_outputs(x, fits, set, history, raw);
   cpu::ManyStop stop({&python_signal_pending});
   dispatch_float(x.scalar_type(), [&](auto zero) {
     using T = decltype(zero);
@@ -56,19 +41,19 @@ ManyOutputs fit_many_cpu(Tensor inputs, Tensor labels, Tensor offsets,
         x.dim() == 2 ? x.size(1) : 0, fits, data_of<T>(s), s.size(0),
         static_cast<const double*>(set.const_data_ptr()), set.size(0), trained,
         optimizer, &stop};
-    const cpu::ManyOut<T> out{data_of<T>(params), data_of<T>(loss),
-                              data_of<int64_t>(epochs), data_of<int8_t>(status),
-                              data_of<int8_t>(bad),
-                              history ? data_of<T>(losses) : nullptr, history_len,
-                              raw ? data_of<T>(biases) : nullptr, raw == 2};
+    const cpu::ManyOut<T> out{data_of<T>(t.params), data_of<T>(t.loss),
+                              data_of<int64_t>(t.epochs), data_of<int8_t>(t.status),
+                              data_of<int8_t>(t.bad),
+                              t.history ? data_of<T>(t.losses) : nullptr, t.history_len,
+                              raw ? data_of<T>(t.biases) : nullptr, raw == 2};
     cpu::fit_many(d, out, int(torch::stable::get_num_threads()));
   });
   // Ctrl-C: every fit says so (those stopped and those never run), for
   // biasfit/many.py to raise KeyboardInterrupt.
   if (stop.requested()) {
-    std::fill_n(data_of<int8_t>(status), fits, int8_t(kInterrupted));
+    std::fill_n(data_of<int8_t>(t.status), fits, int8_t(kInterrupted));
   }
-  return {params, loss, epochs, status, bad, losses, biases};
+  return {t.params, t.loss, t.epochs, t.status, t.bad, t.losses, t.biases};
 }
 
 }  // namespace
