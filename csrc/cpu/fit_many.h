@@ -51,7 +51,6 @@ using biasfit::kColLr, biasfit::kColMomentum, biasfit::kColDampening,
       biasfit::kManyColumns, biasfit::bias_epoch, biasfit::ManyColumn,
       biasfit::ManyData, biasfit::ManyOut, biasfit::many_options,
       biasfit::max_with_nan;
-static_assert(kStalled == biasfit::kStalled, "one value of the stalled status");
 
 // core/many.h's Track and, on the CPU, Ctrl-C's checks within the fit.
 template <typename T>
@@ -161,10 +160,7 @@ FitState<T> fit_bias_planned(const T* x, const T* y, int64_t n,
                                    &track.poll});
   if (track.watch) {
     track.max_h = -std::numeric_limits<T>::infinity();
-    for (int64_t i = 0; i < n; ++i) {
-      const T hi = hidden(x[i], w);
-      track.max_h = (hi > track.max_h || hi != hi) ? hi : track.max_h;
-    }
+    for (int64_t i = 0; i < n; ++i) track.max_h = max_with_nan(track.max_h, hidden(x[i], w));
   }
   const int64_t seen =
       state.epoch + (state.status != kExhausted && state.status != kInterrupted);
@@ -253,20 +249,20 @@ void fit_one(const ManyData<T>& d, int64_t k, bool plans_forced,
 // history kept; kFew for fewer than kLanes points, kMany for more where
 // fit_fused sums one chunk and never regroups (below kRegroupMinPoints,
 // and no plan forced).
-enum class Lanes2 : int { kNone, kFew, kMany };
+enum class LaneKind : int { kNone, kFew, kMany };
 template <typename T>
-Lanes2 lane_kind(const ManyData<T>& d, int64_t k, const ManyOut<T>& out,
+LaneKind lane_kind(const ManyData<T>& d, int64_t k, const ManyOut<T>& out,
                  bool plans_forced) {
   const int64_t n = d.end(k) - d.begin(k);
-  if (out.history != nullptr) return Lanes2::kNone;
-  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return Lanes2::kNone;
+  if (out.history != nullptr) return LaneKind::kNone;
+  if (d.trained != (int64_t(1) << kBiasIndex) || d.kind != kSgd) return LaneKind::kNone;
   const double* row = d.settings_of(k);
   if (!(row[kColMomentum] == 0 && row[kColWeightDecay] == 0 && row[kColRtol] == 0 &&
         row[kColMean] == 0 && row[kColEpochs] <= double(kLaneMostEpochs<T>))) {
-    return Lanes2::kNone;
+    return LaneKind::kNone;
   }
-  if (n < kLanes) return Lanes2::kFew;
-  return n < kRegroupMinPoints && !plans_forced ? Lanes2::kMany : Lanes2::kNone;
+  if (n < kLanes) return LaneKind::kFew;
+  return n < kRegroupMinPoints && !plans_forced ? LaneKind::kMany : LaneKind::kNone;
 }
 
 // The fits ks[0..count), each of n points, through run(next, done, stop):
@@ -290,15 +286,16 @@ void run_lane_fits(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t c
                    int64_t(row[kColEpochs]), row[kColTol]};
     return true;
   };
+  // A lane's fit has no history and its stall is decided: write_fit with a
+  // Track that holds only the last loss.
   auto done = [&](const LaneResult<T>& r) {
-    const T* start = d.start_of(r.id);
-    T* params = out.params + kNumParams * r.id;
-    for (int p = 0; p < kBiasIndex; ++p) params[p] = start[p];
+    T params[kNumParams];
+    std::copy_n(d.start_of(r.id), kBiasIndex, params);
     params[kBiasIndex] = r.bias;
-    out.loss[r.id] = r.loss;
-    out.epochs[r.id] = r.epoch;
-    out.status[r.id] = int8_t(r.status);
-    out.bad_param[r.id] = int8_t(r.status == kBiasNonFinite ? kBiasIndex : -1);
+    Track<T> track = Track<T>::start();
+    track.last_loss = r.loss;
+    write_fit(out, r.id, track, params, r.epoch, r.status,
+              r.status == kBiasNonFinite ? kBiasIndex : -1);
   };
   run(next, done, stop);
 }
@@ -315,7 +312,7 @@ void fit_lanes(const ManyData<T>& d, const int64_t* ks, int64_t count,
   });
 }
 
-// The fits ks[0..count), each of n points (Lanes2::kMany).
+// The fits ks[0..count), each of n points (LaneKind::kMany).
 template <typename T>
 void fit_lanes_many(const ManyData<T>& d, int64_t n, const int64_t* ks, int64_t count,
                     const ManyOut<T>& out, ManyScratch<T>& s) {
@@ -360,8 +357,8 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
     // Lane fits wait here until there are enough to fill the lanes many
     // times over (or no more blocks): blocks stay small, for sharing out
     // fits of different lengths, and lanes stay full.
-    std::vector<int64_t> by_size[kLanes];  // Lanes2::kFew fits of each size
-    std::vector<std::pair<int64_t, int64_t>> many;  // Lanes2::kMany fits: (n, k)
+    std::vector<int64_t> by_size[kLanes];  // LaneKind::kFew fits of each size
+    std::vector<std::pair<int64_t, int64_t>> many;  // LaneKind::kMany fits: (n, k)
     std::vector<int64_t> ks;
     auto run_few = [&](int n) {
       kLaneRuns[n - 1](d, by_size[n].data(), int64_t(by_size[n].size()), out);
@@ -387,15 +384,15 @@ void fit_many(const ManyData<T>& d, const ManyOut<T>& out, int threads) {
     for (int64_t b; (b = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
       const int64_t to = std::min(d.fits, (b + 1) * block);
       for (int64_t k = b * block; k < to; ++k) {
-        const int64_t n = d.end(k) - d.begin(k);
 #ifndef BIASFIT_NO_FIT_LANES
-        const Lanes2 lanes = lane_kind(d, k, out, plans_forced);
-        if (lanes == Lanes2::kFew) {
+        const int64_t n = d.end(k) - d.begin(k);
+        const LaneKind lanes = lane_kind(d, k, out, plans_forced);
+        if (lanes == LaneKind::kFew) {
           by_size[n].push_back(k);
           if (by_size[n].size() >= size_t(kLaneBatch)) run_few(int(n));
           continue;
         }
-        if (lanes == Lanes2::kMany) {
+        if (lanes == LaneKind::kMany) {
           many.emplace_back(n, k);
           if (many.size() >= size_t(kLaneBatch)) run_many();
           continue;

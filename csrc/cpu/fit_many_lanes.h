@@ -42,6 +42,7 @@
 #include <type_traits>
 
 #include "core/fit.h"
+#include "core/many.h"
 #include "core/network.h"
 #include "cpu/isa.h"
 #include "cpu/reduce.h"
@@ -54,10 +55,6 @@ namespace cpu {
 // vectors elsewhere; wider generic vectors cost more than they gain.
 template <typename T>
 constexpr int kFitLanes = 32 / sizeof(T);
-
-// The status of a fit that stalled (biasfit/stall.py): beside core/fit.h's
-// FitStatus values; biasfit/many.py reads it as STALLED.
-constexpr int64_t kStalled = 7;
 
 template <typename T>
 struct FitLaneTypes {
@@ -157,14 +154,14 @@ struct FewPoints {
   V h[kG][kN], y[kG][kN];
 
   // Lane l of group g takes fit f's hidden values and labels; returns the
-  // largest hidden value (NaN if one is NaN), as torch's max.
+  // largest hidden value (core/many.h's max_with_nan).
   BIASFIT_HD T load(int g, int l, const LaneFit<T>& f) {
     T m = -std::numeric_limits<T>::infinity();
     for (int i = 0; i < kN; ++i) {
       const T hi = hidden(f.x[i], f.w);
       set_lane(h[g][i], l, hi);
       set_lane(y[g][i], l, f.y[i]);
-      m = (hi > m || hi != hi) ? hi : m;
+      m = max_with_nan(m, hi);
     }
     return m;
   }
@@ -216,7 +213,7 @@ struct ManyPoints {
       const T hi = hidden(f.x[i], f.w);
       h[(g * n + i) * kFitLanes<T> + l] = hi;
       y[(g * n + i) * kFitLanes<T> + l] = f.y[i];
-      m = (hi > m || hi != hi) ? hi : m;
+      m = max_with_nan(m, hi);
     }
     return m;
   }
