@@ -19,14 +19,12 @@ from .engine import MAX_EPOCHS, cached_tutorial_weights
 from .model import PARAM_NAMES
 from .train import REDUCTIONS
 
-# csrc/cpu/fit_many.h's kStalled, beside core/fit.h's statuses.
-STALLED = 7
 STATUS_NAMES = {_direct.CONVERGED: "converged", _direct.EXHAUSTED: "exhausted",
                 _direct.LOSS_NONFINITE: "diverged", _direct.BIAS_NONFINITE: "diverged",
-                _direct.PLATEAU: "plateau", STALLED: "stalled"}
+                _direct.PLATEAU: "plateau", _direct.STALLED: "stalled"}
 OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
 
-# The settings table's columns (csrc/cpu/fit_many.h's ManyColumn), each a
+# The settings table's columns (csrc/core/many.h's ManyColumn), each a
 # setting that may be shared (a number) or given per fit (K of them).
 _COLUMNS = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize",
             "beta1", "beta2", "eps", "amsgrad", "epochs", "tol", "rtol", "patience", "mean")

@@ -17,6 +17,7 @@
 
 #include "core/check_options.h"
 #include "core/fit.h"
+#include "core/many.h"
 #include "direct/read_args.h"
 #include "cpu/trainer.h"
 namespace biasfit {
@@ -266,6 +267,7 @@ PYBIND11_MODULE(_direct, m) {
   m.attr("BIAS_NONFINITE") = int64_t(biasfit::kBiasNonFinite);
   m.attr("INTERRUPTED") = int64_t(biasfit::kInterrupted);
   m.attr("PLATEAU") = int64_t(biasfit::kPlateau);
+  m.attr("STALLED") = int64_t(biasfit::kStalled);  // fit_many's (core/many.h)
   m.def("set_progress", &biasfit::set_progress,
         "progress(epoch, loss, bias), called about every 0.1 s of a fit_sgd call "
         "with the last epoch recorded; None: no reports");
