@@ -15,14 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from . import _direct, distributed
-from .engine import MAX_EPOCHS, cached_tutorial_weights
+from .engine import MAX_EPOCHS, OPTIMIZER_KINDS, cached_tutorial_weights
 from .model import PARAM_NAMES
 from .train import REDUCTIONS
 
 STATUS_NAMES = {_direct.CONVERGED: "converged", _direct.EXHAUSTED: "exhausted",
                 _direct.LOSS_NONFINITE: "diverged", _direct.BIAS_NONFINITE: "diverged",
                 _direct.PLATEAU: "plateau", _direct.STALLED: "stalled"}
-OPTIMIZERS = {"sgd": 0, "adam": 1, "adamw": 2}
+# fit_many's optimizer names for the native kinds (engine.OPTIMIZER_KINDS).
+OPTIMIZERS = {name.lower(): kind for name, kind in OPTIMIZER_KINDS.items()}
 
 # The settings table's columns (csrc/core/many.h's ManyColumn), each a
 # setting that may be shared (a number) or given per fit (K of them).

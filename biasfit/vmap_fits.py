@@ -24,6 +24,9 @@ import torch
 from . import _direct, _native  # noqa: F401  (_native loads torch.ops.biasfit)
 
 _ops = torch.ops.biasfit
+# model.PARAM_NAMES' bit of final_bias and engine.OPTIMIZER_KINDS' SGD, as
+# literals: this module loads while biasfit.model does (ops -> vmap_rules),
+# before either can be imported; tests/test_vmap_fits.py checks they agree.
 _BIAS_ONLY = 1 << 6   # trained: final_bias alone
 _SGD = 0
 # Adam's settings in fit_many's table for an SGD fit (never read by it).

@@ -346,3 +346,12 @@ def test_vmap_of_vmap_of_fit_params_over_data_and_starts():
     got = vmap(lambda x, y: vmap(lambda p: fit(x, y, p))(params))(xs, ys)
     for i in range(2):
         assert_stacked(tuple(t[i] for t in got), [fit(xs[i], ys[i], p) for p in params])
+
+
+def test_literals_agree_with_their_sources():
+    """vmap_fits.py spells two codes as literals (it loads before model and
+    engine can be imported): they must be those modules' values."""
+    from biasfit.engine import OPTIMIZER_KINDS
+    from biasfit.model import PARAM_NAMES
+    assert vmap_fits._BIAS_ONLY == 1 << PARAM_NAMES.index("final_bias")
+    assert vmap_fits._SGD == OPTIMIZER_KINDS["SGD"]
